@@ -1,0 +1,190 @@
+// The CPU backend: memory plus the fixed set of static operations the nn/ modules call.
+// GEMMs go through Eigen (threaded by OpenMP); every element-wise formula comes from math/.
+//
+// Shape legend: B batch, N tokens, D hidden, nh heads, hd head dim, R rows of a matrix.
+#pragma once
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <vector>
+
+#include "tim/core/tensor.hpp"
+#include "tim/cpu/threads.hpp"
+#include "tim/math/activations.hpp"
+#include "tim/math/embedding.hpp"
+
+namespace tim {
+
+//! The CPU backend type. Modules are templates over a backend; this one runs on the host.
+struct cpu {
+  static constexpr std::size_t alignment = 64;
+
+  //! Uninitialised host memory for `n` elements, 64-byte aligned.
+  template <class T>
+  static std::shared_ptr<T> allocate(std::size_t n) {
+    void* p = ::operator new(std::max<std::size_t>(n, 1) * sizeof(T), std::align_val_t{alignment});
+    return std::shared_ptr<T>(static_cast<T*>(p),
+                              [](T* q) { ::operator delete(q, std::align_val_t{alignment}); });
+  }
+  template <class T>
+  static void fill(T* data, std::size_t n, T value) {
+    std::fill(data, data + n, value);
+  }
+  template <class T>
+  static void copy(T* out, const T* in, std::size_t n) {
+    if (n) std::memcpy(out, in, n * sizeof(T));
+  }
+
+  //! Runs `body(i)` for i in [0, n) on the backend's threads. The executor for math/ functors.
+  template <class Body>
+  static void parallel_for(std::int64_t n, Body&& body) {
+    detail::ensure_default_threads();
+#pragma omp parallel for schedule(static) if (n > 1)
+    for (std::int64_t i = 0; i < n; ++i) body(i);
+  }
+
+  template <class T>
+  using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  template <class T>
+  using Vector = Eigen::Matrix<T, 1, Eigen::Dynamic>;
+
+  //! out (R, out_features) = in (R, in_features) * weight (out_features, in_features)^T + bias.
+  //! `bias` may be null. With `accumulate`, the product is added to `out` instead.
+  template <class T>
+  static void linear_forward(T* out, const T* in, const T* weight, const T* bias, std::int64_t rows,
+                             std::int64_t in_features, std::int64_t out_features,
+                             bool accumulate = false) {
+    detail::ensure_default_threads();
+    Eigen::Map<RowMajor<T>> y(out, rows, out_features);
+    Eigen::Map<const RowMajor<T>> x(in, rows, in_features);
+    Eigen::Map<const RowMajor<T>> w(weight, out_features, in_features);
+    if (accumulate)
+      y.noalias() += x * w.transpose();
+    else
+      y.noalias() = x * w.transpose();
+    if (bias) y.rowwise() += Eigen::Map<const Vector<T>>(bias, out_features);
+  }
+
+  //! LayerNorm over the last axis of in (R, cols): (u - mean) / sqrt(var + eps) [* w + b].
+  //! `weight` and `bias` may be null (no affine). Variance is the biased one, as PyTorch's.
+  template <class T>
+  static void layernorm_forward(T* out, const T* in, const T* weight, const T* bias,
+                                std::int64_t rows, std::int64_t cols, double eps) {
+    parallel_for(rows, [&](std::int64_t r) {
+      const T* u = in + r * cols;
+      T* o = out + r * cols;
+      T mean = 0;
+      for (std::int64_t j = 0; j < cols; ++j) mean += u[j];
+      mean /= T(cols);
+      T var = 0;
+      for (std::int64_t j = 0; j < cols; ++j) var += (u[j] - mean) * (u[j] - mean);
+      var /= T(cols);
+      const T rstd = T(1) / std::sqrt(var + T(eps));
+      for (std::int64_t j = 0; j < cols; ++j) {
+        T v = (u[j] - mean) * rstd;
+        if (weight) v = v * weight[j] + (bias ? bias[j] : T(0));
+        o[j] = v;
+      }
+    });
+  }
+
+  //! out[i] = silu(gate[i]) * value[i] for rows of `cols` values where gate and value are
+  //! read with row strides (so both halves of a fused projection can be passed as views).
+  template <class T>
+  static void swiglu_forward(T* out, const T* gate, const T* value, std::int64_t rows,
+                             std::int64_t cols, std::int64_t gate_stride, std::int64_t value_stride) {
+    parallel_for(rows, [&](std::int64_t r) {
+      for (std::int64_t j = 0; j < cols; ++j)
+        out[r * cols + j] = math::swiglu(gate[r * gate_stride + j], value[r * value_stride + j]);
+    });
+  }
+
+  //! out (R, cols) = silu(in) element-wise.
+  template <class T>
+  static void silu_forward(T* out, const T* in, std::int64_t n) {
+    parallel_for(n, [&](std::int64_t i) { out[i] = math::silu(in[i]); });
+  }
+
+  //! features (B, 256) = sinusoidal features of scalars s (B), SPEC 3.
+  template <class T>
+  static void timestep_features_forward(T* features, const T* s, std::int64_t batch) {
+    parallel_for(batch * math::timestep_features, [&](std::int64_t i) {
+      const std::int64_t b = i / math::timestep_features;
+      features[i] = math::timestep_feature(s[b], static_cast<int>(i % math::timestep_features));
+    });
+  }
+
+  //! x (B, N, D) = modulate(x, shift, scale) with shift/scale (B, D) read from a row of
+  //! `mod_stride` values per sample (a chunk of the adaLN output).
+  template <class T>
+  static void modulate_forward(T* x, const T* shift, const T* scale, std::int64_t batch,
+                               std::int64_t tokens, std::int64_t dim, std::int64_t mod_stride) {
+    parallel_for(batch * tokens, [&](std::int64_t row) {
+      const std::int64_t b = row / tokens;
+      T* u = x + row * dim;
+      const T* sh = shift + b * mod_stride;
+      const T* sc = scale + b * mod_stride;
+      for (std::int64_t j = 0; j < dim; ++j) u[j] = math::modulate(u[j], sh[j], sc[j]);
+    });
+  }
+
+  //! residual (B, N, D) += gate (B, D; row stride mod_stride) * update (B, N, D).
+  template <class T>
+  static void gated_residual_forward(T* residual, const T* gate, const T* update, std::int64_t batch,
+                                     std::int64_t tokens, std::int64_t dim, std::int64_t mod_stride) {
+    parallel_for(batch * tokens, [&](std::int64_t row) {
+      const T* g = gate + (row / tokens) * mod_stride;
+      T* x = residual + row * dim;
+      const T* u = update + row * dim;
+      for (std::int64_t j = 0; j < dim; ++j) x[j] += g[j] * u[j];
+    });
+  }
+
+  //! Softmax attention over heads. q, k, v are (B, nh, N, hd) contiguous; out is (B, N, nh, hd)
+  //! so heads land concatenated per token. Scores are built a tile of `query_tile` rows at a
+  //! time, so memory is linear in N (threads x tile x N), never N x N.
+  template <class T>
+  static void attention_forward(T* out, const T* q, const T* k, const T* v, std::int64_t batch,
+                                std::int64_t heads, std::int64_t tokens, std::int64_t head_dim,
+                                double scale) {
+    constexpr std::int64_t query_tile = 64;
+    const std::int64_t tiles = (tokens + query_tile - 1) / query_tile;
+    detail::ensure_default_threads();
+#pragma omp parallel
+    {
+      RowMajor<T> scores(query_tile, tokens);
+      RowMajor<T> result(query_tile, head_dim);
+#pragma omp for schedule(dynamic)
+      for (std::int64_t job = 0; job < batch * heads * tiles; ++job) {
+        const std::int64_t bh = job / tiles;
+        const std::int64_t first = (job % tiles) * query_tile;
+        const std::int64_t rows = std::min(query_tile, tokens - first);
+        const std::int64_t b = bh / heads, h = bh % heads;
+        Eigen::Map<const RowMajor<T>> qm(q + (bh * tokens + first) * head_dim, rows, head_dim);
+        Eigen::Map<const RowMajor<T>> km(k + bh * tokens * head_dim, tokens, head_dim);
+        Eigen::Map<const RowMajor<T>> vm(v + bh * tokens * head_dim, tokens, head_dim);
+        auto s = scores.topRows(rows);
+        s.noalias() = (qm * km.transpose()) * T(scale);
+        for (std::int64_t i = 0; i < rows; ++i) {
+          auto row = s.row(i);
+          const T m = row.maxCoeff();
+          row = (row.array() - m).exp();
+          row /= row.sum();
+        }
+        auto o = result.topRows(rows);
+        o.noalias() = s * vm;
+        for (std::int64_t i = 0; i < rows; ++i) {
+          T* dst = out + ((b * tokens + first + i) * heads + h) * head_dim;
+          for (std::int64_t j = 0; j < head_dim; ++j) dst[j] = o(i, j);
+        }
+      }
+    }
+  }
+};
+
+}  // namespace tim
