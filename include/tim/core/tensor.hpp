@@ -53,7 +53,7 @@ class Tensor {
   const Shape& shape() const { return shape_; }
   int rank() const { return shape_.rank(); }
   std::int64_t dim(int axis) const { return shape_[axis < 0 ? axis + rank() : axis]; }
-  std::int64_t numel() const { return shape_.numel(); }
+  std::int64_t numel() const { return data_ ? shape_.numel() : 0; }
   bool empty_tensor() const { return data_ == nullptr; }
   const std::shared_ptr<const void>& owner() const { return owner_; }
 

@@ -17,6 +17,7 @@
 #include "tim/cpu/threads.hpp"
 #include "tim/math/activations.hpp"
 #include "tim/math/embedding.hpp"
+#include "tim/math/normalization.hpp"
 
 namespace tim {
 
@@ -76,20 +77,7 @@ struct cpu {
   static void layernorm_forward(T* out, const T* in, const T* weight, const T* bias,
                                 std::int64_t rows, std::int64_t cols, double eps) {
     parallel_for(rows, [&](std::int64_t r) {
-      const T* u = in + r * cols;
-      T* o = out + r * cols;
-      T mean = 0;
-      for (std::int64_t j = 0; j < cols; ++j) mean += u[j];
-      mean /= T(cols);
-      T var = 0;
-      for (std::int64_t j = 0; j < cols; ++j) var += (u[j] - mean) * (u[j] - mean);
-      var /= T(cols);
-      const T rstd = T(1) / std::sqrt(var + T(eps));
-      for (std::int64_t j = 0; j < cols; ++j) {
-        T v = (u[j] - mean) * rstd;
-        if (weight) v = v * weight[j] + (bias ? bias[j] : T(0));
-        o[j] = v;
-      }
+      math::layernorm_row(out + r * cols, in + r * cols, cols, weight, bias, eps);
     });
   }
 
@@ -142,6 +130,84 @@ struct cpu {
       T* x = residual + row * dim;
       const T* u = update + row * dim;
       for (std::int64_t j = 0; j < dim; ++j) x[j] += g[j] * u[j];
+    });
+  }
+
+  //! patches (B*N, C*p*p) from x (B, C, H, W): token n = row * w + col, values ordered
+  //! (c, pi, pj) as the patch-embedding convolution's weight flattens a patch.
+  template <class T>
+  static void patchify_forward(T* patches, const T* x, std::int64_t batch, std::int64_t channels,
+                               std::int64_t height, std::int64_t width, std::int64_t patch) {
+    const std::int64_t h = height / patch, w = width / patch, per_patch = channels * patch * patch;
+    parallel_for(batch * h * w, [&](std::int64_t token) {
+      const std::int64_t b = token / (h * w), row = (token / w) % h, col = token % w;
+      T* dst = patches + token * per_patch;
+      for (std::int64_t c = 0; c < channels; ++c)
+        for (std::int64_t pi = 0; pi < patch; ++pi)
+          for (std::int64_t pj = 0; pj < patch; ++pj)
+            *dst++ = x[((b * channels + c) * height + row * patch + pi) * width + col * patch + pj];
+    });
+  }
+
+  //! out (B, C, H, W) from tokens (B*N, p*p*C) whose values are ordered (pi, pj, c).
+  template <class T>
+  static void unpatchify_forward(T* out, const T* tokens, std::int64_t batch, std::int64_t channels,
+                                 std::int64_t height, std::int64_t width, std::int64_t patch) {
+    const std::int64_t h = height / patch, w = width / patch;
+    parallel_for(batch * h * w, [&](std::int64_t token) {
+      const std::int64_t b = token / (h * w), row = (token / w) % h, col = token % w;
+      const T* src = tokens + token * patch * patch * channels;
+      for (std::int64_t pi = 0; pi < patch; ++pi)
+        for (std::int64_t pj = 0; pj < patch; ++pj)
+          for (std::int64_t c = 0; c < channels; ++c)
+            out[((b * channels + c) * height + row * patch + pi) * width + col * patch + pj] = *src++;
+    });
+  }
+
+  //! out (B, D) = table[index[b]] for an embedding table (rows, D).
+  template <class T>
+  static void embedding_forward(T* out, const T* table, const std::int64_t* index, std::int64_t batch,
+                                std::int64_t dim) {
+    for (std::int64_t b = 0; b < batch; ++b) copy(out + b * dim, table + index[b] * dim, static_cast<std::size_t>(dim));
+  }
+
+  //! out[i] += in[i].
+  template <class T>
+  static void add_forward(T* out, const T* in, std::int64_t n) {
+    parallel_for(n, [&](std::int64_t i) { out[i] += in[i]; });
+  }
+
+  //! Splits qkv (B, N, 3, nh, hd) into q, k, v (B, nh, N, hd), adding a per-sample bias
+  //! `sample_bias` (B, 3D; may be null: the interval-aware qkv_d term), normalising q and k
+  //! per head when norm weights are given (LayerNorm over hd, eps `norm_eps`), and rotating q
+  //! and k with the tables cos/sin (N, hd/2). q is also multiplied by `q_scale`.
+  template <class T>
+  static void qkv_split_forward(T* q, T* k, T* v, const T* qkv, const T* sample_bias,
+                                const T* q_norm_weight, const T* q_norm_bias, const T* k_norm_weight,
+                                const T* k_norm_bias, double norm_eps, const T* rotary_cos,
+                                const T* rotary_sin, std::int64_t batch, std::int64_t tokens,
+                                std::int64_t heads, std::int64_t head_dim, T q_scale) {
+    const std::int64_t dim = heads * head_dim;
+    parallel_for(batch * tokens, [&](std::int64_t row) {
+      const std::int64_t b = row / tokens, n = row % tokens;
+      const T* cos_row = rotary_cos + n * (head_dim / 2);
+      const T* sin_row = rotary_sin + n * (head_dim / 2);
+      for (int part = 0; part < 3; ++part)
+        for (std::int64_t h = 0; h < heads; ++h) {
+          T* dst = (part == 0 ? q : part == 1 ? k : v) + ((b * heads + h) * tokens + n) * head_dim;
+          const std::int64_t offset = part * dim + h * head_dim;
+          const T* src = qkv + row * 3 * dim + offset;
+          for (std::int64_t j = 0; j < head_dim; ++j)
+            dst[j] = src[j] + (sample_bias ? sample_bias[b * 3 * dim + offset + j] : T(0));
+          if (part == 2) continue;
+          const T* weight = part == 0 ? q_norm_weight : k_norm_weight;
+          if (weight)
+            math::layernorm_row(dst, dst, head_dim, weight, part == 0 ? q_norm_bias : k_norm_bias, norm_eps);
+          for (std::int64_t pair = 0; pair < head_dim / 2; ++pair)
+            math::rotate_pair(dst[2 * pair], dst[2 * pair + 1], cos_row[pair], sin_row[pair]);
+          if (part == 0)
+            for (std::int64_t j = 0; j < head_dim; ++j) dst[j] *= q_scale;
+        }
     });
   }
 

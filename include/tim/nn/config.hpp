@@ -1,0 +1,104 @@
+// The hyper-parameters of a class-conditional TiM network and how they are found: tensor
+// shapes first, then the checkpoint's __metadata__, then an explicit override (--config).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "tim/core/error.hpp"
+
+namespace tim::nn {
+
+//! Which embeddings form the interval term E_delta (SPEC 3, `new_condition`). The released
+//! models use `t_minus_r`. E_delta is the sum of the listed terms; `t` and `r` use the time
+//! embedder, `t-r` the interval embedder (or the time embedder when the model has none).
+enum class NewCondition { t_minus_r, r, t_r, t_t_minus_r, r_t_minus_r, t_r_t_minus_r };
+
+inline constexpr std::string_view new_condition_name(NewCondition c) {
+  switch (c) {
+    case NewCondition::t_minus_r: return "t-r";
+    case NewCondition::r: return "r";
+    case NewCondition::t_r: return "t,r";
+    case NewCondition::t_t_minus_r: return "t,t-r";
+    case NewCondition::r_t_minus_r: return "r,t-r";
+    case NewCondition::t_r_t_minus_r: return "t,r,t-r";
+  }
+  return "?";
+}
+
+//! Parses the released spelling ("t-r", "r", "t,r", "t,t-r", "r,t-r", "t,r,t-r"; spaces ignored).
+inline NewCondition parse_new_condition(std::string_view text) {
+  std::string compact;
+  for (char ch : text)
+    if (ch != ' ') compact += ch;
+  for (auto c : {NewCondition::t_minus_r, NewCondition::r, NewCondition::t_r, NewCondition::t_t_minus_r,
+                 NewCondition::r_t_minus_r, NewCondition::t_r_t_minus_r})
+    if (new_condition_name(c) == compact) return c;
+  fail("new_condition: unknown value '", text, "' (expected one of t-r, r, t,r, t,t-r, r,t-r, t,r,t-r)");
+}
+
+//! The terms of E_delta for a `new_condition`.
+struct IntervalTerms {
+  bool t = false, r = false, t_minus_r = false;
+};
+inline constexpr IntervalTerms interval_terms(NewCondition c) {
+  switch (c) {
+    case NewCondition::t_minus_r: return {false, false, true};
+    case NewCondition::r: return {false, true, false};
+    case NewCondition::t_r: return {true, true, false};
+    case NewCondition::t_t_minus_r: return {true, false, true};
+    case NewCondition::r_t_minus_r: return {false, true, true};
+    case NewCondition::t_r_t_minus_r: return {true, true, true};
+  }
+  return {};
+}
+
+//! Everything that fixes the shapes and arithmetic of a C2I network (SPEC 3).
+struct C2IConfig {
+  std::int64_t in_channels = 0;   // C
+  std::int64_t out_channels = 0;  // channels of the output (C for released models)
+  std::int64_t hidden = 0;        // D
+  std::int64_t depth = 0;
+  std::int64_t num_heads = 0;     // nh
+  std::int64_t patch = 0;         // p
+  std::int64_t num_classes = 0;   // labels 0..num_classes-1; num_classes is the null class
+  std::int64_t adaln_hidden = 0;  // L, hidden width of each block's adaLN SwiGLU
+  std::int64_t mlp_hidden = 0;    // Hm = (int(D * mlp_ratio) * 2) // 3
+  std::int64_t final_adaln_hidden = 0;  // D / 2 in released models
+  bool qk_norm = false;
+  bool interval_qkv = false;             // blocks have attn.qkv_d
+  bool separate_delta_embedder = false;  // delta_embedder present (use_new_embed)
+  NewCondition new_condition = NewCondition::t_minus_r;
+
+  std::int64_t head_dim() const { return num_heads ? hidden / num_heads : 0; }
+
+  //! Where each value that shapes cannot tell came from ("shapes", "metadata", "config", "default").
+  std::map<std::string, std::string> provenance;
+  //! Checkpoint tensors the network does not use (projector.* and anything unknown).
+  std::vector<std::string> ignored;
+
+  std::string describe() const {
+    std::ostringstream o;
+    o << "C2I TiM: C=" << in_channels << " out=" << out_channels << " D=" << hidden << " depth=" << depth
+      << " heads=" << num_heads << " hd=" << head_dim() << " p=" << patch << " classes=" << num_classes
+      << " L=" << adaln_hidden << " Hm=" << mlp_hidden << " qk_norm=" << (qk_norm ? "yes" : "no")
+      << " interval_qkv=" << (interval_qkv ? "yes" : "no")
+      << " delta_embedder=" << (separate_delta_embedder ? "yes" : "no")
+      << " new_condition=" << new_condition_name(new_condition);
+    return o.str();
+  }
+};
+
+//! Values a user gives explicitly (command line, YAML config) and that win over __metadata__.
+struct ConfigOverrides {
+  std::optional<std::int64_t> num_heads;
+  std::optional<std::string> new_condition;
+  std::optional<double> mlp_ratio;
+};
+
+}  // namespace tim::nn

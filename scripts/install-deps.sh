@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs everything tim's build, tests, tools and benchmarks need from Debian's packages.
+# Safe to run again; needs root (or sudo).
+set -euo pipefail
+packages=(
+  build-essential cmake ninja-build
+  libeigen3-dev nlohmann-json3-dev doctest-dev libbenchmark-dev
+  libcli11-dev libyaml-cpp-dev libpng-dev
+  dataset-fashion-mnist
+)
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
+export DEBIAN_FRONTEND=noninteractive
+"${sudo_cmd[@]}" apt-get update -qq
+"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+echo "install-deps: ok"
