@@ -15,3 +15,8 @@
 #include "tim/nn/modules.hpp"
 #include "tim/nn/c2i.hpp"
 #include "tim/load.hpp"
+#include "tim/core/random.hpp"
+#include "tim/math/transport.hpp"
+#include "tim/transport/transports.hpp"
+#include "tim/sampler/schedule.hpp"
+#include "tim/sampler/sampler.hpp"

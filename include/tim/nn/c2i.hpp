@@ -118,9 +118,11 @@ class C2IModel {
     check(x.dim(2) > 0 && x.dim(3) > 0 && x.dim(2) % config.patch == 0 && x.dim(3) % config.patch == 0,
           "input 'x': height and width must be positive multiples of the patch size ", config.patch, ", got ",
           x.dim(2), "x", x.dim(3));
-    check(t_in.shape() == Shape{B}, "input 't': expected shape [", B, "], got ", t_in.shape());
-    check(r_in.shape() == Shape{B}, "input 'r': expected shape [", B, "], got ", r_in.shape());
-    check(labels.shape() == Shape{B}, "input 'y': expected shape [", B, "], got ", labels.shape());
+    // Extents are compared one by one: no Shape is built, so a sampling loop allocates nothing.
+    const auto is_vector_of_b = [B](const auto& v) { return v.rank() == 1 && v.dim(0) == B; };
+    check(is_vector_of_b(t_in), "input 't': expected shape [", B, "], got ", t_in.shape());
+    check(is_vector_of_b(r_in), "input 'r': expected shape [", B, "], got ", r_in.shape());
+    check(is_vector_of_b(labels), "input 'y': expected shape [", B, "], got ", labels.shape());
     for (std::int64_t b = 0; b < B; ++b)
       check(labels.data()[b] >= 0 && labels.data()[b] <= config.num_classes, "input 'y': label ", labels.data()[b],
             " at index ", b, " is outside [0, ", config.num_classes, "] (", config.num_classes,
@@ -133,8 +135,9 @@ class C2IModel {
                const Tensor<T, Backend>& r_in, const Tensor<std::int64_t, cpu>& labels) const {
     validate_inputs(x, t_in, r_in, labels);
     const auto B = x.dim(0), H = x.dim(2), W = x.dim(3);
-    const Shape out_shape{B, config.out_channels, H, W};
-    if (out.shape() != out_shape || out.empty_tensor()) out = Tensor<T, Backend>::empty(out_shape);
+    if (out.empty_tensor() || out.rank() != 4 || out.dim(0) != B || out.dim(1) != config.out_channels ||
+        out.dim(2) != H || out.dim(3) != W)
+      out = Tensor<T, Backend>::empty({B, config.out_channels, H, W});
     reserve(B, H, W);
     auto& ws = workspace_;
     const auto D = config.hidden, p = config.patch, nh = config.num_heads, hd = config.head_dim();
@@ -191,11 +194,13 @@ class C2IModel {
     Backend::unpatchify_forward(out.data(), ws.update.data(), B, config.out_channels, H, W, p);
   }
 
-  //! Sizes the workspace for batch B and latent H x W now (forward does it on demand).
+  //! Sizes the workspace for batch B and latent H x W now (forward does it on demand). Buffers
+  //! only grow, so alternating batch sizes (B and 2B rows under guidance) allocate nothing
+  //! once the larger has been seen; the rotary tables are rebuilt only when H or W changes.
   void reserve(std::int64_t B, std::int64_t H, std::int64_t W) const {
     auto& ws = workspace_;
     if (ws.batch == B && ws.height == H && ws.width == W) return;
-    const auto D = config.hidden, p = config.patch, nh = config.num_heads, hd = config.head_dim();
+    const auto D = config.hidden, p = config.patch, hd = config.head_dim();
     const auto h = H / p, w = W / p, N = h * w, rows = B * N;
     const auto grow = [](Tensor<T, Backend>& t, std::int64_t n) {
       if (t.empty_tensor() || t.numel() < n) t = Tensor<T, Backend>::empty({std::max<std::int64_t>(n, 1)});
@@ -217,19 +222,20 @@ class C2IModel {
     grow(ws.modulation_hidden, 2 * B * widest_adaln);
     grow(ws.interval_qkv, B * 3 * D);
     grow(ws.times, 3 * B);
-    // Rotary tables for this grid: computed in double, stored in T.
-    ws.rotary_cos = Tensor<T, Backend>::empty({N, hd / 2});
-    ws.rotary_sin = Tensor<T, Backend>::empty({N, hd / 2});
-    std::vector<T> cos_host(static_cast<std::size_t>(N * hd / 2)), sin_host(cos_host.size());
-    for (std::int64_t n = 0; n < N; ++n)
-      for (std::int64_t pair = 0; pair < hd / 2; ++pair) {
-        const double angle = math::rotary_angle<double>(n, h, static_cast<int>(hd), static_cast<int>(pair));
-        cos_host[n * (hd / 2) + pair] = static_cast<T>(std::cos(angle));
-        sin_host[n * (hd / 2) + pair] = static_cast<T>(std::sin(angle));
-      }
-    Backend::copy(ws.rotary_cos.data(), cos_host.data(), cos_host.size());
-    Backend::copy(ws.rotary_sin.data(), sin_host.data(), sin_host.size());
-    (void)nh;
+    if (ws.height != H || ws.width != W) {
+      // Rotary tables (N, hd/2) for this grid: angles in double, stored in T.
+      ws.rotary_cos = Tensor<T, Backend>::empty({N, hd / 2});
+      ws.rotary_sin = Tensor<T, Backend>::empty({N, hd / 2});
+      std::vector<T> cos_host(static_cast<std::size_t>(N * hd / 2)), sin_host(cos_host.size());
+      for (std::int64_t n = 0; n < N; ++n)
+        for (std::int64_t pair = 0; pair < hd / 2; ++pair) {
+          const double angle = math::rotary_angle<double>(n, h, static_cast<int>(hd), static_cast<int>(pair));
+          cos_host[n * (hd / 2) + pair] = static_cast<T>(std::cos(angle));
+          sin_host[n * (hd / 2) + pair] = static_cast<T>(std::sin(angle));
+        }
+      Backend::copy(ws.rotary_cos.data(), cos_host.data(), cos_host.size());
+      Backend::copy(ws.rotary_sin.data(), sin_host.data(), sin_host.size());
+    }
     ws.batch = B;
     ws.height = H;
     ws.width = W;

@@ -1,0 +1,433 @@
+// The transition sampler (SPEC 6) with callable models whose every call is recorded: the
+// guidance window's strict boundaries, the stochasticity conditions, noise that depends only on
+// (seed, sample, step, element), cancellation, the trajectory, diffusion mode (also through the
+// network: c_noise(t) twice), input validation, and no allocation inside the step loop.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "compare.hpp"
+#include "golden_source.hpp"
+#include "tim/tim.hpp"
+
+// ---------------------------------------------------------------------------------------------
+// Allocation counting: the global operator new of this test program counts while
+// `count_allocations` is set (every other test is unaffected: these forward to malloc/free).
+namespace {
+std::atomic<bool> count_allocations{false};
+std::atomic<long> allocations{0};
+void* counted_allocation(std::size_t size, std::size_t alignment) {
+  if (count_allocations.load(std::memory_order_relaxed)) allocations.fetch_add(1, std::memory_order_relaxed);
+  size = std::max<std::size_t>(size, 1);
+  void* p = alignment <= alignof(std::max_align_t)
+                ? std::malloc(size)
+                : std::aligned_alloc(alignment, (size + alignment - 1) / alignment * alignment);
+  if (!p) throw std::bad_alloc();
+  return p;
+}
+}  // namespace
+
+// Kept out of line so the compiler pairs new with delete, not malloc with a visible free.
+#if defined(__GNUC__)
+#define TIM_TEST_OUT_OF_LINE __attribute__((noinline))
+#else
+#define TIM_TEST_OUT_OF_LINE
+#endif
+TIM_TEST_OUT_OF_LINE void* operator new(std::size_t size) { return counted_allocation(size, 0); }
+TIM_TEST_OUT_OF_LINE void* operator new[](std::size_t size) { return counted_allocation(size, 0); }
+TIM_TEST_OUT_OF_LINE void* operator new(std::size_t size, std::align_val_t a) {
+  return counted_allocation(size, std::size_t(a));
+}
+TIM_TEST_OUT_OF_LINE void* operator new[](std::size_t size, std::align_val_t a) {
+  return counted_allocation(size, std::size_t(a));
+}
+TIM_TEST_OUT_OF_LINE void operator delete(void* p) noexcept { std::free(p); }
+TIM_TEST_OUT_OF_LINE void operator delete[](void* p) noexcept { std::free(p); }
+TIM_TEST_OUT_OF_LINE void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+TIM_TEST_OUT_OF_LINE void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+TIM_TEST_OUT_OF_LINE void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+TIM_TEST_OUT_OF_LINE void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
+TIM_TEST_OUT_OF_LINE void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+TIM_TEST_OUT_OF_LINE void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+
+namespace {
+
+using tim::Tensor;
+using Labels = Tensor<std::int64_t>;
+
+//! A model that records every call and returns F = 0.5 x + 0.1 label + 0.01 t - 0.02 r, so the
+//! conditional and null halves differ and every input shows in the output.
+struct Recorder {
+  struct Call {
+    std::int64_t rows;
+    double t, r;
+    std::vector<std::int64_t> labels;
+  };
+  std::vector<Call>* calls;
+
+  void operator()(Tensor<double>& F, const Tensor<double>& x, double t, double r, const Labels& y) const {
+    const std::int64_t rows = x.dim(0), per_row = x.numel() / rows;
+    if (calls) calls->push_back({rows, t, r, std::vector<std::int64_t>(y.data(), y.data() + rows)});
+    for (std::int64_t i = 0; i < x.numel(); ++i)
+      F.data()[i] = 0.5 * x.data()[i] + 0.1 * double(y.data()[i / per_row]) + 0.01 * t - 0.02 * r;
+  }
+  static double value(double x, std::int64_t label, double t, double r) {
+    return 0.5 * x + 0.1 * double(label) + 0.01 * t - 0.02 * r;
+  }
+};
+
+Labels make_labels(std::vector<std::int64_t> values) {
+  auto y = Labels::empty({std::int64_t(values.size())});
+  std::copy(values.begin(), values.end(), y.data());
+  return y;
+}
+
+Tensor<double> make_noise(std::int64_t batch, std::int64_t per_sample, std::uint64_t seed = 5) {
+  return tim::initial_noise({batch, per_sample}, seed);
+}
+
+std::vector<bool> guided_steps(const std::vector<Recorder::Call>& calls, std::int64_t batch) {
+  std::vector<bool> guided;
+  for (const auto& c : calls) guided.push_back(c.rows == 2 * batch);
+  return guided;
+}
+
+std::string error_of(auto&& body) {
+  try {
+    body();
+  } catch (const tim::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("sample mode spellings") {
+  CHECK(tim::parse_sample_mode("transition") == tim::SampleMode::transition);
+  CHECK(tim::parse_sample_mode("diffusion") == tim::SampleMode::diffusion);
+  CHECK(tim::parse_sample_mode("ddiffusion") == tim::SampleMode::diffusion);
+  CHECK_THROWS_WITH_AS(tim::parse_sample_mode("ode"),
+                       "unknown sample mode 'ode' (expected transition, diffusion or ddiffusion)", tim::Error);
+}
+
+TEST_CASE("guidance window: the first step from t = T_max is never guided with the window [0, 1]") {
+  std::vector<Recorder::Call> calls;
+  tim::TransitionSampler sampler{Recorder{&calls}, tim::OtFm{}, tim::linspace_schedule(4)};
+  const auto y = make_labels({1, 3});
+  sampler.sample(make_noise(2, 5), y, {.cfg_scale = 2.0, .null_label = 7});
+  REQUIRE(calls.size() == 4);
+  CHECK(guided_steps(calls, 2) == std::vector<bool>{false, true, true, true});
+  CHECK(calls[0].t == 1.0);
+  CHECK(calls[0].labels == std::vector<std::int64_t>{1, 3});
+  CHECK(calls[1].labels == std::vector<std::int64_t>{1, 3, 7, 7});  // conditional rows, then null rows
+}
+
+TEST_CASE("guidance window: boundaries are strict, as fractions of T_max") {
+  std::vector<Recorder::Call> calls;
+  const auto y = make_labels({0});
+  SUBCASE("OT-FM, window [0.2, 0.6]: t = 0.6 and t = 0.2 are not guided") {
+    tim::TransitionSampler sampler{Recorder{&calls}, tim::OtFm{},
+                                   tim::grid_schedule({1.0, 0.8, 0.6, 0.4, 0.2, 0.0})};
+    sampler.sample(make_noise(1, 3), y, {.cfg_scale = 2.5, .guidance_low = 0.2, .guidance_high = 0.6, .null_label = 1});
+    CHECK(guided_steps(calls, 1) == std::vector<bool>{false, false, false, true, false});
+  }
+  SUBCASE("EDM, window [0.1, 0.6] of T_max = 80: exactly 0.6 * 80 and 0.1 * 80 are outside") {
+    const double high = 0.6 * 80.0, low = 0.1 * 80.0;
+    tim::TransitionSampler sampler{Recorder{&calls}, tim::Edm{},
+                                   tim::grid_schedule({80.0, high, std::nextafter(high, 0.0), std::nextafter(low, 80.0),
+                                                       low, 0.01})};
+    sampler.sample(make_noise(1, 3), y, {.cfg_scale = 2.5, .guidance_low = 0.1, .guidance_high = 0.6, .null_label = 1});
+    CHECK(guided_steps(calls, 1) == std::vector<bool>{false, false, true, true, false});
+  }
+  SUBCASE("cfg_scale must exceed 1") {
+    tim::TransitionSampler sampler{Recorder{&calls}, tim::OtFm{}, tim::linspace_schedule(4)};
+    sampler.sample(make_noise(1, 3), y, {.cfg_scale = 1.0});
+    CHECK(guided_steps(calls, 1) == std::vector<bool>{false, false, false, false});
+    calls.clear();
+    sampler.sample(make_noise(1, 3), y, {.cfg_scale = std::nextafter(1.0, 2.0), .null_label = 1});
+    CHECK(guided_steps(calls, 1) == std::vector<bool>{false, true, true, true});
+  }
+  CHECK(tim::guidance_applies(2.0, 0.0, 0.6, 0.6, 1.0) == false);
+  CHECK(tim::guidance_applies(2.0, 0.0, 0.6, std::nextafter(0.6, 0.0), 1.0) == true);
+  CHECK(tim::guidance_applies(2.0, 0.0, 1.0, 1.0, 1.0) == false);
+  CHECK(tim::guidance_applies(2.0, 0.3, 1.0, 0.3, 1.0) == false);
+}
+
+TEST_CASE("guidance: F = F_u + cfg (F_c - F_u), combined in double") {
+  const auto y = make_labels({2, 4});
+  const auto z = make_noise(2, 3);
+  const double cfg = 2.5, t = 0.5, r = 0.0;
+  tim::TransitionSampler sampler{Recorder{nullptr}, tim::OtFm{}, tim::grid_schedule({t, r})};
+  const auto result = sampler.sample(z, y, {.cfg_scale = cfg, .null_label = 9});
+  for (std::int64_t i = 0; i < z.numel(); ++i) {
+    const double x = z.data()[i];
+    const double F_c = Recorder::value(x, y.data()[i / 3], t, r), F_u = Recorder::value(x, 9, t, r);
+    const double F = F_u + cfg * (F_c - F_u);
+    CHECK(result.x.data()[i] == x - (t - r) * F);
+  }
+}
+
+TEST_CASE("stochasticity: only when s > 0, t < T_max and r > T_min, with the stream (seed, sample, step)") {
+  const auto y = make_labels({0, 1});
+  const auto z = make_noise(2, 6);
+  const std::uint64_t seed = 77;
+  const double s = 0.3;
+  std::vector<bool> flags;
+  auto record = [&](const tim::StepInfo& info) {
+    flags.push_back(info.stochastic);
+    return true;
+  };
+  tim::TransitionSampler sampler{Recorder{nullptr}, tim::OtFm{}, tim::linspace_schedule(4)};
+  const auto result =
+      sampler.sample(z, y, {.stochasticity = s, .seed = seed, .first_sample_index = 10, .on_step = record});
+  CHECK(flags == std::vector<bool>{false, true, true, false});
+
+  // The same run by hand: deterministic first and last steps, noisy middle steps drawing
+  // normal(seed, 10 + b, step, element).
+  const auto times = tim::linspace(1.0, 0.0, 5);
+  std::vector<double> x(z.data(), z.data() + z.numel());
+  for (int i = 0; i < 4; ++i) {
+    const double t = times[i], r = times[i + 1];
+    for (std::size_t j = 0; j < x.size(); ++j) {
+      const std::int64_t b = std::int64_t(j) / 6, e = std::int64_t(j) % 6;
+      const double F = Recorder::value(x[j], y.data()[b], t, r);
+      if (flags[i])
+        x[j] = tim::math::ot_fm::stochastic_transition(x[j], F, t, r, s,
+                                                       tim::random::normal(seed, 10 + b, std::uint32_t(i), e));
+      else
+        x[j] = x[j] - (t - r) * F;
+    }
+  }
+  for (std::size_t j = 0; j < x.size(); ++j) CHECK(result.x.data()[j] == x[j]);
+
+  flags.clear();
+  sampler.sample(z, y, {.stochasticity = 0.0, .on_step = record});
+  CHECK(flags == std::vector<bool>{false, false, false, false});
+  flags.clear();
+  tim::TransitionSampler inner{Recorder{nullptr}, tim::OtFm{}, tim::grid_schedule({0.9, 0.5, 0.1})};
+  inner.sample(z, y, {.stochasticity = s, .on_step = record});
+  CHECK(flags == std::vector<bool>{true, true});
+
+  CHECK(tim::stochasticity_applies(0.2, 1.0, 0.5, 1.0, 0.0) == false);
+  CHECK(tim::stochasticity_applies(0.2, 0.5, 0.0, 1.0, 0.0) == false);
+  CHECK(tim::stochasticity_applies(0.2, 0.5, 0.25, 1.0, 0.0) == true);
+  CHECK(tim::stochasticity_applies(0.0, 0.5, 0.25, 1.0, 0.0) == false);
+}
+
+TEST_CASE("stochasticity needs OT-FM; options are validated") {
+  const auto y = make_labels({0});
+  const auto z = make_noise(1, 4);
+  tim::TransitionSampler trig{Recorder{nullptr}, tim::TrigFlow{}, tim::linspace_schedule(4)};
+  CHECK(error_of([&] { trig.sample(z, y, {.stochasticity = 0.2}); }) ==
+        "sampler: stochasticity 0.2 needs a transport with a stochastic transition (only ot-fm has one), got "
+        "'trigflow'");
+  tim::TransitionSampler sampler{Recorder{nullptr}, tim::OtFm{}, tim::linspace_schedule(4)};
+  CHECK(error_of([&] { sampler.sample(z, y, {.stochasticity = -0.1}); }).find("finite number >= 0") !=
+        std::string::npos);
+  CHECK(error_of([&] { sampler.sample(z, make_labels({0, 1}), {}); }) ==
+        "sampler: labels must have shape [1] (one per sample), got [2]");
+  CHECK(error_of([&] { sampler.sample(z, y, {.sample_indices = {1, 2}}); }) ==
+        "sampler: sample_indices has 2 entries for a batch of 1");
+  CHECK(error_of([&] { sampler.sample(z, y, {.cfg_scale = 2.0}); }).find("set SamplerOptions::null_label") !=
+        std::string::npos);
+  CHECK(error_of([&] { sampler.sample(z, y, {.cfg_scale = NAN}); }).find("cfg_scale must be finite") !=
+        std::string::npos);
+  tim::TransitionSampler bad_grid{Recorder{nullptr}, tim::OtFm{}, tim::grid_schedule({1.0, 1.0, 0.0})};
+  CHECK(error_of([&] { bad_grid.sample(z, y); }).find("strictly decreasing") != std::string::npos);
+}
+
+TEST_CASE("the same seed gives the same sample whatever the batch composition and order") {
+  // Guided, stochastic, 5 steps; samples are identified by their stream index.
+  const std::int64_t per_sample = 7;
+  const auto z_all = tim::initial_noise({4, per_sample}, 3);
+  const std::vector<std::int64_t> label_of{0, 1, 2, 3};
+  const tim::SamplerOptions base{.cfg_scale = 2.0, .stochasticity = 0.3, .seed = 99, .null_label = 4};
+  tim::TransitionSampler sampler{Recorder{nullptr}, tim::OtFm{}, tim::linspace_schedule(5)};
+  const auto full = sampler.sample(z_all, make_labels(label_of), base);
+
+  auto run = [&](std::vector<std::uint64_t> members) {
+    auto z = Tensor<double>::empty({std::int64_t(members.size()), per_sample});
+    std::vector<std::int64_t> labels;
+    for (std::size_t k = 0; k < members.size(); ++k) {
+      std::copy_n(z_all.data() + members[k] * per_sample, per_sample, z.data() + k * per_sample);
+      labels.push_back(label_of[members[k]]);
+    }
+    auto options = base;
+    options.sample_indices = members;
+    return sampler.sample(z, make_labels(labels), options).x;
+  };
+  for (const auto& members : {std::vector<std::uint64_t>{2, 0}, std::vector<std::uint64_t>{3},
+                              std::vector<std::uint64_t>{1, 3, 0, 2}}) {
+    const auto x = run(members);
+    for (std::size_t k = 0; k < members.size(); ++k)
+      CHECK(std::equal(x.data() + k * per_sample, x.data() + (k + 1) * per_sample,
+                       full.x.data() + members[k] * per_sample));
+  }
+  // first_sample_index: samples 2 and 3 as a batch of their own.
+  auto tail = Tensor<double>::empty({2, per_sample});
+  std::copy_n(z_all.data() + 2 * per_sample, 2 * per_sample, tail.data());
+  auto options = base;
+  options.first_sample_index = 2;
+  const auto x = sampler.sample(tail, make_labels({2, 3}), options).x;
+  CHECK(std::equal(x.data(), x.data() + 2 * per_sample, full.x.data() + 2 * per_sample));
+  // A different seed changes the result.
+  options.seed = 100;
+  const auto other = sampler.sample(tail, make_labels({2, 3}), options).x;
+  CHECK(!std::equal(other.data(), other.data() + 2 * per_sample, full.x.data() + 2 * per_sample));
+}
+
+TEST_CASE("initial_noise: per-sample streams") {
+  const auto batch = tim::initial_noise({3, 2, 5}, 11);
+  const auto single = tim::initial_noise({1, 2, 5}, 11, 2);
+  CHECK(std::equal(single.data(), single.data() + 10, batch.data() + 20));
+  for (int e = 0; e < 10; ++e)
+    CHECK(batch.data()[10 + e] == tim::random::normal(11, 1, tim::random::initial_noise_step, std::uint64_t(e)));
+}
+
+TEST_CASE("trajectory: N + 1 states from z to x_N, equal to what the callback saw") {
+  const auto y = make_labels({0, 1});
+  const auto z = make_noise(2, 4);
+  std::vector<std::vector<double>> seen;
+  tim::TransitionSampler sampler{Recorder{nullptr}, tim::OtFm{}, tim::linspace_schedule(6)};
+  const auto result = sampler.sample(z, y, {.keep_trajectory = true, .on_step = [&](const tim::StepInfo& info) {
+                                              CHECK(info.steps == 6);
+                                              CHECK(info.step == int(seen.size()));
+                                              seen.emplace_back(info.x.data(), info.x.data() + info.x.numel());
+                                              return true;
+                                            }});
+  CHECK(result.trajectory.shape() == tim::Shape{7, 2, 4});
+  CHECK(result.steps_done == 6);
+  CHECK(!result.cancelled);
+  CHECK(result.times.size() == 7);
+  CHECK(std::equal(z.data(), z.data() + 8, result.trajectory.data()));
+  for (int i = 0; i < 6; ++i) CHECK(std::equal(seen[i].begin(), seen[i].end(), result.trajectory.data() + (i + 1) * 8));
+  CHECK(std::equal(result.x.data(), result.x.data() + 8, result.trajectory.data() + 6 * 8));
+  CHECK(sampler.sample(z, y).trajectory.empty_tensor());
+}
+
+TEST_CASE("callback cancellation stops after the step and says so") {
+  const auto y = make_labels({0});
+  const auto z = make_noise(1, 4);
+  std::vector<Recorder::Call> calls;
+  tim::TransitionSampler sampler{Recorder{&calls}, tim::OtFm{}, tim::linspace_schedule(5)};
+  const auto result = sampler.sample(
+      z, y, {.keep_trajectory = true, .on_step = [](const tim::StepInfo& info) { return info.step < 1; }});
+  CHECK(result.cancelled);
+  CHECK(result.steps_done == 2);
+  CHECK(calls.size() == 2);
+  CHECK(result.trajectory.shape() == tim::Shape{3, 1, 4});
+  CHECK(std::equal(result.x.data(), result.x.data() + 4, result.trajectory.data() + 2 * 4));
+  // Stopping at the first step leaves one step done.
+  const auto first = sampler.sample(z, y, {.on_step = [](const tim::StepInfo&) { return false; }});
+  CHECK(first.cancelled);
+  CHECK(first.steps_done == 1);
+  // Declining to continue after the last step cancels nothing.
+  tim::TransitionSampler one{Recorder{nullptr}, tim::OtFm{}, tim::linspace_schedule(1)};
+  const auto done = one.sample(z, y, {.on_step = [](const tim::StepInfo&) { return false; }});
+  CHECK(!done.cancelled);
+  CHECK(done.steps_done == 1);
+}
+
+TEST_CASE("diffusion mode: the model gets r = t, the update still moves to the next time") {
+  const auto y = make_labels({0});
+  const auto z = make_noise(1, 3);
+  for (const char* spelling : {"diffusion", "ddiffusion"}) {
+    std::vector<Recorder::Call> calls;
+    tim::TransitionSampler sampler{Recorder{&calls}, tim::OtFm{}, tim::linspace_schedule(4)};
+    const auto result = sampler.sample(z, y, {.mode = tim::parse_sample_mode(spelling)});
+    REQUIRE(calls.size() == 4);
+    for (std::size_t i = 0; i < 4; ++i) CHECK(calls[i].r == calls[i].t);
+    CHECK(result.steps_done == 4);
+    // x_r = x_t - (t - r) F(x_t, t, t)
+    std::vector<double> x(z.data(), z.data() + 3);
+    const auto times = tim::linspace(1.0, 0.0, 5);
+    for (int i = 0; i < 4; ++i)
+      for (auto& v : x) v = v - (times[i] - times[i + 1]) * Recorder::value(v, 0, times[i], times[i]);
+    for (int j = 0; j < 3; ++j) CHECK(result.x.data()[j] == x[j]);
+  }
+}
+
+TEST_CASE("network: transition mode feeds c_noise(t), c_noise(r); diffusion mode c_noise(t) twice") {
+  auto file = tim::io::SafetensorsFile::open(std::string(TIM_TEST_DATA_DIR) + "/sampler_golden/model.safetensors");
+  const auto model = tim::nn::load_c2i<double>(file);
+  const auto z = tim::initial_noise({2, 4, 8, 8}, 1);
+  const auto y = make_labels({1, 5});
+  const tim::Edm edm;
+  const double t = 30.0, r = 2.0;
+  for (auto mode : {tim::SampleMode::transition, tim::SampleMode::diffusion}) {
+    tim::TransitionSampler sampler{model, edm, tim::grid_schedule({t, r})};
+    const auto result = sampler.sample(z, y, {.mode = mode});
+    auto t_in = Tensor<double>::empty({2}), r_in = Tensor<double>::empty({2});
+    t_in.data()[0] = t_in.data()[1] = edm.c_noise(t);
+    r_in.data()[0] = r_in.data()[1] = edm.c_noise(mode == tim::SampleMode::diffusion ? t : r);
+    Tensor<double> F;
+    model.forward(F, z, t_in, r_in, y);
+    const auto c = edm.coefficients(t, r);
+    for (std::int64_t i = 0; i < z.numel(); ++i) CHECK(result.x.data()[i] == c.a * z.data()[i] + c.b * F.data()[i]);
+  }
+  // Labels are checked against the network's classes (5 is the null class here).
+  tim::TransitionSampler sampler{model, edm, tim::linspace_schedule(2)};
+  CHECK(error_of([&] { sampler.sample(z, make_labels({1, 6})); }) ==
+        "sampler: label 6 at index 1 is outside [0, 5] (5 is the null class)");
+}
+
+TEST_CASE("no allocation inside the step loop after the first step") {
+  const auto y = make_labels({0, 1, 2});
+  const auto z = make_noise(3, 64);
+  long during_steps = -1;
+  auto measure = [&](const tim::StepInfo& info) {
+    if (info.step == 0) {
+      allocations = 0;
+      count_allocations = true;
+    } else if (info.step == info.steps - 1) {
+      count_allocations = false;
+      during_steps = allocations.load();
+    }
+    return true;
+  };
+  tim::TransitionSampler sampler{Recorder{nullptr}, tim::OtFm{}, tim::linspace_schedule(8)};
+  SUBCASE("guided, stochastic, with trajectory") {
+    sampler.sample(z, y, {.cfg_scale = 2.0, .stochasticity = 0.2, .null_label = 3, .keep_trajectory = true,
+                          .on_step = measure});
+    CHECK(during_steps == 0);
+  }
+  SUBCASE("plain") {
+    sampler.sample(z, y, {.on_step = measure});
+    CHECK(during_steps == 0);
+  }
+  SUBCASE("the network in float, guided steps alternating with unguided ones") {
+    auto file = tim::io::SafetensorsFile::open(std::string(TIM_TEST_DATA_DIR) + "/sampler_golden/model.safetensors");
+    const auto model = tim::nn::load_c2i<float>(file);
+    const auto latents = tim::initial_noise({3, 4, 8, 8}, 1);
+    tim::TransitionSampler network{model, tim::OtFm{}, tim::linspace_schedule(8)};
+    network.sample(latents, y, {.cfg_scale = 2.0, .guidance_high = 0.95, .on_step = measure});
+    // The workspace grows to 2B rows on the first guided step and is reused after.
+    CHECK(during_steps == 0);
+  }
+}
+
+TEST_CASE("a model passed as an lvalue is kept by reference, a temporary by value") {
+  std::vector<Recorder::Call> calls;
+  Recorder recorder{&calls};
+  tim::TransitionSampler by_reference{recorder, tim::OtFm{}, tim::linspace_schedule(2)};
+  static_assert(std::is_same_v<decltype(by_reference), tim::TransitionSampler<Recorder&, tim::OtFm, tim::LinspaceSchedule>>);
+  tim::TransitionSampler by_value{Recorder{&calls}, tim::OtFm{}, tim::linspace_schedule(2)};
+  static_assert(std::is_same_v<decltype(by_value), tim::TransitionSampler<Recorder, tim::OtFm, tim::LinspaceSchedule>>);
+  // The returning form of a callable model.
+  auto returning = [](const Tensor<double>& x, double, double, const Labels&) { return x.clone(); };
+  tim::TransitionSampler sampler{returning, tim::VeSde{}, tim::linspace_schedule(3)};
+  const auto z = make_noise(1, 2);
+  const auto result = sampler.sample(z, make_labels({0}));
+  // x_r = x_t + (t - r) x_t each step: the product of (1 + t_i - t_{i+1}).
+  const auto times = tim::linspace(100.0, 0.02, 4);
+  double factor = 1;
+  for (int i = 0; i < 3; ++i) factor *= 1 + (times[i] - times[i + 1]);
+  CHECK(result.x.data()[0] == doctest::Approx(z.data()[0] * factor).epsilon(1e-14));
+}
