@@ -14,8 +14,8 @@ using tim::io::SafetensorsFile;
 
 struct Edit {
   std::function<bool(const std::string&)> drop = [](const std::string&) { return false; };
-  std::map<std::string, std::string> metadata;  // replaces; an empty value removes the key
-  std::vector<std::pair<std::string, tim::Shape>> extra;  // extra F32 tensors
+  std::map<std::string, std::string> metadata{};  // replaces; an empty value removes the key
+  std::vector<std::pair<std::string, tim::Shape>> extra{};  // extra F32 tensors
 };
 
 // The parameters of golden case `name` with `edit` applied, as an in-memory checkpoint.

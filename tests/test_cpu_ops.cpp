@@ -10,10 +10,6 @@
 using tim::cpu;
 using tim_test::random_vector;
 
-namespace {
-std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
-}  // namespace
-
 TEST_CASE_TEMPLATE("linear_forward matches a naive loop", T, float, double) {
   const int rows = 37, in = 53, out = 29;
   auto x = random_vector<T>(rows * in, 1), w = random_vector<T>(out * in, 2), b = random_vector<T>(out, 3);
