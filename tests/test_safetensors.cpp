@@ -29,10 +29,10 @@ namespace {
 // explicitly (for the length-field tests) or taken from the header.
 std::vector<std::uint8_t> make_image(const std::string& header, const std::vector<std::uint8_t>& data,
                                      std::uint64_t header_length) {
-  std::vector<std::uint8_t> bytes(8);
-  for (int i = 0; i < 8; ++i) bytes[i] = static_cast<std::uint8_t>(header_length >> (8 * i));
-  bytes.insert(bytes.end(), header.begin(), header.end());
-  bytes.insert(bytes.end(), data.begin(), data.end());
+  std::vector<std::uint8_t> bytes(8 + header.size() + data.size());
+  for (std::size_t i = 0; i < 8; ++i) bytes[i] = static_cast<std::uint8_t>(header_length >> (8 * i));
+  std::memcpy(bytes.data() + 8, header.data(), header.size());
+  if (!data.empty()) std::memcpy(bytes.data() + 8 + header.size(), data.data(), data.size());
   return bytes;
 }
 std::vector<std::uint8_t> make_image(const std::string& header, const std::vector<std::uint8_t>& data = {}) {
@@ -513,4 +513,26 @@ TEST_CASE("safetensors rejects absurdly nested headers early") {
                                                R"("extra":{"x":[{"y":1}]}}})",
                                                {0}))
             .contains("w"));
+}
+
+TEST_CASE("safetensors rejects shapes of more than 64 dimensions") {
+  std::string shape = "[1";
+  for (int i = 1; i < 65; ++i) shape += ",1";
+  check_rejected(make_image(R"({"w":{"dtype":"U8","shape":)" + shape + R"(],"data_offsets":[0,1]}})", {0}),
+                 "shape has 65 dimensions, more than the 64 supported");
+  const std::string rank64 = R"({"w":{"dtype":"U8","shape":)" + shape.substr(0, shape.size() - 2) +
+                             R"(],"data_offsets":[0,1]}})";
+  CHECK(SafetensorsFile::from_bytes(make_image(rank64, {0})).info("w").shape.rank() == 64);
+}
+
+TEST_CASE("safetensors parses a header of many tensors in linear time") {
+  // Regression: a duplicate-key check through nlohmann's parser callback rescanned the whole
+  // top-level object at each closing brace, so 50,000 entries took billions of steps.
+  std::string header = "{";
+  for (int i = 0; i < 50'000; ++i)
+    header += "\"t" + std::to_string(i) + R"(":{"dtype":"F32","shape":[0],"data_offsets":[0,0]},)";
+  header.back() = '}';
+  const auto file = SafetensorsFile::from_bytes(make_image(header));
+  CHECK(file.tensors().size() == 50'000);
+  CHECK(file.contains("t49999"));
 }

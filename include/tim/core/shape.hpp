@@ -42,12 +42,13 @@ class Shape {
   }
 
  private:
+  // Messages are built only when a check fails: validating a long shape stays linear.
   void validate() const {
     std::int64_t n = 1;
     for (auto e : extents_) {
-      check(e >= 0, "shape ", str(), ": negative extent");
-      check(e == 0 || n <= std::numeric_limits<std::int64_t>::max() / e, "shape ", str(),
-            ": element count overflows 64 bits");
+      if (e < 0) fail("shape ", str(), ": negative extent");
+      if (e != 0 && n > std::numeric_limits<std::int64_t>::max() / e)
+        fail("shape ", str(), ": element count overflows 64 bits");
       n *= e;
     }
   }

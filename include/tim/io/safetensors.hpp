@@ -39,6 +39,9 @@ namespace tim::io {
 //! Largest JSON header accepted (the limit the reference implementation uses too).
 inline constexpr std::uint64_t max_safetensors_header_bytes = 100'000'000;
 
+//! Most dimensions a stored tensor may have.
+inline constexpr std::size_t max_safetensors_rank = 64;
+
 //! One tensor of a safetensors file. `begin`/`end` are byte offsets relative to the data
 //! section (the bytes after the 8-byte length and the JSON header); end - begin is exactly
 //! shape.numel() * dtype_size(dtype).
@@ -93,6 +96,57 @@ inline std::string json_excerpt(const nlohmann::json& j) {
   if (text.size() > limit) text = text.substr(0, limit) + "...";
   return text;
 }
+
+//! SAX handler for the first pass over a header: rejects invalid JSON, nesting deeper than
+//! `max_nesting` (a valid header needs 3: file, entry, shape) and a key repeated within one
+//! object. On the first problem it records a message and stops the parse.
+struct HeaderScan {
+  using json = nlohmann::json;
+  static constexpr std::size_t max_nesting = 64;
+
+  std::string problem;                         // empty while all is well
+  std::size_t depth = 0;                       // containers open
+  std::vector<std::set<std::string>> objects;  // keys seen, one set per open object
+
+  bool null() { return true; }
+  bool boolean(bool) { return true; }
+  bool number_integer(json::number_integer_t) { return true; }
+  bool number_unsigned(json::number_unsigned_t) { return true; }
+  bool number_float(json::number_float_t, const json::string_t&) { return true; }
+  bool string(json::string_t&) { return true; }
+  bool binary(json::binary_t&) { return true; }
+  bool start_object(std::size_t) {
+    objects.emplace_back();
+    return open();
+  }
+  bool end_object() {
+    objects.pop_back();
+    --depth;
+    return true;
+  }
+  bool start_array(std::size_t) { return open(); }
+  bool end_array() {
+    --depth;
+    return true;
+  }
+  bool key(json::string_t& name) {
+    if (objects.back().insert(name).second) return true;
+    problem = depth == 1 ? "duplicate tensor name '" + name + "'"
+                         : "duplicate key '" + name + "' inside a header entry";
+    return false;
+  }
+  bool parse_error(std::size_t, const std::string&, const json::exception& error) {
+    problem = std::string("header is not valid JSON: ") + error.what();
+    return false;
+  }
+
+ private:
+  bool open() {
+    if (++depth <= max_nesting) return true;
+    problem = "header nests deeper than " + std::to_string(max_nesting) + " levels";
+    return false;
+  }
+};
 
 }  // namespace detail
 
@@ -250,43 +304,21 @@ class SafetensorsFile {
     for (std::size_t i = 0; i < tensors_.size(); ++i) index_.emplace(tensors_[i].name, i);
   }
 
-  // nlohmann's DOM parser keeps the last of duplicate keys silently; a parse callback sees
-  // every key, so duplicates (tensor names at depth 1, fields deeper) are caught here. The same
-  // callback stops absurd nesting early: a valid header needs 3 levels (file, entry, shape), and
-  // 100 MB of '[' would otherwise build a DOM of gigabytes before failing.
+  // Two passes over the header text. The first (detail::HeaderScan, a SAX handler) checks the
+  // syntax, the nesting depth and duplicate keys, which nlohmann's DOM parser would silently
+  // collapse to the last one. (Its callback-parser variant could see them too, but it rescans
+  // the parent object at every closing brace: quadratic in the number of tensors.) The second
+  // builds the DOM, now known to be well formed and shallow.
   nlohmann::json parse_header(const char* first, const char* last) const {
-    constexpr int max_nesting = 64;
-    std::vector<std::set<std::string>> open_objects;
-    std::string duplicate;
-    int duplicate_depth = 0;
-    auto watch_keys = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
-      using Event = nlohmann::json::parse_event_t;
-      if ((event == Event::object_start || event == Event::array_start) && depth >= max_nesting)
-        fail_format("header nests deeper than ", max_nesting, " levels");
-      if (event == Event::object_start) {
-        open_objects.emplace_back();
-      } else if (event == Event::object_end) {
-        if (!open_objects.empty()) open_objects.pop_back();
-      } else if (event == Event::key && !open_objects.empty() && duplicate.empty()) {
-        auto key = parsed.get<std::string>();
-        if (!open_objects.back().insert(key).second) {
-          duplicate = std::move(key);
-          duplicate_depth = depth;
-        }
-      }
-      return true;
-    };
-    nlohmann::json header;
+    detail::HeaderScan scan;
+    const bool well_formed = nlohmann::json::sax_parse(first, last, &scan);
+    if (!scan.problem.empty()) fail_format(scan.problem);
+    if (!well_formed) fail_format("header is not valid JSON");
     try {
-      header = nlohmann::json::parse(first, last, watch_keys);
+      return nlohmann::json::parse(first, last);
     } catch (const nlohmann::json::exception& e) {
       fail_format("header is not valid JSON: ", e.what());
     }
-    if (!duplicate.empty()) {
-      if (duplicate_depth == 1) fail_format("duplicate tensor name '", duplicate, "'");
-      fail_format("duplicate key '", duplicate, "' inside a header entry");
-    }
-    return header;
   }
 
   void read_metadata(const nlohmann::json& entry) {
@@ -324,6 +356,11 @@ class SafetensorsFile {
     const nlohmann::json& shape = field("shape");
     if (!shape.is_array())
       fail_format("tensor '", name, "': \"shape\" must be an array, got ", detail::json_type_name(shape));
+    // No framework makes tensors of more than 64 dimensions (NumPy's limit); refusing longer
+    // shapes keeps a hostile header from making Shape's per-extent checks quadratic.
+    if (shape.size() > max_safetensors_rank)
+      fail_format("tensor '", name, "': shape has ", shape.size(), " dimensions, more than the ",
+                  max_safetensors_rank, " supported");
     std::vector<std::int64_t> extents;
     std::int64_t numel = 1;  // running product in Shape's order, so Shape's own check passes too
     for (const auto& e : shape) {
