@@ -1,14 +1,17 @@
 // The `tim` command-line program: inspect a checkpoint, run one network evaluation on inputs
-// from a safetensors file. One function pair per subcommand (add_*: options, run_*: work), so
-// sample, bench and eval slot in the same way. Usage and exit codes: docs/cli.md.
+// from a safetensors file, sample latents and images. One function pair per subcommand (add_*:
+// options, run_*: work), so bench and eval slot in the same way. Usage and exit codes: docs/cli.md.
 #include <CLI/CLI.hpp>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -20,6 +23,8 @@
 #include <string>
 #include <vector>
 
+#include "image_grid.hpp"
+#include "tim/io/png.hpp"
 #include "tim/io/yaml_config.hpp"
 #include "tim/tim.hpp"
 
@@ -46,12 +51,18 @@ struct ModelOptions {
   std::string config_path;  // empty: no --config
 };
 
-//! --model (or a positional MODEL) and --config.
-void add_model_options(CLI::App& command, ModelOptions& options, bool positional_model) {
-  if (positional_model)
+//! How a subcommand takes its checkpoint.
+enum class ModelArgument { positional, option, optional_option };
+
+//! --model (or a positional MODEL; `optional_option`: --model, the shipped model when absent) and --config.
+void add_model_options(CLI::App& command, ModelOptions& options, ModelArgument argument) {
+  if (argument == ModelArgument::positional)
     command.add_option("model", options.model_path, "Checkpoint (.safetensors)")->required();
-  else
+  else if (argument == ModelArgument::option)
     command.add_option("-m,--model", options.model_path, "Checkpoint (.safetensors)")->required();
+  else
+    command.add_option("-m,--model", options.model_path,
+                       "Checkpoint (.safetensors); default: the shipped Fashion-MNIST model tim-fmnist.safetensors");
   command.add_option("-c,--config", options.config_path,
                      "Released TiM YAML config: gives num_heads and new_condition when the checkpoint cannot; "
                      "its other network keys are checked against the checkpoint");
@@ -243,7 +254,7 @@ void run_inspect(const InspectOptions& options) {
 Subcommand add_inspect(CLI::App& app, InspectOptions& options) {
   auto* command = app.add_subcommand("inspect", "Print a checkpoint's detected configuration, parameter count, "
                                                 "dtypes, metadata and ignored tensors");
-  add_model_options(*command, options.model, /*positional_model=*/true);
+  add_model_options(*command, options.model, ModelArgument::positional);
   return {command, [&options] { run_inspect(options); }};
 }
 
@@ -369,7 +380,7 @@ void run_forward(const ForwardOptions& options) {
 Subcommand add_forward(CLI::App& app, ForwardOptions& options) {
   auto* command = app.add_subcommand(
       "forward", "Evaluate the network once: out = F(x, t, r, y), inputs and output in safetensors files");
-  add_model_options(*command, options.model, /*positional_model=*/false);
+  add_model_options(*command, options.model, ModelArgument::option);
   command
       ->add_option("-i,--inputs", options.inputs_path,
                    "Inputs: x [B,C,H,W] F32, t [B] F32, r [B] F32 (network time inputs, after c_noise), y [B] I64")
@@ -377,6 +388,614 @@ Subcommand add_forward(CLI::App& app, ForwardOptions& options) {
   command->add_option("-o,--out", options.out_path, "Output file: out [B,C,H,W] F32")->required();
   add_compute_options(*command, options.compute);
   return {command, [&options] { run_forward(options); }};
+}
+
+// ---------------------------------------------------------------------------------------------
+// tim sample
+
+#ifndef TIM_DEFAULT_MODEL  // the shipped model in the source tree (set by apps/CMakeLists.txt)
+#define TIM_DEFAULT_MODEL ""
+#endif
+#ifndef TIM_INSTALLED_MODEL  // where `cmake --install` puts it
+#define TIM_INSTALLED_MODEL ""
+#endif
+
+constexpr int default_steps = 4;
+constexpr std::int64_t default_per_class = 8;
+
+struct SampleOptions {
+  ModelOptions model;  // model_path empty: the shipped model
+  ComputeOptions compute;
+  int steps = default_steps;
+  double cfg_scale = 1.0;
+  double guidance_low = 0.0;
+  double guidance_high = 1.0;
+  double stochasticity = 0.0;
+  std::uint64_t seed = 0;
+  std::uint64_t first_index = 0;
+  std::string labels;  // "1,2,3"
+  std::int64_t class_label = 0;
+  std::int64_t num = 1;
+  std::string transport;  // empty: the model's metadata, else ot-fm
+  double t_max = 0, t_min = 0;
+  std::string schedule = "linspace";
+  std::string mode;  // empty: the model's metadata, else transition
+  std::int64_t height = 0, width = 0;
+  std::string noise_path;
+  std::string out_path;
+  bool trajectory = false;
+  std::string png_dir;
+  std::string grid_path;
+  std::int64_t per_class = default_per_class;
+  // To tell "not given" from a value.
+  CLI::Option *steps_option = nullptr, *labels_option = nullptr, *class_option = nullptr, *num_option = nullptr,
+              *t_max_option = nullptr, *t_min_option = nullptr, *height_option = nullptr, *width_option = nullptr,
+              *per_class_option = nullptr;
+};
+
+bool given(const CLI::Option* option) { return option != nullptr && option->count() > 0; }
+
+//! The shortest decimal spelling of `value` that reads back exactly (metadata, messages).
+std::string decimal(double value) {
+  char buffer[32];
+  for (int digits = 1; digits <= 17; ++digits) {
+    std::snprintf(buffer, sizeof buffer, "%.*g", digits, value);
+    if (!std::isfinite(value) || std::strtod(buffer, nullptr) == value) break;
+  }
+  return buffer;
+}
+
+//! The shipped model: $TIM_DEFAULT_MODEL when set, else the installed copy, else the source tree's.
+std::string default_model_path() {
+  std::vector<std::string> candidates;
+  const char* from_environment = std::getenv("TIM_DEFAULT_MODEL");
+  if (from_environment != nullptr && *from_environment != '\0') {
+    candidates.push_back(from_environment);
+  } else {
+    for (const char* path : {TIM_INSTALLED_MODEL, TIM_DEFAULT_MODEL})
+      if (*path != '\0') candidates.push_back(path);
+  }
+  std::error_code error;
+  for (const auto& path : candidates)
+    if (fs::is_regular_file(path, error)) return path;
+  std::ostringstream looked;
+  for (std::size_t i = 0; i < candidates.size(); ++i) looked << (i ? ", " : "") << candidates[i];
+  tim::fail("no --model given and the default model tim-fmnist.safetensors was not found (looked for ",
+            candidates.empty() ? std::string("nothing: no location compiled in") : looked.str(),
+            (from_environment != nullptr && *from_environment != '\0') ? ", from $TIM_DEFAULT_MODEL" : "",
+            "); pass --model PATH.safetensors, or get the shipped Fashion-MNIST model: it belongs at "
+            "models/tim-fmnist.safetensors in the tim source tree (`cmake --install` copies it to "
+            "<prefix>/share/tim/models/), or train and export one (docs/training.md) and set TIM_DEFAULT_MODEL to "
+            "its path");
+}
+
+//! "1, 2,3" -> {1, 2, 3}; every entry an integer.
+std::vector<std::int64_t> parse_labels(const std::string& text) {
+  std::vector<std::int64_t> labels;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    const std::size_t comma = std::min(text.find(',', start), text.size());
+    std::string part = text.substr(start, comma - start);
+    part.erase(0, part.find_first_not_of(" \t"));
+    part.erase(part.find_last_not_of(" \t") + 1);
+    std::int64_t value = 0;
+    const auto [end, error] = std::from_chars(part.data(), part.data() + part.size(), value);
+    tim::check(!part.empty() && error == std::errc() && end == part.data() + part.size(), "--labels '", text,
+               "': '", part, "' is not an integer (expected a comma-separated list such as 1,2,3)");
+    labels.push_back(value);
+    start = comma + 1;
+  }
+  return labels;
+}
+
+//! The first one or two integers of a size in metadata ("32x32x1", "32", "[32, 32]"): (H, W).
+std::optional<std::pair<std::int64_t, std::int64_t>> parse_size(const std::string& text) {
+  std::vector<std::int64_t> numbers;
+  for (std::size_t i = 0; i < text.size() && numbers.size() < 2;) {
+    if (!std::isdigit(static_cast<unsigned char>(text[i]))) {
+      ++i;
+      continue;
+    }
+    std::int64_t value = 0;
+    const auto [end, error] = std::from_chars(text.data() + i, text.data() + text.size(), value);
+    if (error != std::errc() || value <= 0) return std::nullopt;
+    numbers.push_back(value);
+    i = static_cast<std::size_t>(end - text.data());
+  }
+  if (numbers.empty()) return std::nullopt;
+  return std::pair{numbers[0], numbers.size() > 1 ? numbers[1] : numbers[0]};
+}
+
+std::string lowercase(std::string text) {
+  std::transform(text.begin(), text.end(), text.begin(),
+                 [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+  return text;
+}
+
+//! The class names a model's metadata gives: `class_names` (a JSON list of num_classes strings),
+//! else the Fashion-MNIST names when `dataset` says fashion-mnist; otherwise none.
+std::vector<std::string> class_names_of(const std::map<std::string, std::string>& metadata, std::int64_t num_classes) {
+  if (const auto found = metadata.find("class_names"); found != metadata.end()) {
+    const auto json = nlohmann::json::parse(found->second, nullptr, /*allow_exceptions=*/false);
+    if (json.is_array() && static_cast<std::int64_t>(json.size()) == num_classes &&
+        std::all_of(json.begin(), json.end(), [](const auto& name) { return name.is_string(); }))
+      return json.template get<std::vector<std::string>>();
+  }
+  if (const auto found = metadata.find("dataset"); found != metadata.end()) {
+    const std::string dataset = lowercase(found->second);
+    const bool fashion = dataset.find("fashion-mnist") != std::string::npos ||
+                         dataset.find("fashion_mnist") != std::string::npos ||
+                         dataset.find("fashionmnist") != std::string::npos;
+    if (fashion && num_classes == static_cast<std::int64_t>(tim::cli::fashion_mnist_classes.size()))
+      return {tim::cli::fashion_mnist_classes.begin(), tim::cli::fashion_mnist_classes.end()};
+  }
+  return {};
+}
+
+std::string class_label_text(std::int64_t label, const std::vector<std::string>& names, std::int64_t num_classes) {
+  if (label == num_classes) return "unconditional";
+  if (label >= 0 && label < static_cast<std::int64_t>(names.size())) return names[static_cast<std::size_t>(label)];
+  return "class " + std::to_string(label);
+}
+
+//! Fails unless the folder `path` would be written into exists (so a long run does not end in a
+//! write error).
+void require_parent_folder(const std::string& path, const char* option) {
+  const fs::path parent = fs::path(path).parent_path();
+  std::error_code error;
+  tim::check(parent.empty() || fs::is_directory(parent, error), option, " '", path, "': the folder '", parent.string(),
+             "' does not exist");
+}
+
+//! The initial noise z (B, C, H, W) of a --noise file: its tensor `z`, or its only tensor.
+tim::Tensor<double> read_noise(const std::string& path) {
+  const auto file = tim::io::SafetensorsFile::open(path);
+  std::string name = "z";
+  if (!file.contains(name)) {
+    std::ostringstream found;
+    for (const auto& info : file.tensors()) found << (found.tellp() > 0 ? ", " : "") << info.name;
+    tim::check(file.tensors().size() == 1, "--noise '", path,
+               "': expected a tensor 'z' [B, C, H, W] (or a file with a single tensor); found: ",
+               found.tellp() > 0 ? found.str() : std::string("none"));
+    name = file.tensors().front().name;
+  }
+  const auto& info = file.info(name);
+  tim::check(info.dtype == tim::DType::F32 || info.dtype == tim::DType::F64, "--noise '", path, "': tensor '", name,
+             "' has dtype ", tim::dtype_name(info.dtype), "; expected F32 or F64");
+  tim::check(info.shape.rank() == 4 && info.shape[0] >= 1, "--noise '", path, "': tensor '", name,
+             "' has shape ", info.shape, "; expected [B, C, H, W] with B >= 1");
+  auto noise = file.load<double>(name).clone();  // owned: the file closes
+  for (std::int64_t i = 0; i < noise.numel(); ++i)
+    tim::check(std::isfinite(noise.data()[i]), "--noise '", path, "': tensor '", name,
+               "' contains a non-finite value at index ", i);
+  return noise;
+}
+
+//! A transport with its range: --transport and --t-max/--t-min, else the model's metadata
+//! (`transport`, `t_max`, `t_min`), else OT-FM's defaults.
+tim::AnyTransport choose_transport(const SampleOptions& options, const std::map<std::string, std::string>& metadata) {
+  tim::AnyTransport transport;
+  bool from_metadata = false;
+  if (!options.transport.empty()) {
+    try {
+      transport = tim::parse_transport(options.transport);
+    } catch (const tim::Error& e) {
+      tim::fail("--transport: ", e.what());
+    }
+  } else if (const auto found = metadata.find("transport"); found != metadata.end()) {
+    try {
+      transport = tim::parse_transport(found->second);
+      from_metadata = true;
+    } catch (const tim::Error& e) {
+      tim::fail("the model's metadata 'transport': ", e.what(), "; pass --transport");
+    }
+  }
+  double t_max = std::visit([](const auto& tr) { return tr.t_max; }, transport);
+  double t_min = std::visit([](const auto& tr) { return tr.t_min; }, transport);
+  auto metadata_number = [&](const char* key, double& value) {
+    const auto found = metadata.find(key);
+    if (!from_metadata || found == metadata.end()) return;
+    char* end = nullptr;
+    const double parsed = std::strtod(found->second.c_str(), &end);
+    if (end != found->second.c_str() && *end == '\0' && std::isfinite(parsed)) value = parsed;
+  };
+  metadata_number("t_max", t_max);
+  metadata_number("t_min", t_min);
+  if (given(options.t_max_option)) t_max = options.t_max;
+  if (given(options.t_min_option)) t_min = options.t_min;
+  tim::check(std::isfinite(t_max) && std::isfinite(t_min) && t_max > t_min, "--t-max ", decimal(t_max),
+             " must be greater than --t-min ", decimal(t_min), " (both finite)");
+  tim::set_time_range(transport, t_max, t_min);
+  return transport;
+}
+
+tim::SampleMode choose_mode(const SampleOptions& options, const std::map<std::string, std::string>& metadata) {
+  try {
+    if (!options.mode.empty()) return tim::parse_sample_mode(options.mode);
+  } catch (const tim::Error& e) {
+    tim::fail("--mode: ", e.what());
+  }
+  if (const auto found = metadata.find("sample_type"); found != metadata.end()) {
+    try {
+      return tim::parse_sample_mode(found->second);
+    } catch (const tim::Error& e) {
+      tim::fail("the model's metadata 'sample_type': ", e.what(), "; pass --mode");
+    }
+  }
+  return tim::SampleMode::transition;
+}
+
+//! Checks the options that need no model, so mistakes fail before anything is loaded.
+void check_sample_options(const SampleOptions& o) {
+  const bool grid = !o.grid_path.empty(), labels = given(o.labels_option), single_class = given(o.class_option);
+  tim::check(!given(o.steps_option) || o.steps >= 1, "--steps must be at least 1, got ", o.steps);
+  tim::check(std::isfinite(o.cfg_scale), "--cfg-scale must be a finite number, got ", o.cfg_scale);
+  tim::check(std::isfinite(o.guidance_low) && std::isfinite(o.guidance_high),
+             "--guidance-low and --guidance-high must be finite numbers");
+  tim::check(o.guidance_low <= o.guidance_high, "--guidance-low ", decimal(o.guidance_low),
+             " is greater than --guidance-high ", decimal(o.guidance_high),
+             " (the guidance window [low, high] is in fractions of t_max)");
+  tim::check(std::isfinite(o.stochasticity) && o.stochasticity >= 0,
+             "--stochasticity must be a finite number >= 0, got ", o.stochasticity);
+  tim::check(!given(o.height_option) || o.height >= 1, "--height must be at least 1, got ", o.height);
+  tim::check(!given(o.width_option) || o.width >= 1, "--width must be at least 1, got ", o.width);
+  if (!o.mode.empty()) choose_mode(o, {});  // spelling only; the model may choose later
+  if (!o.transport.empty()) choose_transport(o, {});
+  // What to sample.
+  tim::check(!(labels && single_class), "--labels and --class cannot be used together: give a list or one class");
+  tim::check(!given(o.num_option) || single_class, "--num needs --class (the class to draw --num samples of)");
+  tim::check(!given(o.num_option) || o.num >= 1, "--num must be at least 1, got ", o.num);
+  tim::check(!given(o.per_class_option) || grid, "--per-class needs --grid");
+  tim::check(o.per_class >= 1, "--per-class must be at least 1, got ", o.per_class);
+  if (grid)
+    tim::check(!labels && !single_class && o.noise_path.empty(), "--grid samples every class itself; "
+               "it cannot be combined with --labels, --class or --noise");
+  if (!o.noise_path.empty()) {
+    tim::check(labels || single_class, "--noise needs --labels (one label per noise sample) or --class");
+    tim::check(!given(o.num_option), "--num cannot be used with --noise: the batch size is the noise's");
+  }
+  tim::check(grid || labels || single_class,
+             "nothing to sample: give --labels 1,2,3, --class K [--num N], or --grid OUT.png");
+  // What to write.
+  tim::check(!o.out_path.empty() || !o.png_dir.empty() || grid,
+             "no output: give --out OUT.safetensors, --png-dir DIR or --grid OUT.png");
+  tim::check(!o.trajectory || !o.out_path.empty(), "--trajectory needs --out (the trajectory is stored there)");
+  if (!o.out_path.empty()) require_parent_folder(o.out_path, "--out");
+  if (grid) require_parent_folder(o.grid_path, "--grid");
+}
+
+//! Shows "step i/N" on stderr while sampling, only when stderr is a terminal.
+struct Progress {
+  bool enabled = ::isatty(::fileno(stderr)) != 0;
+  Clock::time_point start = Clock::now();
+
+  bool operator()(const tim::StepInfo& info) const {
+    if (!enabled) return true;
+    std::fprintf(stderr, "\rtim sample: step %d/%d  t %.4g -> %.4g%s  %.1f s\033[K", info.step + 1, info.steps,
+                 info.t, info.r, info.guided ? " (guided)" : "", seconds_since(start));
+    if (info.step + 1 == info.steps) std::fputc('\n', stderr);
+    std::fflush(stderr);
+    return true;
+  }
+};
+
+//! Converts a double tensor to float (the file format of latents and trajectories).
+tim::Tensor<float> to_float(const tim::Tensor<double>& x) {
+  auto out = tim::Tensor<float>::empty(x.shape());
+  for (std::int64_t i = 0; i < x.numel(); ++i) out.data()[i] = static_cast<float>(x.data()[i]);
+  return out;
+}
+
+//! "key: value" lines of the generation parameters, for a PNG's "parameters" text chunk.
+std::string parameters_text(const std::vector<std::pair<std::string, std::string>>& parameters) {
+  std::string text;
+  for (const auto& [key, value] : parameters) text += key + ": " + value + "\n";
+  return text;
+}
+
+//! What is sampled: labels (B), the initial noise (B, C, H, W) and each row's sample index (the
+//! noise stream its initial noise and its stochastic steps draw from).
+struct SampleBatch {
+  std::vector<std::int64_t> labels;
+  tim::Tensor<double> noise;
+  std::vector<std::uint64_t> sample_indices;
+  std::string noise_source;  // for the metadata: the --noise file, or how the noise was generated
+};
+
+//! The labels of --labels, --class/--num or --grid (every class, --per-class each), or the
+//! --noise file's batch with --labels or --class; each checked against the model's classes.
+std::vector<std::int64_t> choose_labels(const SampleOptions& options, std::int64_t num_classes,
+                                        std::optional<std::int64_t> noise_batch) {
+  std::vector<std::int64_t> labels;
+  if (!options.grid_path.empty()) {
+    for (std::int64_t label = 0; label < num_classes; ++label) labels.insert(labels.end(), options.per_class, label);
+  } else if (given(options.labels_option)) {
+    labels = parse_labels(options.labels);
+  } else {
+    labels.assign(static_cast<std::size_t>(noise_batch.value_or(options.num)), options.class_label);
+  }
+  if (noise_batch)
+    tim::check(static_cast<std::int64_t>(labels.size()) == *noise_batch, "--labels gives ", labels.size(),
+               " labels but the --noise tensor has ", *noise_batch, " samples");
+  for (std::size_t b = 0; b < labels.size(); ++b) {
+    if (labels[b] >= 0 && labels[b] <= num_classes) continue;
+    const std::string range = " is outside [0, " + std::to_string(num_classes) + "] (classes 0.." +
+                              std::to_string(num_classes - 1) + ", " + std::to_string(num_classes) +
+                              " = unconditional)";
+    if (given(options.class_option)) tim::fail("--class ", labels[b], range);
+    tim::fail("--labels: label ", labels[b], " at index ", b, range);
+  }
+  return labels;
+}
+
+//! The latent size (H, W) when there is no --noise: --height/--width, else the model's metadata.
+std::pair<std::int64_t, std::int64_t> latent_size(const SampleOptions& options,
+                                                  const std::map<std::string, std::string>& metadata) {
+  std::optional<std::pair<std::int64_t, std::int64_t>> native;
+  for (const char* key : {"latent_size", "image_size"})
+    if (const auto found = metadata.find(key); !native && found != metadata.end()) native = parse_size(found->second);
+  tim::check(native || (given(options.height_option) && given(options.width_option)),
+             "the model's metadata gives no latent size (no 'latent_size' or 'image_size' key): pass --height and "
+             "--width (in latent pixels, multiples of the patch size)");
+  return {given(options.height_option) ? options.height : native->first,
+          given(options.width_option) ? options.width : native->second};
+}
+
+SampleBatch make_batch(const SampleOptions& options, const tim::nn::C2IConfig& c,
+                       const std::map<std::string, std::string>& metadata, const tim::AnyTransport& transport,
+                       double t_0) {
+  SampleBatch batch;
+  if (!options.noise_path.empty()) {
+    batch.noise = read_noise(options.noise_path);
+    const tim::Shape& shape = batch.noise.shape();
+    tim::check(shape[1] == c.in_channels, "--noise '", options.noise_path, "': shape ", shape, " has ", shape[1],
+               " channels; the model has ", c.in_channels);
+    tim::check(!given(options.height_option) || options.height == shape[2], "--height ", options.height,
+               " disagrees with the --noise shape ", shape);
+    tim::check(!given(options.width_option) || options.width == shape[3], "--width ", options.width,
+               " disagrees with the --noise shape ", shape);
+    tim::check(shape[2] % c.patch == 0 && shape[3] % c.patch == 0, "height ", shape[2], " and width ", shape[3],
+               " must be multiples of the model's patch size ", c.patch);
+    batch.labels = choose_labels(options, c.num_classes, shape[0]);
+    for (std::int64_t b = 0; b < shape[0]; ++b)
+      batch.sample_indices.push_back(options.first_index + static_cast<std::uint64_t>(b));
+    batch.noise_source = options.noise_path;
+    return batch;
+  }
+
+  batch.labels = choose_labels(options, c.num_classes, std::nullopt);
+  const auto [H, W] = latent_size(options, metadata);
+  tim::check(H % c.patch == 0 && W % c.patch == 0, "height ", H, " and width ", W,
+             " must be multiples of the model's patch size ", c.patch);
+  // Row b draws sample index first + b; in a --grid, column k of every row draws first + k, so
+  // a column shows one noise under every class (row K equals `--class K --num per-class`).
+  const auto B = static_cast<std::int64_t>(batch.labels.size());
+  const std::int64_t distinct = options.grid_path.empty() ? B : options.per_class;
+  const auto drawn = tim::initial_noise({distinct, c.in_channels, H, W}, options.seed, options.first_index);
+  batch.noise = tim::Tensor<double>::empty({B, c.in_channels, H, W});
+  const std::int64_t per_sample = c.in_channels * H * W;
+  for (std::int64_t b = 0; b < B; ++b) {
+    std::copy_n(drawn.data() + (b % distinct) * per_sample, per_sample, batch.noise.data() + b * per_sample);
+    batch.sample_indices.push_back(options.first_index + static_cast<std::uint64_t>(b % distinct));
+  }
+  batch.noise_source = "tim::initial_noise, seed " + std::to_string(options.seed) + ", row b from sample_indices[b]";
+  // VE's noise has standard deviation t: start from t_0 z (docs/sampling.md, "Noise scale").
+  if (std::holds_alternative<tim::VeSde>(transport)) {
+    for (std::int64_t i = 0; i < batch.noise.numel(); ++i) batch.noise.data()[i] *= t_0;
+    batch.noise_source += ", times t_0 = " + decimal(t_0);
+  }
+  return batch;
+}
+
+//! The PNGs of --grid and --png-dir from float latents (B, C, H, W), C = 1 or 3.
+void write_images(const SampleOptions& options, const tim::Tensor<float>& latents, const SampleBatch& batch,
+                  const std::vector<std::string>& class_names, std::int64_t num_classes,
+                  const std::vector<std::pair<std::string, std::string>>& parameters) {
+  const auto B = latents.dim(0);
+  const auto C = static_cast<int>(latents.dim(1));
+  const auto H = static_cast<int>(latents.dim(2)), W = static_cast<int>(latents.dim(3));
+  auto image_of = [&](std::int64_t b) { return tim::cli::latent_image(latents.data() + b * C * H * W, C, H, W); };
+  auto label_of = [&](std::int64_t b) { return batch.labels[static_cast<std::size_t>(b)]; };
+
+  // One row per class, in label order; each row's samples in batch order.
+  std::map<std::int64_t, std::vector<std::int64_t>> members_of_class;
+  for (std::int64_t b = 0; b < B; ++b) members_of_class[label_of(b)].push_back(b);
+  std::vector<tim::cli::GridRow> rows;
+  for (const auto& [label, members] : members_of_class) {
+    rows.push_back({class_label_text(label, class_names, num_classes), {}});
+    for (const auto b : members) rows.back().images.push_back(image_of(b));
+  }
+  const auto grid = tim::cli::labelled_grid(rows, tim::cli::grid_scale(H, W));
+  const std::vector<tim::io::PngText> grid_text{{"parameters", parameters_text(parameters)}, {"Software", "tim"}};
+  if (!options.grid_path.empty()) tim::io::write_png(options.grid_path, grid, grid_text);
+  if (options.png_dir.empty()) return;
+
+  for (std::int64_t b = 0; b < B; ++b) {
+    char name[64];
+    std::snprintf(name, sizeof name, "sample_%04lld_class_%lld.png", static_cast<long long>(b),
+                  static_cast<long long>(label_of(b)));
+    auto sample_parameters = parameters;
+    sample_parameters.emplace_back("label", std::to_string(label_of(b)) + " (" +
+                                                class_label_text(label_of(b), class_names, num_classes) + ")");
+    sample_parameters.emplace_back("sample_index", std::to_string(batch.sample_indices[static_cast<std::size_t>(b)]));
+    tim::io::write_png((fs::path(options.png_dir) / name).string(), image_of(b),
+                       {{"parameters", parameters_text(sample_parameters)}, {"Software", "tim"}});
+  }
+  tim::io::write_png((fs::path(options.png_dir) / "grid.png").string(), grid, grid_text);
+}
+
+void run_sample(const SampleOptions& options) {
+  apply_threads(options.compute);
+  check_sample_options(options);
+
+  const auto start = Clock::now();
+  ModelOptions model_options = options.model;
+  if (model_options.model_path.empty()) model_options.model_path = default_model_path();
+  const std::string& model_path = model_options.model_path;
+  for (const auto* out : {&options.out_path, &options.grid_path})
+    tim::check(out->empty() || (!same_file(*out, model_path) && !same_file(*out, options.noise_path)), "'", *out,
+               "' would overwrite the model or the noise file");
+
+  const LoadedModel loaded = load_model(model_options);
+  const auto& model = loaded.model;
+  const auto& c = model.config;
+  const auto metadata = tim::io::SafetensorsFile::open(model_path).metadata();
+  const double load_seconds = seconds_since(start);
+
+  // The settings, each from its option, else the model's metadata, else the default.
+  const tim::AnyTransport transport = choose_transport(options, metadata);
+  const double t_max = std::visit([](const auto& tr) { return tr.t_max; }, transport);
+  const double t_min = std::visit([](const auto& tr) { return tr.t_min; }, transport);
+  tim::check(options.stochasticity == 0 || std::holds_alternative<tim::OtFm>(transport), "--stochasticity ",
+             decimal(options.stochasticity),
+             " needs the ot-fm transport (the only one with a stochastic transition), not ",
+             tim::transport_name(transport));
+  const tim::SampleMode mode = choose_mode(options, metadata);
+  const bool listed_times = options.schedule.find(',') != std::string::npos;
+  const int steps_asked = given(options.steps_option) ? options.steps : (listed_times ? 0 : default_steps);
+  tim::AnySchedule schedule;
+  std::vector<double> times;
+  try {
+    schedule = tim::parse_schedule(options.schedule, steps_asked);
+    times = tim::make_time_grid(schedule, t_max, t_min);
+  } catch (const tim::Error& e) {
+    tim::fail("--schedule: ", e.what());
+  }
+  const int steps = static_cast<int>(times.size()) - 1;
+
+  // Images need 1 or 3 channels: anything else is a latent for a decoder tim does not have yet.
+  const bool images = !options.png_dir.empty() || !options.grid_path.empty();
+  tim::check(!images || c.in_channels == 1 || c.in_channels == 3, "PNG output (--png-dir, --grid) needs latents with 1 "
+             "(gray) or 3 (RGB) channels; this model's have ", c.in_channels,
+             ", which need a VAE decoder to become images (not in tim yet); write --out OUT.safetensors instead");
+
+  const SampleBatch batch = make_batch(options, c, metadata, transport, times.front());
+  const auto B = static_cast<std::int64_t>(batch.labels.size());
+  auto labels = tim::Tensor<std::int64_t>::empty({B});
+  std::copy(batch.labels.begin(), batch.labels.end(), labels.data());
+
+  // Every generation parameter, for the safetensors metadata and the PNG text chunks.
+  std::string indices_text;
+  for (std::size_t b = 0; b < batch.sample_indices.size(); ++b) {
+    if (b > 0) indices_text += ',';
+    indices_text += std::to_string(batch.sample_indices[b]);
+  }
+  std::vector<std::pair<std::string, std::string>> parameters{
+      {"model", model_path},
+      {"steps", std::to_string(steps)},
+      {"cfg_scale", decimal(options.cfg_scale)},
+      {"guidance_low", decimal(options.guidance_low)},
+      {"guidance_high", decimal(options.guidance_high)},
+      {"stochasticity", decimal(options.stochasticity)},
+      {"seed", std::to_string(options.seed)},
+      {"first_sample_index", std::to_string(options.first_index)},
+      {"sample_indices", indices_text},
+      {"transport", std::string(tim::transport_name(transport))},
+      {"t_max", decimal(t_max)},
+      {"t_min", decimal(t_min)},
+      {"schedule", schedule.describe()},
+      {"mode", std::string(tim::sample_mode_name(mode))},
+      {"noise", batch.noise_source},
+      {"height", std::to_string(batch.noise.dim(2))},
+      {"width", std::to_string(batch.noise.dim(3))},
+      {"tim_version", tim::version_string},
+  };
+  if (!options.model.config_path.empty())
+    parameters.insert(parameters.begin() + 1, {"config", options.model.config_path});
+
+  if (!options.png_dir.empty()) {  // before sampling, so a bad folder fails fast
+    std::error_code error;
+    fs::create_directories(options.png_dir, error);
+    tim::check(fs::is_directory(options.png_dir, error), "--png-dir '", options.png_dir, "': cannot create the folder",
+               error ? ": " + error.message() : std::string());
+  }
+
+  const auto sample_start = Clock::now();
+  const tim::SamplerOptions sampler_options{.cfg_scale = options.cfg_scale,
+                                            .guidance_low = options.guidance_low,
+                                            .guidance_high = options.guidance_high,
+                                            .stochasticity = options.stochasticity,
+                                            .mode = mode,
+                                            .seed = options.seed,
+                                            .sample_indices = batch.sample_indices,
+                                            .keep_trajectory = options.trajectory,
+                                            .on_step = Progress{}};
+  const tim::SampleResult result = std::visit(
+      [&](auto chosen) {
+        tim::TransitionSampler sampler{model, chosen, schedule};
+        return sampler.sample(batch.noise, labels, sampler_options);
+      },
+      transport);
+  const double sample_seconds = seconds_since(sample_start);
+  const tim::Tensor<float> latents = to_float(result.x);
+
+  if (!options.out_path.empty()) {
+    tim::io::SafetensorsWriter writer;
+    writer.add("latents", latents);
+    writer.add("labels", labels);
+    if (options.trajectory) {
+      writer.add("trajectory", to_float(result.trajectory));
+      writer.add("times", tim::DType::F64, tim::Shape{static_cast<std::int64_t>(result.times.size())},
+                 result.times.data());
+    }
+    for (const auto& [key, value] : parameters) writer.set_metadata(key, value);
+    writer.write(options.out_path);
+  }
+  if (images) write_images(options, latents, batch, class_names_of(metadata, c.num_classes), c.num_classes, parameters);
+
+  if (options.compute.verbose)
+    std::cerr << std::fixed << std::setprecision(3) << "tim sample: loaded " << model_path << " in " << load_seconds
+              << " s; " << B << " samples of " << latents.dim(1) << " x " << latents.dim(2) << " x " << latents.dim(3)
+              << ", " << steps << " steps on " << tim::num_threads() << " threads in " << sample_seconds << " s; total "
+              << seconds_since(start) << " s\n";
+}
+
+Subcommand add_sample(CLI::App& app, SampleOptions& options) {
+  auto* command = app.add_subcommand(
+      "sample", "Generate latents (and images, for 1- or 3-channel models) with the any-step transition sampler");
+  add_model_options(*command, options.model, ModelArgument::optional_option);
+  options.steps_option = command->add_option("-n,--steps", options.steps,
+                                             "Sampling steps N >= 1 (default " + std::to_string(default_steps) +
+                                                 "; a listed --schedule gives its own)");
+  command->add_option("--cfg-scale", options.cfg_scale,
+                      "Classifier-free guidance scale; guidance only when > 1 (default 1)");
+  command->add_option("--guidance-low", options.guidance_low, "Guidance window start, a fraction of t_max (default 0)");
+  command->add_option("--guidance-high", options.guidance_high, "Guidance window end, a fraction of t_max (default 1)");
+  command->add_option("--stochasticity", options.stochasticity,
+                      "OT-FM stochasticity s >= 0 (default 0: deterministic)");
+  command->add_option("--seed", options.seed, "Seed of the noise generator (default 0)");
+  command->add_option("--first-index", options.first_index,
+                      "Sample index of the first batch row: row b draws noise stream first + b (default 0)");
+  options.labels_option = command->add_option("--labels", options.labels, "Class labels, one per sample: 1,2,3");
+  options.class_option = command->add_option("--class", options.class_label, "One class for every sample");
+  options.num_option = command->add_option("--num", options.num, "Number of samples of --class (default 1)");
+  command->add_option("--transport", options.transport,
+                      "ot-fm, trigflow, edm, vp or ve (default: the model's metadata, else ot-fm)");
+  options.t_max_option = command->add_option("--t-max", options.t_max, "Largest time (default: the transport's)");
+  options.t_min_option = command->add_option("--t-min", options.t_min, "Smallest time (default: the transport's)");
+  command->add_option("--schedule", options.schedule,
+                      "linspace (default), shift:S, karras:RHO, or a decreasing list of times 1,0.5,0");
+  command->add_option("--mode", options.mode,
+                      "transition or diffusion (ddiffusion) (default: the model's metadata, else transition)");
+  options.height_option =
+      command->add_option("--height", options.height, "Latent height (default: the model's metadata)");
+  options.width_option =
+      command->add_option("--width", options.width, "Latent width (default: the model's metadata)");
+  command->add_option("--noise", options.noise_path,
+                      "Initial noise: a safetensors file with z [B,C,H,W] F32/F64 (default: generated from --seed)");
+  command->add_option("-o,--out", options.out_path,
+                      "Output: latents [B,C,H,W] F32, labels [B] I64 and the parameters in __metadata__");
+  command->add_flag("--trajectory", options.trajectory,
+                    "Also store trajectory [N+1,B,C,H,W] F32 and times [N+1] F64 in --out");
+  command->add_option("--png-dir", options.png_dir,
+                      "Write one PNG per sample and a labelled grid.png into this folder");
+  command->add_option("--grid", options.grid_path,
+                      "Sample --per-class images of every class and write a labelled grid PNG");
+  options.per_class_option = command->add_option(
+      "--per-class", options.per_class,
+      "Samples per class for --grid (default " + std::to_string(default_per_class) + ")");
+  add_compute_options(*command, options.compute);
+  return {command, [&options] { run_sample(options); }};
 }
 
 }  // namespace
@@ -390,7 +1009,9 @@ int main(int argc, char** argv) {
   // The options structs outlive parsing; each subcommand's run reads its own.
   InspectOptions inspect_options;
   ForwardOptions forward_options;
-  const std::vector<Subcommand> subcommands{add_inspect(app, inspect_options), add_forward(app, forward_options)};
+  SampleOptions sample_options;
+  const std::vector<Subcommand> subcommands{add_inspect(app, inspect_options), add_forward(app, forward_options),
+                                            add_sample(app, sample_options)};
 
   try {
     app.parse(argc, argv);

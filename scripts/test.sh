@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh
-ctest --test-dir build --output-on-failure --parallel "$(nproc)"
+# Passive OpenMP waiting: parallel test processes would otherwise spin against each other.
+OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} ctest --test-dir build --output-on-failure --parallel "$(nproc)"

@@ -1,6 +1,6 @@
 // The `tim` program run as a subprocess: golden cases split into a model file and an inputs
-// file must reproduce the reference output, and every kind of bad input must end with exit
-// code 1 and a message that says what is wrong (never a crash).
+// file must reproduce the reference output (forward, sample), and every kind of bad input must
+// end with exit code 1 and a message that says what is wrong (never a crash).
 #include <doctest/doctest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -13,11 +13,13 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <set>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "tim/io/png.hpp"
 #include "tim/tim.hpp"
 
 namespace {
@@ -65,13 +67,15 @@ struct RunResult {
   std::string out, err;
 };
 
-// Runs `tim ARGS` with stdout and stderr captured into files of `dir`.
-RunResult run_tim(const TempDir& dir, const std::string& args) {
+// Runs `tim ARGS` with stdout and stderr captured into files of `dir`; `environment` (e.g.
+// "NAME=value ") is put before the command.
+RunResult run_tim(const TempDir& dir, const std::string& args, const std::string& environment = "") {
   static std::atomic<int> counter{0};
   const int id = counter++;
   const std::string out = dir.file("stdout_" + std::to_string(id) + ".txt");
   const std::string err = dir.file("stderr_" + std::to_string(id) + ".txt");
-  const std::string command = quote(TIM_EXECUTABLE) + " " + args + " > " + quote(out) + " 2> " + quote(err);
+  const std::string command =
+      environment + quote(TIM_EXECUTABLE) + " " + args + " > " + quote(out) + " 2> " + quote(err);
   const int status = std::system(command.c_str());
   RunResult result;
   result.exited = status != -1 && WIFEXITED(status);
@@ -556,4 +560,418 @@ TEST_CASE("cli config: contradictions and malformed YAML") {
     check_success(forward_with_config());
     CHECK(relative_error_of(out, split) <= 1e-4);
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// tim sample
+
+namespace {
+
+std::string sampler_golden_file(const std::string& name) {
+  return std::string(TIM_TEST_DATA_DIR) + "/sampler_golden/" + name + ".safetensors";
+}
+
+const std::string sampler_model = sampler_golden_file("model");  // C = 4, patch 2, 5 classes
+
+// A golden sampler case as `tim sample` takes it: z in a noise file, the labels as text.
+struct SamplerCase {
+  std::string name;
+  std::map<std::string, std::string> meta;
+  std::string noise;   // safetensors file with z [B, C, H, W] F64
+  std::string labels;  // "3,0,4"
+  tim::Tensor<double> z;
+};
+
+SamplerCase sampler_case(const TempDir& dir, const std::string& name) {
+  const auto file = tim::io::SafetensorsFile::open(sampler_golden_file(name));
+  SamplerCase c{name, file.metadata(), dir.file(name + "_noise.safetensors"), "", file.load<double>("input.z").clone()};
+  const auto y = file.load<std::int64_t>("input.y");
+  for (std::int64_t b = 0; b < y.numel(); ++b) {
+    if (b > 0) c.labels += ',';
+    c.labels += std::to_string(y.data()[b]);
+  }
+  tim::io::SafetensorsWriter writer;
+  writer.add("z", c.z);
+  writer.write(c.noise);
+  return c;
+}
+
+// The command line that reproduces a golden case at `steps` steps, from its metadata.
+std::string sample_args(const SamplerCase& c, int steps, const std::string& out) {
+  const auto& m = c.meta;
+  return "sample --model " + quote(sampler_model) + " --noise " + quote(c.noise) + " --labels " + c.labels +
+         " --steps " + std::to_string(steps) + " --transport " + m.at("transport") + " --mode " + m.at("mode") +
+         " --schedule " + m.at("schedule") + " --cfg-scale " + m.at("cfg_scale") + " --guidance-low " +
+         m.at("guidance_low") + " --guidance-high " + m.at("guidance_high") + " --stochasticity " +
+         m.at("stochasticity") + " --seed " + m.at("noise_seed") + " --first-index " + m.at("first_sample_index") +
+         " --out " + quote(out);
+}
+
+// max |a - b| / max |b|.
+template <class A, class B>
+double relative_error(const A* actual, const B* expected, std::int64_t n) {
+  double largest_diff = 0, largest_ref = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    largest_diff = std::max(largest_diff, std::abs(static_cast<double>(actual[i]) - static_cast<double>(expected[i])));
+    largest_ref = std::max(largest_ref, std::abs(static_cast<double>(expected[i])));
+  }
+  REQUIRE(largest_ref > 1e-2);
+  return largest_diff / largest_ref;
+}
+
+// SPEC 8 (C2I), written out here independently of the program: clamp(255 (x + 1) / 2, 0, 255),
+// truncated to uint8.
+std::uint8_t expected_pixel(float x) {
+  return static_cast<std::uint8_t>(std::clamp(255.0f * (x + 1.0f) / 2.0f, 0.0f, 255.0f));
+}
+
+// A model file made from the parameters of `source` (as F32) with `metadata` added; with
+// `channels` set, the channel-dependent tensors (x_embedder.proj [D, C, p, p] and the final
+// linear layer [p p C, D]) are cut to that many channels, giving a valid network of C channels.
+std::string make_model(const TempDir& dir, const std::string& source, const std::string& name,
+                       const std::map<std::string, std::string>& metadata, std::int64_t channels = 0) {
+  const auto file = tim::io::SafetensorsFile::open(source);
+  const std::string path = dir.file(name + ".safetensors");
+  tim::io::SafetensorsWriter writer;
+  const auto patch_weight = file.info("x_embedder.proj.weight").shape;
+  const std::int64_t D = patch_weight[0], C = patch_weight[1], p = patch_weight[2];
+  for (const auto& info : file.tensors()) {
+    if (is_io(info.name)) continue;
+    auto tensor = file.load<float>(info.name).clone();
+    if (channels > 0 && info.name == "x_embedder.proj.weight") {
+      auto cut = tim::Tensor<float>::empty({D, channels, p, p});
+      for (std::int64_t d = 0; d < D; ++d)
+        std::copy_n(tensor.data() + d * C * p * p, channels * p * p, cut.data() + d * channels * p * p);
+      tensor = cut;
+    } else if (channels > 0 && info.name.rfind("final_layer.linear.", 0) == 0) {
+      REQUIRE(info.shape[0] == p * p * C);
+      std::vector<std::int64_t> extents = info.shape.extents();
+      extents[0] = p * p * channels;
+      auto cut = tim::Tensor<float>::empty(tim::Shape(extents));
+      std::copy_n(tensor.data(), cut.numel(), cut.data());
+      tensor = cut;
+    }
+    writer.add(info.name, tensor);
+  }
+  for (const auto& [key, value] : file.metadata()) writer.set_metadata(key, value);
+  for (const auto& [key, value] : metadata) writer.set_metadata(key, value);
+  writer.write(path);
+  return path;
+}
+
+// A stand-in for the shipped model: the 1-channel, 10-class golden network (patch 4) with the
+// metadata the trainer's export writes (dataset, image_size).
+std::string fashion_model(const TempDir& dir) {
+  return make_model(dir, std::string(TIM_TEST_DATA_DIR) + "/golden/patch4.safetensors", "fashion",
+                    {{"dataset", "Fashion-MNIST (test stand-in)"}, {"image_size", "16x16x1"}});
+}
+
+}  // namespace
+
+TEST_CASE("cli sample: --noise and --labels reproduce the golden sampler cases in float") {
+  TempDir dir;
+  const int steps = 4;
+  for (const std::string name : {"otfm_cfg", "otfm_stochastic", "trigflow_cfg", "edm_diffusion", "vp", "ve_window"}) {
+    CAPTURE(name);
+    const auto c = sampler_case(dir, name);
+    const std::string out = dir.file(name + "_out.safetensors");
+    const auto result = run_tim(dir, sample_args(c, steps, out));
+    check_success(result);
+    CHECK(result.out.empty());
+    CHECK(result.err.empty());  // no progress display when stderr is not a terminal
+
+    const auto golden = tim::io::SafetensorsFile::open(sampler_golden_file(name));
+    const auto expected = golden.load<double>("output.x_" + std::to_string(steps) + "step");
+    const auto file = tim::io::SafetensorsFile::open(out);
+    REQUIRE(file.info("latents").dtype == tim::DType::F32);
+    REQUIRE(file.info("latents").shape == expected.shape());
+    const auto latents = file.load<float>("latents");
+    const double error = relative_error(latents.data(), expected.data(), expected.numel());
+    MESSAGE(name, " (tim sample, float network): relative error ", error);
+    CHECK(error <= 1e-4);
+    const auto labels = file.load<std::int64_t>("labels");
+    const auto golden_labels = golden.load<std::int64_t>("input.y");
+    REQUIRE(labels.shape() == golden_labels.shape());
+    CHECK(std::equal(labels.data(), labels.data() + labels.numel(), golden_labels.data()));
+    CHECK(!file.contains("trajectory"));
+  }
+}
+
+TEST_CASE("cli sample: --trajectory starts at the noise, ends at the latents, on the golden grid") {
+  TempDir dir;
+  const auto c = sampler_case(dir, "otfm_stochastic");
+  const int steps = 16;
+  const std::string out = dir.file("out.safetensors");
+  check_success(run_tim(dir, sample_args(c, steps, out) + " --trajectory"));
+  const auto file = tim::io::SafetensorsFile::open(out);
+  const auto& z_shape = c.z.shape();
+  REQUIRE(file.info("trajectory").dtype == tim::DType::F32);
+  REQUIRE(file.info("trajectory").shape == tim::Shape{steps + 1, z_shape[0], z_shape[1], z_shape[2], z_shape[3]});
+  const auto trajectory = file.load<float>("trajectory");
+  const auto latents = file.load<float>("latents");
+  const std::int64_t n = c.z.numel();
+  for (std::int64_t i = 0; i < n; ++i) {
+    REQUIRE(trajectory.data()[i] == static_cast<float>(c.z.data()[i]));
+    REQUIRE(trajectory.data()[steps * n + i] == latents.data()[i]);
+  }
+  const auto golden = tim::io::SafetensorsFile::open(sampler_golden_file("otfm_stochastic"));
+  const auto expected_times = golden.load<double>("output.times_16step");
+  REQUIRE(file.info("times").dtype == tim::DType::F64);
+  const auto times = file.load<double>("times");
+  REQUIRE(times.shape() == expected_times.shape());
+  CHECK(std::equal(times.data(), times.data() + times.numel(), expected_times.data()));  // bit-identical
+  const auto expected = golden.load<double>("output.x_16step");
+  CHECK(relative_error(latents.data(), expected.data(), expected.numel()) <= 1e-4);
+}
+
+TEST_CASE("cli sample: __metadata__ holds every generation parameter") {
+  TempDir dir;
+  const auto c = sampler_case(dir, "otfm_stochastic");
+  const std::string out = dir.file("out.safetensors");
+  check_success(run_tim(dir, sample_args(c, 4, out) + " --t-max 1 --t-min 0 --threads 1"));
+  const auto meta = tim::io::SafetensorsFile::open(out).metadata();
+  const std::map<std::string, std::string> expected{
+      {"model", sampler_model},   {"steps", "4"},         {"cfg_scale", "2.5"},     {"guidance_low", "0"},
+      {"guidance_high", "0.6"},   {"stochasticity", "0.2"}, {"seed", "1234"},       {"first_sample_index", "7"},
+      {"sample_indices", "7,8,9"}, {"transport", "ot-fm"}, {"t_max", "1"},          {"t_min", "0"},
+      {"schedule", "linspace"},   {"mode", "transition"},  {"noise", c.noise},      {"height", "8"},
+      {"width", "8"},             {"tim_version", tim::version_string}};
+  for (const auto& [key, value] : expected) {
+    CAPTURE(key);
+    REQUIRE(meta.count(key) == 1);
+    CHECK(meta.at(key) == value);
+  }
+}
+
+TEST_CASE("cli sample: generated noise is tim::initial_noise, row b drawing sample index first + b") {
+  TempDir dir;
+  const std::string base = "sample --model " + quote(sampler_model) + " --height 8 --width 8 --steps 2 --seed 5 ";
+  const std::string batch = dir.file("batch.safetensors"), single = dir.file("single.safetensors");
+  check_success(run_tim(dir, base + "--class 1 --num 3 --first-index 10 --trajectory --out " + quote(batch)));
+  const auto file = tim::io::SafetensorsFile::open(batch);
+  CHECK(file.metadata().at("sample_indices") == "10,11,12");
+  const auto trajectory = file.load<float>("trajectory");
+  const auto noise = tim::initial_noise({3, 4, 8, 8}, 5, 10);
+  for (std::int64_t i = 0; i < noise.numel(); ++i) REQUIRE(trajectory.data()[i] == static_cast<float>(noise.data()[i]));
+  const auto labels = file.load<std::int64_t>("labels");
+  CHECK(std::all_of(labels.data(), labels.data() + 3, [](std::int64_t y) { return y == 1; }));
+
+  // Sample 12 alone is row 2 of the batch: its noise is the same, so its result is too (up to
+  // float rounding, which the network's kernels may order differently for another batch size).
+  check_success(run_tim(dir, base + "--labels 1 --first-index 12 --trajectory --out " + quote(single)));
+  const auto alone_file = tim::io::SafetensorsFile::open(single);
+  const auto alone_start = alone_file.load<float>("trajectory");
+  const std::int64_t per_sample = 4 * 8 * 8;
+  CHECK(std::equal(alone_start.data(), alone_start.data() + per_sample, trajectory.data() + 2 * per_sample));
+  const auto alone = alone_file.load<float>("latents");
+  const auto together = file.load<float>("latents");
+  CHECK(relative_error(alone.data(), together.data() + 2 * per_sample, per_sample) <= 1e-5);
+}
+
+TEST_CASE("cli sample: bad arguments end with exit code 1 and a message naming the problem") {
+  TempDir dir;
+  const auto c = sampler_case(dir, "otfm_cfg");  // B = 3, C = 4, 8 x 8
+  const std::string out = dir.file("out.safetensors");
+  const std::string model = "sample --model " + quote(sampler_model) + " --out " + quote(out) + " ";
+  const std::string sized = model + "--height 8 --width 8 ";
+  const std::string noise = model + "--noise " + quote(c.noise) + " ";
+
+  // Noise files that do not fit.
+  const std::string wrong_channels = dir.file("wrong_channels.safetensors");
+  {
+    tim::io::SafetensorsWriter writer;
+    writer.add("z", tim::initial_noise({3, 3, 8, 8}, 0));
+    writer.write(wrong_channels);
+  }
+  const std::string integer_noise = dir.file("integer_noise.safetensors");
+  {
+    tim::io::SafetensorsWriter writer;
+    std::vector<std::int64_t> values(3 * 4 * 8 * 8, 1);
+    writer.add("z", tim::DType::I64, tim::Shape{3, 4, 8, 8}, values.data());
+    writer.write(integer_noise);
+  }
+  const std::string two_tensors = dir.file("two_tensors.safetensors");
+  {
+    tim::io::SafetensorsWriter writer;
+    writer.add("a", tim::initial_noise({3, 4, 8, 8}, 0));
+    writer.add("b", tim::initial_noise({3, 4, 8, 8}, 1));
+    writer.write(two_tensors);
+  }
+  const std::string nan_noise = dir.file("nan_noise.safetensors");
+  {
+    auto z = tim::initial_noise({1, 4, 8, 8}, 0);
+    z.data()[17] = std::numeric_limits<double>::quiet_NaN();
+    tim::io::SafetensorsWriter writer;
+    writer.add("noise", z);  // the only tensor: accepted whatever its name
+    writer.write(nan_noise);
+  }
+
+  const std::vector<std::pair<std::string, std::vector<std::string>>> cases{
+      {sized + "--class 1 --steps 0", {"--steps must be at least 1, got 0"}},
+      {sized + "--labels 0,6", {"--labels: label 6 at index 1 is outside [0, 5]"}},
+      {sized + "--labels 0,-1", {"--labels: label -1 at index 1 is outside [0, 5]"}},
+      {sized + "--class 7 --num 2", {"--class 7 is outside [0, 5]"}},
+      {sized + "--labels 1,x", {"--labels '1,x': 'x' is not an integer"}},
+      {sized + "--class 1 --transport flow", {"--transport: unknown transport 'flow'", "ot-fm, trigflow, edm, vp, ve"}},
+      {sized + "--class 1 --schedule cosine", {"--schedule: unknown schedule 'cosine'"}},
+      {sized + "--class 1 --schedule 1,0.5,0 --steps 3", {"--schedule: schedule '1,0.5,0' has 3 times"}},
+      {sized + "--class 1 --schedule 1,0.5,0.5", {"--schedule: time grid: times must be strictly decreasing"}},
+      {sized + "--class 1 --mode sideways", {"--mode: unknown sample mode 'sideways'"}},
+      {sized + "--class 1 --guidance-low 0.8 --guidance-high 0.2", {"--guidance-low 0.8 is greater than --guidance-high 0.2"}},
+      {sized + "--class 1 --stochasticity -0.1", {"--stochasticity must be a finite number >= 0"}},
+      {sized + "--class 1 --stochasticity 0.2 --transport edm", {"--stochasticity 0.2 needs the ot-fm transport", "edm"}},
+      {sized + "--class 1 --t-max 0.5 --t-min 0.5", {"--t-max 0.5 must be greater than --t-min 0.5"}},
+      {sized + "--class 1 --cfg-scale inf", {"--cfg-scale must be a finite number"}},
+      {model + "--class 1 --height 7 --width 8", {"height 7 and width 8 must be multiples of the model's patch size 2"}},
+      {model + "--class 1 --height 8 --width 0", {"--width must be at least 1, got 0"}},
+      {model + "--class 1", {"no 'latent_size' or 'image_size'", "pass --height and --width"}},
+      {sized + "--labels 1,2 --class 1", {"--labels and --class cannot be used together"}},
+      {sized + "--num 3", {"--num needs --class"}},
+      {sized + "--class 1 --num 0", {"--num must be at least 1, got 0"}},
+      {sized, {"nothing to sample", "--labels", "--class", "--grid"}},
+      {sized + "--class 1 --per-class 3", {"--per-class needs --grid"}},
+      {sized + "--grid " + quote(dir.file("g.png")) + " --labels 1", {"--grid samples every class itself"}},
+      {"sample --model " + quote(sampler_model) + " --height 8 --width 8 --class 1", {"no output", "--out", "--png-dir", "--grid"}},
+      {"sample --model " + quote(sampler_model) + " --height 8 --width 8 --class 1 --trajectory --png-dir " + quote(dir.file("p")),
+       {"--trajectory needs --out"}},
+      {"sample --model " + quote(sampler_model) + " --height 8 --width 8 --class 1 --out " + quote(dir.file("no/such/out.safetensors")),
+       {"--out", "the folder", "does not exist"}},
+      {noise + "--labels 1,2", {"--labels gives 2 labels but the --noise tensor has 3 samples"}},
+      {noise, {"--noise needs --labels"}},
+      {noise + "--class 1 --num 3", {"--num cannot be used with --noise"}},
+      {noise + "--labels 1,2,3 --height 16", {"--height 16 disagrees with the --noise shape [3, 4, 8, 8]"}},
+      {model + "--labels 1,2,3 --noise " + quote(wrong_channels), {"has 3 channels; the model has 4"}},
+      {model + "--labels 1,2,3 --noise " + quote(integer_noise), {"has dtype I64; expected F32 or F64"}},
+      {model + "--labels 1,2,3 --noise " + quote(two_tensors), {"expected a tensor 'z'", "found: a, b"}},
+      {model + "--labels 1 --noise " + quote(nan_noise), {"non-finite value at index 17"}},
+      {model + "--labels 1 --noise " + quote(dir.file("missing.safetensors")), {"cannot open safetensors file"}},
+      {sized + "--class 1 --png-dir " + quote(dir.file("pngs")), {"PNG output", "4", "VAE decoder"}},
+      {sized + "--class 1 --threads 0", {"--threads must be at least 1, got 0"}},
+  };
+  for (const auto& [args, parts] : cases) {
+    CAPTURE(args);
+    check_user_error(run_tim(dir, args), parts);
+    CHECK(!fs::exists(out));
+  }
+  CHECK(!fs::exists(dir.file("pngs")));
+  check_user_error(run_tim(dir, "sample --model " + quote(c.noise) + " --class 1 --out " + quote(out)),
+                   {"not a class-conditional TiM checkpoint"});
+  check_user_error(run_tim(dir, model + "--labels 1,2,3 --noise " + quote(out)), {"cannot open"});
+  check_user_error(run_tim(dir, "sample --model " + quote(sampler_model) + " --height 8 --width 8 --class 1 --out " +
+                                    quote(sampler_model)),
+                   {"would overwrite the model"});
+}
+
+TEST_CASE("cli sample: --png-dir writes SPEC 8 pixels, the parameters and a labelled grid") {
+  TempDir dir;
+  const std::string model = fashion_model(dir);
+  const std::string out = dir.file("out.safetensors"), pngs = dir.file("pngs");
+  // No --height/--width: the metadata's image_size gives 16 x 16.
+  const auto result = run_tim(dir, "sample --model " + quote(model) + " --labels 3,1,3 --steps 2 --seed 9 --out " +
+                                       quote(out) + " --png-dir " + quote(pngs));
+  check_success(result);
+  const auto file = tim::io::SafetensorsFile::open(out);
+  REQUIRE(file.info("latents").shape == tim::Shape{3, 1, 16, 16});
+  const auto latents = file.load<float>("latents");
+  const std::vector<std::string> names{"sample_0000_class_3.png", "sample_0001_class_1.png", "sample_0002_class_3.png"};
+  for (std::size_t b = 0; b < names.size(); ++b) {
+    CAPTURE(names[b]);
+    const auto image = tim::io::read_png((fs::path(pngs) / names[b]).string());
+    REQUIRE(image.channels == 1);
+    REQUIRE(image.width == 16);
+    REQUIRE(image.height == 16);
+    int saturated = 0;
+    for (std::int64_t i = 0; i < 16 * 16; ++i) {
+      const float x = latents.data()[static_cast<std::int64_t>(b) * 256 + i];
+      REQUIRE(image.pixels[static_cast<std::size_t>(i)] == expected_pixel(x));
+      saturated += (x <= -1 || x >= 1);
+    }
+    CHECK(saturated < 256);  // the comparison is not vacuous
+    const std::string* parameters = image.find_text("parameters");
+    REQUIRE(parameters != nullptr);
+    CHECK(parameters->find("steps: 2\n") != std::string::npos);
+    CHECK(parameters->find("seed: 9\n") != std::string::npos);
+    CHECK(parameters->find("model: " + model + "\n") != std::string::npos);
+    CHECK(parameters->find(b == 1 ? "label: 1 (Trouser)" : "label: 3 (Dress)") != std::string::npos);
+  }
+  const auto grid = tim::io::read_png((fs::path(pngs) / "grid.png").string());
+  CHECK(grid.channels == 1);
+  CHECK(grid.width > 2 * 16);
+  CHECK(grid.height > 2 * 16);
+  REQUIRE(grid.find_text("parameters") != nullptr);
+  CHECK(grid.find_text("parameters")->find("tim_version: ") != std::string::npos);
+  CHECK(std::count(grid.pixels.begin(), grid.pixels.end(), 0) > 0);
+}
+
+TEST_CASE("cli sample: RGB PNGs from a 3-channel model keep the channel order, names from class_names") {
+  TempDir dir;
+  // latent_size wins over image_size; class_names wins over dataset.
+  const std::string model = make_model(dir, sampler_model, "rgb",
+                                       {{"latent_size", "8x6"}, {"image_size", "64x48x3"}, {"dataset", "fashion-mnist"},
+                                        {"class_names", R"(["zero", "one", "two", "three", "four"])"}},
+                                       /*channels=*/3);
+  const std::string out = dir.file("out.safetensors"), pngs = dir.file("pngs");
+  check_success(run_tim(dir, "sample --model " + quote(model) + " --class 2 --num 2 --out " + quote(out) +
+                                 " --png-dir " + quote(pngs)));
+  const auto latents = tim::io::SafetensorsFile::open(out).load<float>("latents");
+  REQUIRE(latents.shape() == tim::Shape{2, 3, 8, 6});
+  for (std::int64_t b = 0; b < 2; ++b) {
+    const auto image = tim::io::read_png((fs::path(pngs) / ("sample_000" + std::to_string(b) + "_class_2.png")).string());
+    REQUIRE(image.channels == 3);
+    REQUIRE(image.width == 6);
+    REQUIRE(image.height == 8);
+    for (std::int64_t ch = 0; ch < 3; ++ch)
+      for (std::int64_t y = 0; y < 8; ++y)
+        for (std::int64_t x = 0; x < 6; ++x)
+          REQUIRE(image.pixels[static_cast<std::size_t>((y * 6 + x) * 3 + ch)] ==
+                  expected_pixel(latents.data()[((b * 3 + ch) * 8 + y) * 6 + x]));
+    REQUIRE(image.find_text("parameters") != nullptr);
+    CHECK(image.find_text("parameters")->find("label: 2 (two)\n") != std::string::npos);
+  }
+  CHECK(tim::io::read_png((fs::path(pngs) / "grid.png").string()).channels == 3);
+}
+
+TEST_CASE("cli sample: --grid samples --per-class of every class, row K equal to --class K") {
+  TempDir dir;
+  const std::string model = fashion_model(dir);
+  const std::string grid = dir.file("grid.png"), out = dir.file("grid.safetensors"), row = dir.file("row.safetensors");
+  check_success(run_tim(dir, "sample --model " + quote(model) + " --grid " + quote(grid) + " --per-class 3 --steps 2 --out " + quote(out)));
+  const auto file = tim::io::SafetensorsFile::open(out);
+  const auto labels = file.load<std::int64_t>("labels");
+  REQUIRE(labels.numel() == 30);
+  for (std::int64_t b = 0; b < 30; ++b) CHECK(labels.data()[b] == b / 3);
+  CHECK(file.metadata().at("sample_indices").rfind("0,1,2,0,1,2,", 0) == 0);
+  const auto image = tim::io::read_png(grid);
+  CHECK(image.channels == 1);
+  CHECK(image.height > 10 * 16);
+  REQUIRE(image.find_text("parameters") != nullptr);
+  CHECK(image.find_text("parameters")->find("steps: 2\n") != std::string::npos);
+
+  check_success(run_tim(dir, "sample --model " + quote(model) + " --class 7 --num 3 --steps 2 --out " + quote(row)));
+  const auto alone = tim::io::SafetensorsFile::open(row).load<float>("latents");
+  const auto together = file.load<float>("latents");
+  CHECK(relative_error(alone.data(), together.data() + 7 * 3 * 256, 3 * 256) <= 1e-5);
+}
+
+TEST_CASE("cli sample: without --model, the shipped model or a clear error") {
+  TempDir dir;
+  const std::string missing = dir.file("nowhere/tim-fmnist.safetensors");
+  check_user_error(run_tim(dir, "sample --grid " + quote(dir.file("g.png")), "TIM_DEFAULT_MODEL=" + quote(missing) + " "),
+                   {"no --model given", missing, "pass --model PATH.safetensors", "models/tim-fmnist.safetensors"});
+  CHECK(!fs::exists(dir.file("g.png")));
+
+  // TIM_DEFAULT_MODEL points at any model.
+  const std::string stand_in = fashion_model(dir);
+  check_success(run_tim(dir, "sample --grid " + quote(dir.file("g.png")) + " --per-class 1 --steps 1",
+                        "TIM_DEFAULT_MODEL=" + quote(stand_in) + " "));
+  CHECK(tim::io::read_png(dir.file("g.png")).find_text("parameters")->find("model: " + stand_in) != std::string::npos);
+
+  if (!fs::exists(TIM_SHIPPED_MODEL)) {
+    MESSAGE("skipped the shipped-model run: ", TIM_SHIPPED_MODEL, " is not there yet");
+    return;
+  }
+  const std::string shipped_grid = dir.file("shipped.png");
+  check_success(run_tim(dir, "sample --grid " + quote(shipped_grid) + " --per-class 1 --steps 1"));
+  const auto image = tim::io::read_png(shipped_grid);
+  CHECK(image.channels == 1);
 }

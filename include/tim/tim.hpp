@@ -1,4 +1,5 @@
-// The one header a CPU user includes: core types, the Eigen backend, the network and file I/O.
+// The one header a CPU user includes: core types, the Eigen backend, the networks (C2I and T2I)
+// and file I/O.
 #pragma once
 
 #include "tim/version.hpp"
@@ -13,7 +14,9 @@
 #include "tim/io/safetensors.hpp"
 #include "tim/nn/config.hpp"
 #include "tim/nn/modules.hpp"
+#include "tim/nn/backbone.hpp"
 #include "tim/nn/c2i.hpp"
+#include "tim/nn/t2i.hpp"
 #include "tim/load.hpp"
 #include "tim/core/random.hpp"
 #include "tim/math/transport.hpp"

@@ -177,6 +177,22 @@ struct cpu {
     parallel_for(n, [&](std::int64_t i) { out[i] += in[i]; });
   }
 
+  //! The per-head input transform of attention, for one head of one token, in place on `u`
+  //! (hd values): optional LayerNorm over hd (affine, eps `norm_eps`; skipped when
+  //! `norm_weight` is null), optional rotary by (cos, sin) rows of hd/2 values (skipped when
+  //! `cos_row` is null), then a multiplication by `scale`. Both split operations below use it,
+  //! so self- and cross-attention prepare their heads with the same arithmetic.
+  template <class T>
+  static void prepare_head(T* u, std::int64_t head_dim, const T* norm_weight, const T* norm_bias, double norm_eps,
+                           const T* cos_row, const T* sin_row, T scale) {
+    if (norm_weight) math::layernorm_row(u, u, head_dim, norm_weight, norm_bias, norm_eps);
+    if (cos_row)
+      for (std::int64_t pair = 0; pair < head_dim / 2; ++pair)
+        math::rotate_pair(u[2 * pair], u[2 * pair + 1], cos_row[pair], sin_row[pair]);
+    if (scale != T(1))
+      for (std::int64_t j = 0; j < head_dim; ++j) u[j] *= scale;
+  }
+
   //! Splits qkv (B, N, 3, nh, hd) into q, k, v (B, nh, N, hd), adding a per-sample bias
   //! `sample_bias` (B, 3D; may be null: the interval-aware qkv_d term), normalising q and k
   //! per head when norm weights are given (LayerNorm over hd, eps `norm_eps`), and rotating q
@@ -200,40 +216,71 @@ struct cpu {
           for (std::int64_t j = 0; j < head_dim; ++j)
             dst[j] = src[j] + (sample_bias ? sample_bias[b * 3 * dim + offset + j] : T(0));
           if (part == 2) continue;
-          const T* weight = part == 0 ? q_norm_weight : k_norm_weight;
-          if (weight)
-            math::layernorm_row(dst, dst, head_dim, weight, part == 0 ? q_norm_bias : k_norm_bias, norm_eps);
-          for (std::int64_t pair = 0; pair < head_dim / 2; ++pair)
-            math::rotate_pair(dst[2 * pair], dst[2 * pair + 1], cos_row[pair], sin_row[pair]);
-          if (part == 0)
-            for (std::int64_t j = 0; j < head_dim; ++j) dst[j] *= q_scale;
+          prepare_head(dst, head_dim, part == 0 ? q_norm_weight : k_norm_weight,
+                       part == 0 ? q_norm_bias : k_norm_bias, norm_eps, cos_row, sin_row,
+                       part == 0 ? q_scale : T(1));
         }
     });
   }
 
-  //! Softmax attention over heads. q, k, v are (B, nh, N, hd) contiguous; out is (B, N, nh, hd)
-  //! so heads land concatenated per token. Scores are built a tile of `query_tile` rows at a
-  //! time, so memory is linear in N (threads x tile x N), never N x N.
+  //! Gathers one projection's heads: out (B, nh, tokens, hd) from `in`, whose row for token
+  //! (b, n) starts at in + (b * tokens + n) * in_row_stride and holds nh heads of hd values
+  //! (so a part of a fused projection, e.g. the k or v half of (B*M, 2D), is passed as a
+  //! pointer to its first column and the fused width as the stride). Each head then goes
+  //! through prepare_head: LayerNorm when `norm_weight` is given, rotary when `rotary_cos`
+  //! (tokens, hd/2) is given, times `scale`. Cross-attention uses it for q (norm, rotary,
+  //! scale), k (norm only) and v (nothing).
+  template <class T>
+  static void split_heads_forward(T* out, const T* in, std::int64_t in_row_stride, const T* norm_weight,
+                                  const T* norm_bias, double norm_eps, const T* rotary_cos, const T* rotary_sin,
+                                  std::int64_t batch, std::int64_t tokens, std::int64_t heads,
+                                  std::int64_t head_dim, T scale) {
+    parallel_for(batch * tokens, [&](std::int64_t row) {
+      const std::int64_t b = row / tokens, n = row % tokens;
+      const T* cos_row = rotary_cos ? rotary_cos + n * (head_dim / 2) : nullptr;
+      const T* sin_row = rotary_sin ? rotary_sin + n * (head_dim / 2) : nullptr;
+      for (std::int64_t h = 0; h < heads; ++h) {
+        T* dst = out + ((b * heads + h) * tokens + n) * head_dim;
+        copy(dst, in + row * in_row_stride + h * head_dim, static_cast<std::size_t>(head_dim));
+        prepare_head(dst, head_dim, norm_weight, norm_bias, norm_eps, cos_row, sin_row, scale);
+      }
+    });
+  }
+
+  //! Softmax attention over heads with as many keys as queries (self-attention); see the
+  //! overload below, which this calls with key_tokens = tokens.
   template <class T>
   static void attention_forward(T* out, const T* q, const T* k, const T* v, std::int64_t batch,
                                 std::int64_t heads, std::int64_t tokens, std::int64_t head_dim,
                                 double scale) {
+    attention_forward(out, q, k, v, batch, heads, tokens, tokens, head_dim, scale);
+  }
+
+  //! Softmax attention over heads, Nq queries against Nk keys (cross-attention when they
+  //! differ): q is (B, nh, Nq, hd), k and v are (B, nh, Nk, hd), all contiguous; out is
+  //! (B, Nq, nh, hd) so heads land concatenated per token. out = softmax(scale q k^T) v, no
+  //! mask. Scores are built a tile of `query_tile` queries at a time, so scratch memory is
+  //! threads x tile x Nk, linear in the token count, never Nq x Nk.
+  template <class T>
+  static void attention_forward(T* out, const T* q, const T* k, const T* v, std::int64_t batch,
+                                std::int64_t heads, std::int64_t query_tokens, std::int64_t key_tokens,
+                                std::int64_t head_dim, double scale) {
     constexpr std::int64_t query_tile = 64;
-    const std::int64_t tiles = (tokens + query_tile - 1) / query_tile;
+    const std::int64_t tiles = (query_tokens + query_tile - 1) / query_tile;
     detail::ensure_default_threads();
 #pragma omp parallel
     {
-      RowMajor<T> scores(query_tile, tokens);
+      RowMajor<T> scores(query_tile, key_tokens);
       RowMajor<T> result(query_tile, head_dim);
 #pragma omp for schedule(dynamic)
       for (std::int64_t job = 0; job < batch * heads * tiles; ++job) {
         const std::int64_t bh = job / tiles;
         const std::int64_t first = (job % tiles) * query_tile;
-        const std::int64_t rows = std::min(query_tile, tokens - first);
+        const std::int64_t rows = std::min(query_tile, query_tokens - first);
         const std::int64_t b = bh / heads, h = bh % heads;
-        Eigen::Map<const RowMajor<T>> qm(q + (bh * tokens + first) * head_dim, rows, head_dim);
-        Eigen::Map<const RowMajor<T>> km(k + bh * tokens * head_dim, tokens, head_dim);
-        Eigen::Map<const RowMajor<T>> vm(v + bh * tokens * head_dim, tokens, head_dim);
+        Eigen::Map<const RowMajor<T>> qm(q + (bh * query_tokens + first) * head_dim, rows, head_dim);
+        Eigen::Map<const RowMajor<T>> km(k + bh * key_tokens * head_dim, key_tokens, head_dim);
+        Eigen::Map<const RowMajor<T>> vm(v + bh * key_tokens * head_dim, key_tokens, head_dim);
         auto s = scores.topRows(rows);
         s.noalias() = (qm * km.transpose()) * T(scale);
         for (std::int64_t i = 0; i < rows; ++i) {
@@ -245,7 +292,7 @@ struct cpu {
         auto o = result.topRows(rows);
         o.noalias() = s * vm;
         for (std::int64_t i = 0; i < rows; ++i) {
-          T* dst = out + ((b * tokens + first + i) * heads + h) * head_dim;
+          T* dst = out + ((b * query_tokens + first + i) * heads + h) * head_dim;
           for (std::int64_t j = 0; j < head_dim; ++j) dst[j] = o(i, j);
         }
       }

@@ -5,6 +5,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <fstream>
 #include <set>
@@ -31,22 +32,32 @@ inline int physical_core_count() {
   return cores.empty() ? static_cast<int>(logical) : static_cast<int>(cores.size());
 }
 
+namespace detail {
+//! Whether the thread count has been set, by the user or by the default below.
+inline std::atomic<bool>& threads_chosen() {
+  static std::atomic<bool> chosen{false};
+  return chosen;
+}
+}  // namespace detail
+
 //! Sets the number of threads every CPU operation uses (GEMM and element-wise loops).
-//! The default, before any call, is physical_core_count().
+//! The default, when this is not called before the first operation, is physical_core_count().
 inline void set_num_threads(int threads) {
   check(threads >= 1, "set_num_threads: thread count must be >= 1, got ", threads);
   omp_set_num_threads(threads);
   Eigen::setNbThreads(threads);
+  detail::threads_chosen() = true;
 }
 
 //! The thread count CPU operations use now.
 inline int num_threads() { return omp_get_max_threads(); }
 
 namespace detail {
-//! Applies the default thread count once, before the first CPU operation.
+//! Applies the default thread count once, before the first CPU operation, unless the user
+//! has already chosen one with set_num_threads (which must not be overridden).
 inline void ensure_default_threads() {
   static const bool done = [] {
-    set_num_threads(physical_core_count());
+    if (!threads_chosen()) set_num_threads(physical_core_count());
     return true;
   }();
   (void)done;

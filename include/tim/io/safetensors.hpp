@@ -89,6 +89,18 @@ inline void write_le_u64(std::uint8_t* p, std::uint64_t value) {
 
 inline const char* json_type_name(const nlohmann::json& j) { return j.type_name(); }
 
+//! What a file that is not safetensors looks like when it is a PyTorch `torch.save` output
+//! (such as the released `t2i_model.bin`): "a zip archive" (the format since PyTorch 1.6) or
+//! "a pickle" (the legacy format, pickle protocol 2+ opcode 0x80); null otherwise. Only
+//! consulted when the header length is impossible, so no valid safetensors file is misread.
+inline const char* looks_like_pytorch_checkpoint(const std::byte* p, std::size_t size) {
+  if (size >= 4 && p[0] == std::byte{'P'} && p[1] == std::byte{'K'} && p[2] == std::byte{3} && p[3] == std::byte{4})
+    return "a zip archive";
+  if (size >= 2 && p[0] == std::byte{0x80} && std::to_integer<int>(p[1]) >= 2 && std::to_integer<int>(p[1]) <= 5)
+    return "a pickle";
+  return nullptr;
+}
+
 //! A JSON value for an error message, cut short so a hostile header cannot make it huge.
 inline std::string json_excerpt(const nlohmann::json& j) {
   constexpr std::size_t limit = 80;
@@ -278,6 +290,10 @@ class SafetensorsFile {
     if (size < 8)
       fail_format("file is ", size, " bytes long, too short for the 8-byte header length");
     const std::uint64_t header_length = detail::read_le_u64(base);
+    if (header_length > size - 8 && detail::looks_like_pytorch_checkpoint(base, size))
+      fail("'", path_, "' is a PyTorch checkpoint (", detail::looks_like_pytorch_checkpoint(base, size),
+           "), not safetensors: convert it first, e.g. `python tools/convert_t2i_checkpoint.py ", path_,
+           " model.safetensors` (see docs/t2i.md)");
     if (header_length > max_safetensors_header_bytes)
       fail_format("header length ", header_length, " exceeds the limit of ",
                   max_safetensors_header_bytes, " bytes");

@@ -1,5 +1,6 @@
-// The hyper-parameters of a class-conditional TiM network and how they are found: tensor
-// shapes first, then the checkpoint's __metadata__, then an explicit override (--config).
+// The hyper-parameters of the TiM networks (class-conditional and text-conditioned) and how
+// they are found: tensor shapes first, then an explicit override (--config), then the
+// checkpoint's __metadata__.
 #pragma once
 
 #include <cstdint>
@@ -58,15 +59,16 @@ inline constexpr IntervalTerms interval_terms(NewCondition c) {
   return {};
 }
 
-//! Everything that fixes the shapes and arithmetic of a C2I network (SPEC 3).
-struct C2IConfig {
+//! What the class-conditional (C2I) and text-conditioned (T2I) networks share: the patch
+//! embedding, the time and interval embedders, the self-attention and MLP of every block and
+//! the final layer (SPEC 3 and 5).
+struct BackboneConfig {
   std::int64_t in_channels = 0;   // C
   std::int64_t out_channels = 0;  // channels of the output (C for released models)
   std::int64_t hidden = 0;        // D
   std::int64_t depth = 0;
   std::int64_t num_heads = 0;     // nh
   std::int64_t patch = 0;         // p
-  std::int64_t num_classes = 0;   // labels 0..num_classes-1; num_classes is the null class
   std::int64_t adaln_hidden = 0;  // L, hidden width of each block's adaLN SwiGLU
   std::int64_t mlp_hidden = 0;    // Hm = (int(D * mlp_ratio) * 2) // 3
   std::int64_t final_adaln_hidden = 0;  // D / 2 in released models
@@ -82,17 +84,69 @@ struct C2IConfig {
   //! Checkpoint tensors the network does not use (projector.* and anything unknown).
   std::vector<std::string> ignored;
 
-  std::string describe() const {
-    std::ostringstream o;
-    o << "C2I TiM: C=" << in_channels << " out=" << out_channels << " D=" << hidden << " depth=" << depth
-      << " heads=" << num_heads << " hd=" << head_dim() << " p=" << patch << " classes=" << num_classes
-      << " L=" << adaln_hidden << " Hm=" << mlp_hidden << " qk_norm=" << (qk_norm ? "yes" : "no")
+ protected:
+  // The shared part of describe(), after the model's own fields.
+  void describe_backbone(std::ostringstream& o) const {
+    o << " L=" << adaln_hidden << " Hm=" << mlp_hidden << " qk_norm=" << (qk_norm ? "yes" : "no")
       << " interval_qkv=" << (interval_qkv ? "yes" : "no")
       << " delta_embedder=" << (separate_delta_embedder ? "yes" : "no")
       << " new_condition=" << new_condition_name(new_condition);
+  }
+};
+
+//! Everything that fixes the shapes and arithmetic of a C2I network (SPEC 3).
+struct C2IConfig : BackboneConfig {
+  std::int64_t num_classes = 0;  // labels 0..num_classes-1; num_classes is the null class
+
+  std::string describe() const {
+    std::ostringstream o;
+    o << "C2I TiM: C=" << in_channels << " out=" << out_channels << " D=" << hidden << " depth=" << depth
+      << " heads=" << num_heads << " hd=" << head_dim() << " p=" << patch << " classes=" << num_classes;
+    describe_backbone(o);
     return o.str();
   }
 };
+
+//! Everything that fixes the shapes and arithmetic of a T2I network (SPEC 5): the backbone
+//! plus the caption embedder and each block's cross-attention.
+struct T2IConfig : BackboneConfig {
+  std::int64_t caption_dim = 0;     // Dc, width of the caption features (1152: Gemma-3-1B)
+  std::int64_t caption_hidden = 0;  // hidden width of y_embedder.mlp (4 D as released)
+  bool cross_qk_norm = false;       // blocks have cross_attn.q_norm / k_norm
+
+  std::string describe() const {
+    std::ostringstream o;
+    o << "T2I TiM: C=" << in_channels << " out=" << out_channels << " D=" << hidden << " depth=" << depth
+      << " heads=" << num_heads << " hd=" << head_dim() << " p=" << patch << " cap_dim=" << caption_dim
+      << " caption_hidden=" << caption_hidden << " cross_qk_norm=" << (cross_qk_norm ? "yes" : "no");
+    describe_backbone(o);
+    return o.str();
+  }
+};
+
+//! Which network a checkpoint holds, told by its tensor names (see nn::detect_model_kind).
+enum class ModelKind { c2i, t2i, unknown };
+
+inline constexpr std::string_view model_kind_name(ModelKind kind) {
+  switch (kind) {
+    case ModelKind::c2i: return "class-conditional (C2I)";
+    case ModelKind::t2i: return "text-to-image (T2I)";
+    case ModelKind::unknown: return "unknown";
+  }
+  return "?";
+}
+
+//! C2I when the checkpoint has a label table (`y_embedder.embedding_table.weight`), T2I when
+//! it has a caption embedder (`y_embedder.norm.weight`) and cross-attention
+//! (`blocks.0.cross_attn.q.weight`), unknown otherwise. `Source` has `contains(name)`.
+template <class Source>
+ModelKind detect_model_kind(const Source& source) {
+  const bool labels = source.contains("y_embedder.embedding_table.weight");
+  const bool captions = source.contains("y_embedder.norm.weight") || source.contains("blocks.0.cross_attn.q.weight");
+  if (labels && !captions) return ModelKind::c2i;
+  if (captions && !labels) return ModelKind::t2i;
+  return ModelKind::unknown;
+}
 
 //! Values a user gives explicitly (command line, YAML config) and that win over __metadata__.
 struct ConfigOverrides {

@@ -110,6 +110,10 @@ struct LayerNormWeights {
     bias = reader.template take<T>(prefix + ".bias", {cols});
   }
   bool present() const { return !weight.empty_tensor(); }
+  //! The pointers a backend operation takes: null when the norm is absent.
+  const T* weight_or_null() const { return present() ? weight.data() : nullptr; }
+  const T* bias_or_null() const { return present() ? bias.data() : nullptr; }
+  std::int64_t parameter_count() const { return weight.numel() + bias.numel(); }
 };
 
 }  // namespace tim::nn

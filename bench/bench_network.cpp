@@ -1,0 +1,172 @@
+// One network evaluation (C2IModel::forward) at the TiM-B/4 and TiM-XL/2 shapes, float32, on
+// a 32x32x4 latent with random weights (bench/random_checkpoint.hpp), batch 1 and 8; plus the
+// float32 GEMM rate of the same backend (tim::cpu::linear_forward, Eigen) so the network's
+// GFLOP/s can be read against the machine's matmul rate.
+//
+// Run (Release build): env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE ./bench_network
+// Threads: the library default (physical cores); TIM_BENCH_THREADS=n overrides it.
+//
+// Counters:
+//   FLOP/s   analytic FLOPs of one forward (see forward_flops) x iterations / wall time.
+//   GFLOP    FLOPs of one forward / 1e9.
+//   tokens   tokens per forward, B * (H/p) * (W/p).
+#include <benchmark/benchmark.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "random_checkpoint.hpp"
+#include "tim/tim.hpp"
+
+namespace {
+
+constexpr std::int64_t latent_size = 32;  // H = W = 32, C = 4 (SD-VAE latents of 256 px images)
+
+double gemm(double m, double n, double k) { return 2.0 * m * n * k; }
+
+//! FLOPs of one forward, counting 2*M*N*K for every matrix product (element-wise work,
+//! softmax, norms and rotary are not counted). With B batch, N = (H/p)(W/p) tokens, R = B*N
+//! rows, D hidden, hd = D/nh, L adaLN hidden, Lf final adaLN hidden, Hm MLP hidden:
+//!   patch embedding      2 R D (C p p)
+//!   t and delta embedder 2 x [2 B 256 D + 2 B D D]
+//!   per block (x depth)  adaLN    2 x 2 B D L + 2 B L (6D)
+//!                        qkv      2 R D (3D),    qkv_d 2 B D (3D)
+//!                        QK^T     B nh (2 N N hd) = 2 B N^2 D,  PV  2 B N^2 D
+//!                        proj     2 R D D
+//!                        mlp      2 x 2 R D Hm + 2 R Hm D
+//!   final layer          2 x 2 B D Lf + 2 B Lf (2D) + 2 R D (p p C_out)
+double forward_flops(const tim::nn::C2IConfig& c, std::int64_t batch, std::int64_t height, std::int64_t width) {
+  const double B = static_cast<double>(batch);
+  const double N = static_cast<double>((height / c.patch) * (width / c.patch));
+  const double R = B * N;
+  const double D = static_cast<double>(c.hidden), L = static_cast<double>(c.adaln_hidden);
+  const double Hm = static_cast<double>(c.mlp_hidden), Lf = static_cast<double>(c.final_adaln_hidden);
+  const double pp = static_cast<double>(c.patch * c.patch);
+  const double F = tim::math::timestep_features;
+  double flops = gemm(R, D, static_cast<double>(c.in_channels) * pp);
+  const double embedders = c.separate_delta_embedder ? 2.0 : 1.0;  // new_condition t-r: E_t(t) and E_delta(t-r)
+  flops += embedders * (gemm(B, D, F) + gemm(B, D, D));
+  double block = 2 * gemm(B, L, D) + gemm(B, 6 * D, L);
+  block += gemm(R, 3 * D, D);
+  if (c.interval_qkv) block += gemm(B, 3 * D, D);
+  block += 2 * B * gemm(N, N, D);  // QK^T and PV summed over heads: nh * 2 N N hd = 2 N N D each
+  block += gemm(R, D, D);
+  block += 2 * gemm(R, Hm, D) + gemm(R, D, Hm);
+  flops += static_cast<double>(c.depth) * block;
+  flops += 2 * gemm(B, Lf, D) + gemm(B, 2 * D, Lf) + gemm(R, pp * static_cast<double>(c.out_channels), D);
+  return flops;
+}
+
+enum class Model { b4, xl2 };
+
+//! One model per configuration, generated on first use and shared by every run of it.
+const tim::nn::C2IModel<float>& shared_model(Model which) {
+  if (which == Model::b4) {
+    static const auto model = tim::nn::load_c2i<float>(tim_bench::RandomCheckpoint(tim_bench::tim_b4_config()));
+    return model;
+  }
+  static const auto model = tim::nn::load_c2i<float>(tim_bench::RandomCheckpoint(tim_bench::tim_xl2_config()));
+  return model;
+}
+
+tim::Tensor<float> random_tensor(const tim::Shape& shape, std::mt19937& engine, float lo, float hi, bool normal) {
+  auto t = tim::Tensor<float>::empty(shape);
+  std::normal_distribution<float> n01(0.0f, 1.0f);
+  std::uniform_real_distribution<float> uniform(lo, hi);
+  for (std::int64_t i = 0; i < t.numel(); ++i) t.data()[i] = normal ? n01(engine) : uniform(engine);
+  return t;
+}
+
+void BM_Forward(benchmark::State& state, Model which, std::int64_t batch) {
+  const auto& model = shared_model(which);
+  const auto& c = model.config;
+  std::mt19937 engine(1234);
+  const auto x = random_tensor({batch, c.in_channels, latent_size, latent_size}, engine, 0, 0, true);
+  // Network time inputs c_noise(t), c_noise(r) with r <= t: values in the range the sampler uses.
+  auto t_in = random_tensor({batch}, engine, 0.5f, 1.5f, false);
+  auto r_in = random_tensor({batch}, engine, 0.0f, 0.5f, false);
+  auto labels = tim::Tensor<std::int64_t>::empty({batch});
+  std::uniform_int_distribution<std::int64_t> label(0, c.num_classes - 1);
+  for (std::int64_t b = 0; b < batch; ++b) labels.data()[b] = label(engine);
+  tim::Tensor<float> out;
+  model.forward(out, x, t_in, r_in, labels);  // warm-up: sizes the workspace, touches the weights
+
+  for (auto _ : state) {
+    model.forward(out, x, t_in, r_in, labels);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  const double flops = forward_flops(c, batch, latent_size, latent_size);
+  const double tokens = static_cast<double>(batch * (latent_size / c.patch) * (latent_size / c.patch));
+  state.counters["FLOP/s"] = benchmark::Counter(flops * static_cast<double>(state.iterations()),
+                                                benchmark::Counter::kIsRate);
+  state.counters["GFLOP"] = flops * 1e-9;
+  state.counters["tokens"] = tokens;
+}
+
+//! y (M, N) = x (M, K) W^T, W (N, K): the backend's Linear GEMM, no bias.
+void BM_Gemm(benchmark::State& state) {
+  const std::int64_t m = state.range(0), n = state.range(1), k = state.range(2);
+  std::mt19937 engine(7);
+  const auto x = random_tensor({m, k}, engine, -1, 1, false);
+  const auto w = random_tensor({n, k}, engine, -1, 1, false);
+  auto y = tim::Tensor<float>::empty({m, n});
+  tim::cpu::linear_forward(y.data(), x.data(), w.data(), static_cast<const float*>(nullptr), m, k, n);
+  for (auto _ : state) {
+    tim::cpu::linear_forward(y.data(), x.data(), w.data(), static_cast<const float*>(nullptr), m, k, n);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["FLOP/s"] = benchmark::Counter(gemm(m, n, k) * static_cast<double>(state.iterations()),
+                                                benchmark::Counter::kIsRate);
+}
+
+void register_benchmarks() {
+  struct Case {
+    const char* name;
+    Model model;
+    std::int64_t batch;
+    int iterations;
+  };
+  // Fixed iteration counts keep the whole run to a few minutes (XL/2 batch 8 is seconds per call).
+  for (const Case& k : {Case{"BM_Forward/TiM-B4/batch:1", Model::b4, 1, 20},
+                        Case{"BM_Forward/TiM-B4/batch:8", Model::b4, 8, 5},
+                        Case{"BM_Forward/TiM-XL2/batch:1", Model::xl2, 1, 5},
+                        Case{"BM_Forward/TiM-XL2/batch:8", Model::xl2, 8, 3}}) {
+    const Model model = k.model;
+    const std::int64_t batch = k.batch;
+    benchmark::RegisterBenchmark(k.name, [model, batch](benchmark::State& s) { BM_Forward(s, model, batch); })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime()
+        ->Iterations(k.iterations);
+  }
+  // The matmul rate: a large square GEMM, then the network's largest GEMM shapes
+  // (XL/2 MLP fc1 at batch 1 and 8: R x Hm x D; B/4 qkv at batch 1: R x 3D x D).
+  benchmark::RegisterBenchmark("BM_Gemm", BM_Gemm)
+      ->ArgNames({"M", "N", "K"})
+      ->Args({2048, 2048, 2048})
+      ->Args({256, 3072, 1152})
+      ->Args({2048, 3072, 1152})
+      ->Args({64, 2304, 768})
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime()
+      ->MinTime(1.0);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (const char* threads = std::getenv("TIM_BENCH_THREADS")) tim::set_num_threads(std::atoi(threads));
+  else tim::detail::ensure_default_threads();
+  register_benchmarks();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::AddCustomContext("tim_threads", std::to_string(tim::num_threads()));
+  benchmark::AddCustomContext("eigen_simd", Eigen::SimdInstructionSetsInUse());
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

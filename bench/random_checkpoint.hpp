@@ -1,0 +1,187 @@
+// A parameter source with random weights, for benchmarks that need a TiM network of a real
+// size without a real checkpoint. It answers the reads tim::nn::load_c2i makes of a Source
+// (contains, info, tensors, metadata, load<T>) under exactly the released parameter names
+// (SPEC 3), and generates each tensor's values only when load() asks for it, so nothing but the
+// loaded model itself is held in memory (TiM-XL/2 in float32 is about 2.6 GB).
+//
+// Values: weights and biases ~ N(0, 0.02^2); LayerNorm weights (attn.q_norm/k_norm) 1 + N(0, 0.02^2).
+// They are deterministic per (seed, tensor name): each tensor is cut into chunks of 2^16
+// values, and chunk i is drawn from std::mt19937 seeded by (FNV-1a of the name, i, seed), so the
+// chunks can be generated in parallel and the result does not depend on the thread count.
+//
+// Example:
+//   tim_bench::RandomCheckpoint source(tim_bench::tim_xl2_config());
+//   auto model = tim::nn::load_c2i<float>(source);
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <random>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "tim/core/error.hpp"
+#include "tim/core/tensor.hpp"
+#include "tim/cpu/backend.hpp"
+#include "tim/io/safetensors.hpp"
+#include "tim/math/embedding.hpp"
+#include "tim/nn/config.hpp"
+
+namespace tim_bench {
+
+//! Fills in the derived widths of a released-style C2I configuration: Hm = (int(D * 4) * 2) // 3,
+//! final adaLN hidden D / 2, out channels C, qk_norm, interval qkv and the delta embedder.
+inline tim::nn::C2IConfig released_style_config(std::int64_t hidden, std::int64_t depth, std::int64_t heads,
+                                                std::int64_t patch, std::int64_t adaln_hidden,
+                                                std::int64_t channels = 4, std::int64_t num_classes = 1000) {
+  tim::nn::C2IConfig c;
+  c.in_channels = channels;
+  c.out_channels = channels;
+  c.hidden = hidden;
+  c.depth = depth;
+  c.num_heads = heads;
+  c.patch = patch;
+  c.num_classes = num_classes;
+  c.adaln_hidden = adaln_hidden;
+  c.mlp_hidden = (static_cast<std::int64_t>(static_cast<double>(hidden) * 4.0) * 2) / 3;
+  c.final_adaln_hidden = hidden / 2;
+  c.qk_norm = true;
+  c.interval_qkv = true;
+  c.separate_delta_embedder = true;
+  c.new_condition = tim::nn::NewCondition::t_minus_r;
+  return c;
+}
+
+//! TiM-B/4: D 768, depth 12, 12 heads, p 4, L 256, C 4, 1000 classes.
+inline tim::nn::C2IConfig tim_b4_config() { return released_style_config(768, 12, 12, 4, 256); }
+//! TiM-XL/2 (256 px): D 1152, depth 28, 16 heads, p 2, L 384, C 4, 1000 classes.
+inline tim::nn::C2IConfig tim_xl2_config() { return released_style_config(1152, 28, 16, 2, 384); }
+
+class RandomCheckpoint {
+ public:
+  static constexpr std::int64_t chunk = std::int64_t{1} << 16;
+
+  explicit RandomCheckpoint(const tim::nn::C2IConfig& config, std::uint64_t seed = 0, float stddev = 0.02f)
+      : seed_(seed), stddev_(stddev) {
+    const auto& c = config;
+    tim::check(c.hidden > 0 && c.depth > 0 && c.num_heads > 0 && c.hidden % c.num_heads == 0 && c.patch > 0 &&
+                   c.in_channels > 0 && c.out_channels > 0 && c.adaln_hidden > 0 && c.mlp_hidden > 0 &&
+                   c.final_adaln_hidden > 0 && c.num_classes > 0,
+               "RandomCheckpoint: incomplete configuration: ", c.describe());
+    const auto D = c.hidden, p = c.patch;
+    const auto linear = [&](const std::string& prefix, std::int64_t in, std::int64_t out, bool bias = true) {
+      add(prefix + ".weight", {out, in});
+      if (bias) add(prefix + ".bias", {out});
+    };
+    const auto swiglu = [&](const std::string& prefix, std::int64_t in, std::int64_t hidden, std::int64_t out) {
+      linear(prefix + ".fc1_g", in, hidden);
+      linear(prefix + ".fc1_x", in, hidden);
+      linear(prefix + ".fc2", hidden, out);
+    };
+    const auto embedder = [&](const std::string& prefix) {
+      linear(prefix + ".mlp.0", tim::math::timestep_features, D);
+      linear(prefix + ".mlp.2", D, D);
+    };
+    add("x_embedder.proj.weight", {D, c.in_channels, p, p});
+    add("x_embedder.proj.bias", {D});
+    embedder("t_embedder");
+    if (c.separate_delta_embedder) embedder("delta_embedder");
+    add("y_embedder.embedding_table.weight", {c.num_classes + 1, D});
+    for (std::int64_t i = 0; i < c.depth; ++i) {
+      const std::string block = "blocks." + std::to_string(i);
+      swiglu(block + ".adaLN_modulation", D, c.adaln_hidden, 6 * D);
+      linear(block + ".attn.qkv", D, 3 * D);
+      if (c.interval_qkv) linear(block + ".attn.qkv_d", D, 3 * D, false);
+      if (c.qk_norm) {
+        add(block + ".attn.q_norm.weight", {c.head_dim()});
+        add(block + ".attn.q_norm.bias", {c.head_dim()});
+        add(block + ".attn.k_norm.weight", {c.head_dim()});
+        add(block + ".attn.k_norm.bias", {c.head_dim()});
+      }
+      linear(block + ".attn.proj", D, D);
+      swiglu(block + ".mlp", D, c.mlp_hidden, D);
+    }
+    swiglu("final_layer.adaLN_modulation", D, c.final_adaln_hidden, 2 * D);
+    linear("final_layer.linear", D, p * p * c.out_channels);
+    // Shapes cannot tell the head count without q_norm; released files would carry it in a config.
+    if (!c.qk_norm) metadata_["num_heads"] = std::to_string(c.num_heads);
+    metadata_["new_condition"] = std::string(tim::nn::new_condition_name(c.new_condition));
+  }
+
+  bool contains(std::string_view name) const { return index_.find(std::string(name)) != index_.end(); }
+  const tim::io::TensorInfo& info(std::string_view name) const {
+    const auto found = index_.find(std::string(name));
+    if (found == index_.end()) tim::fail("tensor '", name, "' not found in the random checkpoint");
+    return tensors_[found->second];
+  }
+  const std::vector<tim::io::TensorInfo>& tensors() const { return tensors_; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+
+  //! Total number of values over all tensors.
+  std::int64_t parameter_count() const {
+    std::int64_t n = 0;
+    for (const auto& t : tensors_) n += t.shape.numel();
+    return n;
+  }
+
+  //! A freshly generated owning tensor of `name`; throws when `expected` is not its shape.
+  template <class T>
+  tim::Tensor<T, tim::cpu> load(std::string_view name, const tim::Shape& expected) const {
+    const tim::io::TensorInfo& t = info(name);
+    tim::check(t.shape == expected, "tensor '", name, "': expected shape ", expected, ", got ", t.shape,
+               " (in the random checkpoint)");
+    auto out = tim::Tensor<T, tim::cpu>::empty(t.shape);
+    const std::int64_t n = t.shape.numel();
+    const bool norm_weight = ends_with(t.name, "_norm.weight");
+    const std::uint64_t h = fnv1a(t.name);
+    T* data = out.data();
+    const float stddev = stddev_;
+    const std::uint64_t seed = seed_;
+    tim::cpu::parallel_for((n + chunk - 1) / chunk, [&](std::int64_t i) {
+      std::seed_seq sequence{static_cast<std::uint32_t>(h), static_cast<std::uint32_t>(h >> 32),
+                             static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(seed),
+                             static_cast<std::uint32_t>(seed >> 32)};
+      std::mt19937 engine(sequence);
+      std::normal_distribution<float> normal(0.0f, stddev);
+      const std::int64_t end = std::min(n, (i + 1) * chunk);
+      for (std::int64_t j = i * chunk; j < end; ++j)
+        data[j] = static_cast<T>((norm_weight ? 1.0f : 0.0f) + normal(engine));
+    });
+    return out;
+  }
+
+ private:
+  void add(std::string name, tim::Shape shape) {
+    tim::io::TensorInfo t;
+    t.name = name;
+    t.dtype = tim::DType::F32;
+    t.shape = std::move(shape);
+    t.begin = offset_;
+    offset_ += static_cast<std::size_t>(t.shape.numel()) * sizeof(float);
+    t.end = offset_;
+    index_.emplace(std::move(name), tensors_.size());
+    tensors_.push_back(std::move(t));
+  }
+  static bool ends_with(const std::string& s, std::string_view suffix) {
+    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  }
+  static std::uint64_t fnv1a(std::string_view s) {
+    std::uint64_t h = 14695981039346656037ull;
+    for (unsigned char ch : s) {
+      h ^= ch;
+      h *= 1099511628211ull;
+    }
+    return h;
+  }
+
+  std::vector<tim::io::TensorInfo> tensors_;
+  std::unordered_map<std::string, std::size_t> index_;
+  std::map<std::string, std::string> metadata_;
+  std::size_t offset_ = 0;
+  std::uint64_t seed_;
+  float stddev_;
+};
+
+}  // namespace tim_bench
