@@ -436,6 +436,20 @@ void infer_backbone_config(BackboneConfig& c, const Source& source, const Config
   }
 }
 
+//! Loads what every TiM variant shares (patch embedding, time and interval embedders, blocks,
+//! final layer) from `reader` into `model`, whose config is already set; the variant's own
+//! condition embedder is left to its loader.
+template <class Model, class Reader>
+void load_shared_parameters(Model& model, Reader& reader) {
+  const auto& c = model.config;
+  model.x_embedder.load(reader, "x_embedder", c);
+  model.t_embedder.load(reader, "t_embedder", c.hidden);
+  if (c.separate_delta_embedder) model.delta_embedder.load(reader, "delta_embedder", c.hidden);
+  model.blocks.resize(static_cast<std::size_t>(c.depth));
+  for (std::int64_t i = 0; i < c.depth; ++i) model.blocks[i].load(reader, "blocks." + std::to_string(i), c);
+  model.final_layer.load(reader, "final_layer", c);
+}
+
 //! After a loader has taken every tensor it uses: `projector.*` (training-only) goes to
 //! `ignored`; any other leftover is an error naming it, since it means the file is not the
 //! network we think it is.

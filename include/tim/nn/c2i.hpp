@@ -163,13 +163,8 @@ C2IModel<T, Backend> load_c2i(const Source& source, const ConfigOverrides& overr
   model.config = infer_c2i_config(source, overrides);
   const auto& c = model.config;
   ParameterReader<Source> reader{source, {}};
-  model.x_embedder.load(reader, "x_embedder", c);
-  model.t_embedder.load(reader, "t_embedder", c.hidden);
-  if (c.separate_delta_embedder) model.delta_embedder.load(reader, "delta_embedder", c.hidden);
+  load_shared_parameters(model, reader);
   model.label_table = reader.template take<T>("y_embedder.embedding_table.weight", {c.num_classes + 1, c.hidden});
-  model.blocks.resize(static_cast<std::size_t>(c.depth));
-  for (std::int64_t i = 0; i < c.depth; ++i) model.blocks[i].load(reader, "blocks." + std::to_string(i), c);
-  model.final_layer.load(reader, "final_layer", c);
   collect_ignored(model.config.ignored, source, reader, "class-conditional TiM with " + c.describe());
   return model;
 }
