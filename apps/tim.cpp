@@ -97,7 +97,7 @@ void apply_threads(const ComputeOptions& options) {
 //! PyTorch checkpoints (pickles, or zip archives of pickles) cannot be read safely here.
 [[noreturn]] void fail_pytorch(const std::string& path) {
   tim::fail(path, ": this is a PyTorch pickle checkpoint, which tim does not read (unpickling runs arbitrary code); "
-                  "convert it to .safetensors (see docs/usage.md)");
+                  "convert it to .safetensors with tools/convert_t2i_checkpoint.py (see docs/t2i.md)");
 }
 
 bool has_pytorch_extension(const std::string& path) {

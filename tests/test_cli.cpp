@@ -447,7 +447,7 @@ TEST_CASE("cli errors: PyTorch checkpoints are refused with a pointer to the con
   const std::string bin = dir.file("pytorch_model.bin");
   fs::copy_file(split.model, bin);
   check_user_error(run_tim(dir, forward_args(bin, split.inputs, out)),
-                   {bin, "PyTorch pickle", "convert it to .safetensors (see docs/usage.md)"});
+                   {bin, "PyTorch pickle", "convert it to .safetensors with tools/convert_t2i_checkpoint.py (see docs/t2i.md)"});
   check_user_error(run_tim(dir, "inspect " + quote(dir.file("missing.pth"))), {"PyTorch pickle"});
   // A torch.save zip archive renamed to .safetensors is recognised by its first bytes.
   const std::string disguised = dir.file("disguised.safetensors");
