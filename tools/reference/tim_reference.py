@@ -26,21 +26,8 @@ QK_NORM_EPS = 1e-5              # q_norm, k_norm (affine, over hd)
 ROPE_THETA = 10000.0
 
 
-@dataclass
-class TiMConfig:
-    in_channels: int            # C
-    hidden_size: int            # D
-    depth: int                  # number of blocks
-    num_heads: int              # nh
-    patch_size: int             # p
-    num_classes: int            # labels 0..num_classes-1; num_classes is the null class
-    adaln_hidden: int           # L, hidden width of the block adaLN SwiGLU
-    mlp_ratio: float = 4.0
-    qk_norm: bool = True
-    interval_qkv: bool = True   # attn.qkv_d: Linear(D -> 3D), no bias
-    separate_delta_embedder: bool = True  # delta_embedder present (else t_embedder is reused)
-    new_condition: str = "t-r"
-    out_channels: Optional[int] = None    # defaults to in_channels
+class BackboneChecks:
+    """What the C2I and T2I configurations share: derived widths and the shape checks."""
 
     def __post_init__(self) -> None:
         if self.out_channels is None:
@@ -61,6 +48,24 @@ class TiMConfig:
     @property
     def mlp_hidden(self) -> int:
         return (int(self.hidden_size * self.mlp_ratio) * 2) // 3
+
+
+@dataclass
+class TiMConfig(BackboneChecks):
+    in_channels: int            # C
+    hidden_size: int            # D
+    depth: int                  # number of blocks
+    num_heads: int              # nh
+    patch_size: int             # p
+    num_classes: int            # labels 0..num_classes-1; num_classes is the null class
+    adaln_hidden: int           # L, hidden width of the block adaLN SwiGLU
+    mlp_ratio: float = 4.0
+    qk_norm: bool = True
+    interval_qkv: bool = True   # attn.qkv_d: Linear(D -> 3D), no bias
+    separate_delta_embedder: bool = True  # delta_embedder present (else t_embedder is reused)
+    new_condition: str = "t-r"
+    out_channels: Optional[int] = None    # defaults to in_channels
+
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tim_reference import (NEW_CONDITIONS, NORM_EPS, QK_NORM_EPS, AffineNorm, Attention, FinalLayer, Linear,
+from tim_reference import (NEW_CONDITIONS, BackboneChecks, NORM_EPS, QK_NORM_EPS, AffineNorm, Attention, FinalLayer, Linear,
                            PatchEmbed, SwiGLU, TiM, TimestepEmbedder, _close, _random_init, apply_rope,
                            apply_rope_naive, layer_norm, modulate, softmax_last, unpatchify)
 
@@ -34,7 +34,7 @@ CAPTION_MLP_RATIO = 4     # y_embedder.mlp: SwiGLU cap_dim -> 4D -> D
 
 
 @dataclass
-class T2IConfig:
+class T2IConfig(BackboneChecks):
     in_channels: int            # C
     hidden_size: int            # D
     depth: int                  # number of blocks
@@ -49,25 +49,6 @@ class T2IConfig:
     new_condition: str = "t-r"
     out_channels: Optional[int] = None
 
-    def __post_init__(self) -> None:
-        if self.out_channels is None:
-            self.out_channels = self.in_channels
-        if self.new_condition not in NEW_CONDITIONS:
-            raise ValueError(f"new_condition {self.new_condition!r} not in {NEW_CONDITIONS}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError("hidden_size must be divisible by num_heads")
-        if self.head_dim % 4:
-            raise ValueError("head dim must be divisible by 4 (two rotary halves of pairs)")
-        if self.hidden_size % 2:
-            raise ValueError("hidden_size must be even (final adaLN hidden is D/2)")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def mlp_hidden(self) -> int:
-        return (int(self.hidden_size * self.mlp_ratio) * 2) // 3
 
     @property
     def caption_hidden(self) -> int:
