@@ -1,6 +1,7 @@
 // The `tim` command-line program: inspect a checkpoint, run one network evaluation on inputs
-// from a safetensors file, sample latents and images. One function pair per subcommand (add_*:
-// options, run_*: work), so bench and eval slot in the same way. Usage and exit codes: docs/cli.md.
+// from a safetensors file, sample latents and images, for class-conditional (labels) and
+// text-to-image (caption features) models. One function pair per subcommand (add_*: options,
+// run_*: work), so bench and eval slot in the same way. Usage and exit codes: docs/cli.md.
 #include <CLI/CLI.hpp>
 #include <unistd.h>
 
@@ -21,6 +22,8 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <type_traits>
+#include <variant>
 #include <vector>
 
 #include "image_grid.hpp"
@@ -117,13 +120,30 @@ bool has_pytorch_magic(const std::string& path) {
   return zip || pickle;
 }
 
+using C2IModel = tim::nn::C2IModel<float>;
+using T2IModel = tim::nn::T2IModel<float>;
+
+//! A checkpoint as the program runs it: a class-conditional or a text-to-image network, in float.
 struct LoadedModel {
-  tim::nn::C2IModel<float> model;
+  std::variant<C2IModel, T2IModel> model;
   std::optional<tim::io::YamlNetworkConfig> yaml;
+
+  bool text_to_image() const { return std::holds_alternative<T2IModel>(model); }
+  //! What both kinds share (channels, patch, hidden size, ...).
+  const tim::nn::BackboneConfig& backbone() const {
+    return std::visit([](const auto& m) -> const tim::nn::BackboneConfig& { return m.config; }, model);
+  }
+  std::string describe() const {
+    return std::visit([](const auto& m) { return m.config.describe(); }, model);
+  }
+  std::int64_t parameter_count() const {
+    return std::visit([](const auto& m) { return m.parameter_count(); }, model);
+  }
+  const std::vector<std::string>& ignored() const { return backbone().ignored; }
 };
 
-//! The model as float, configured from shapes, then --config, then __metadata__; the YAML's
-//! other keys are checked against the result.
+//! The model as float, C2I or T2I as its tensor names say (tim::detect_model_kind), configured
+//! from shapes, then --config, then __metadata__; the YAML's other keys are checked against the result.
 LoadedModel load_model(const ModelOptions& options) {
   if (has_pytorch_extension(options.model_path)) fail_pytorch(options.model_path);
   std::optional<tim::io::YamlNetworkConfig> yaml;
@@ -132,9 +152,12 @@ LoadedModel load_model(const ModelOptions& options) {
     yaml = tim::io::read_yaml_network_config(options.config_path);
     overrides = yaml->overrides();
   }
-  std::optional<tim::nn::C2IModel<float>> model;
+  std::optional<std::variant<C2IModel, T2IModel>> model;
   try {
-    model.emplace(tim::load_c2i<float>(options.model_path, overrides));
+    if (tim::detect_model_kind(options.model_path) == tim::nn::ModelKind::t2i)
+      model.emplace(std::in_place_type<T2IModel>, tim::load_t2i<float>(options.model_path, overrides));
+    else
+      model.emplace(std::in_place_type<C2IModel>, tim::load_c2i<float>(options.model_path, overrides));
   } catch (const tim::Error& e) {
     if (has_pytorch_magic(options.model_path)) fail_pytorch(options.model_path);
     // A valid safetensors file without the network's first tensor is some other model.
@@ -150,12 +173,12 @@ LoadedModel load_model(const ModelOptions& options) {
       for (std::size_t i = 0; i < tensors.size() && i < 5; ++i) names << (i ? ", " : "") << tensors[i].name;
       if (tensors.size() > 5) names << ", ...";
       if (tensors.empty()) names << "none";
-      tim::fail(options.model_path, " is not a class-conditional TiM checkpoint: no tensor 'x_embedder.proj.weight' (",
-                tensors.size(), " tensors: ", names.str(), ")");
+      tim::fail(options.model_path, " is not a TiM checkpoint (class-conditional or text-to-image): no tensor "
+                "'x_embedder.proj.weight' (", tensors.size(), " tensors: ", names.str(), ")");
     }
     throw;
   }
-  if (yaml) yaml->check_against(model->config);
+  if (yaml) std::visit([&](const auto& m) { yaml->check_against(m.config); }, *model);
   return {std::move(*model), std::move(yaml)};
 }
 
@@ -180,7 +203,7 @@ std::string human_bytes(std::uintmax_t bytes) {
   return o.str();
 }
 
-std::string with_source(const tim::nn::C2IConfig& c, const std::string& key) {
+std::string with_source(const tim::nn::BackboneConfig& c, const std::string& key) {
   const auto found = c.provenance.find(key);
   if (found == c.provenance.end()) return "";
   std::string source = found->second;
@@ -188,10 +211,39 @@ std::string with_source(const tim::nn::C2IConfig& c, const std::string& key) {
   return "  (from " + source + ")";
 }
 
+//! The detected configuration, one field per line: the fields of tim::nn::C2IConfig or
+//! tim::nn::T2IConfig.
+template <class Config>
+void print_configuration(const Config& c) {
+  constexpr bool text = std::is_same_v<Config, tim::nn::T2IConfig>;
+  const auto yes_no = [](bool value) { return value ? "yes" : "no"; };
+  std::cout << "configuration (" << (text ? "T2I" : "C2I") << " TiM):\n"
+            << "  in_channels: " << c.in_channels << '\n'
+            << "  out_channels: " << c.out_channels << '\n'
+            << "  hidden: " << c.hidden << '\n'
+            << "  depth: " << c.depth << '\n'
+            << "  num_heads: " << c.num_heads << with_source(c, "num_heads") << '\n'
+            << "  head_dim: " << c.head_dim() << '\n'
+            << "  patch: " << c.patch << '\n';
+  if constexpr (text)
+    std::cout << "  caption_dim: " << c.caption_dim << "  (width of the caption features cap_feats)\n"
+              << "  caption_hidden: " << c.caption_hidden << '\n';
+  else
+    std::cout << "  num_classes: " << c.num_classes << "  (label " << c.num_classes << " is the null class)\n";
+  std::cout << "  adaln_hidden: " << c.adaln_hidden << '\n'
+            << "  mlp_hidden: " << c.mlp_hidden << '\n'
+            << "  final_adaln_hidden: " << c.final_adaln_hidden << '\n'
+            << "  qk_norm: " << yes_no(c.qk_norm) << '\n';
+  if constexpr (text) std::cout << "  cross_qk_norm: " << yes_no(c.cross_qk_norm) << '\n';
+  std::cout << "  interval_qkv: " << yes_no(c.interval_qkv) << '\n'
+            << "  separate_delta_embedder: " << yes_no(c.separate_delta_embedder) << '\n'
+            << "  new_condition: " << tim::nn::new_condition_name(c.new_condition) << with_source(c, "new_condition")
+            << '\n';
+}
+
 void run_inspect(const InspectOptions& options) {
-  // Load first: a file that is not a C2I checkpoint fails before anything is printed.
+  // Load first: a file that is not a TiM checkpoint fails before anything is printed.
   const LoadedModel loaded = load_model(options.model);
-  const auto& c = loaded.model.config;
   const auto file = tim::io::SafetensorsFile::open(options.model.model_path);
 
   std::cout << "file: " << options.model.model_path << '\n';
@@ -218,31 +270,15 @@ void run_inspect(const InspectOptions& options) {
     std::cout << '\n';
   }
 
-  std::cout << "configuration (C2I TiM):\n"
-            << "  in_channels: " << c.in_channels << '\n'
-            << "  out_channels: " << c.out_channels << '\n'
-            << "  hidden: " << c.hidden << '\n'
-            << "  depth: " << c.depth << '\n'
-            << "  num_heads: " << c.num_heads << with_source(c, "num_heads") << '\n'
-            << "  head_dim: " << c.head_dim() << '\n'
-            << "  patch: " << c.patch << '\n'
-            << "  num_classes: " << c.num_classes << "  (label " << c.num_classes << " is the null class)\n"
-            << "  adaln_hidden: " << c.adaln_hidden << '\n'
-            << "  mlp_hidden: " << c.mlp_hidden << '\n'
-            << "  final_adaln_hidden: " << c.final_adaln_hidden << '\n'
-            << "  qk_norm: " << (c.qk_norm ? "yes" : "no") << '\n'
-            << "  interval_qkv: " << (c.interval_qkv ? "yes" : "no") << '\n'
-            << "  separate_delta_embedder: " << (c.separate_delta_embedder ? "yes" : "no") << '\n'
-            << "  new_condition: " << tim::nn::new_condition_name(c.new_condition) << with_source(c, "new_condition")
-            << '\n';
+  std::visit([](const auto& model) { print_configuration(model.config); }, loaded.model);
 
-  const auto parameters = loaded.model.parameter_count();
+  const auto parameters = loaded.parameter_count();
   std::cout << "parameters: " << parameters << " (" << std::fixed << std::setprecision(2)
             << static_cast<double>(parameters) / 1e6 << " M)\n";
 
   // Group ignored tensors by their top-level module.
   std::map<std::string, std::size_t> ignored;
-  for (const auto& name : c.ignored) ignored[name.substr(0, name.find('.'))]++;
+  for (const auto& name : loaded.ignored()) ignored[name.substr(0, name.find('.'))]++;
   for (const auto& [module, count] : ignored) {
     std::cout << "ignored: " << module << ".* (" << count << " tensors";
     if (module == "projector") std::cout << ", training-only representation alignment";
@@ -268,14 +304,18 @@ struct ForwardOptions {
   std::string out_path;
 };
 
-//! The tensor `name` of the inputs file, after checking it exists and has dtype `expected`.
+//! What `tim forward` reads from its inputs file, for messages.
+constexpr const char* class_inputs = "x [B,C,H,W] F32, t [B] F32, r [B] F32, y [B] I64";
+constexpr const char* caption_inputs = "x [B,C,H,W] F32, t [B] F32, r [B] F32, cap_feats [B,M,cap_dim] F32";
+
+//! The tensor `name` of the inputs file, after checking it exists and has dtype `expected`;
+//! `all_inputs` lists what the file should hold.
 const tim::io::TensorInfo& require_input(const tim::io::SafetensorsFile& inputs, const std::string& name,
-                                         tim::DType expected) {
+                                         tim::DType expected, const char* all_inputs) {
   if (!inputs.contains(name)) {
     std::ostringstream found;
     for (const auto& info : inputs.tensors()) found << (found.tellp() > 0 ? ", " : "") << info.name;
-    tim::fail("inputs file '", inputs.path(), "' has no tensor '", name,
-              "' (expected x [B,C,H,W] F32, t [B] F32, r [B] F32, y [B] I64; found: ",
+    tim::fail("inputs file '", inputs.path(), "' has no tensor '", name, "' (expected ", all_inputs, "; found: ",
               found.tellp() > 0 ? found.str() : std::string("none"), ")");
   }
   const auto& info = inputs.info(name);
@@ -298,7 +338,7 @@ void require_finite(const tim::Tensor<float>& tensor, const std::string& name, c
     }
     for (std::size_t axis = 0; axis < index.size(); ++axis) position << (axis ? ", " : "") << index[axis];
     tim::fail("input '", name, "' contains a non-finite value (", std::isnan(data[i]) ? "NaN" : "inf", ") at index ", i,
-              " [", position.str(), "] in ", file, "; x, t and r must be finite");
+              " [", position.str(), "] in ", file, "; x, t, r and cap_feats must be finite");
   }
 }
 
@@ -314,16 +354,19 @@ void run_forward(const ForwardOptions& options) {
 
   const auto start = Clock::now();
   const LoadedModel loaded = load_model(options.model);
-  const auto& model = loaded.model;
-  const auto& c = model.config;
+  const auto& c = loaded.backbone();
+  const bool text = loaded.text_to_image();
   const double load_seconds = seconds_since(start);
 
+  // The condition is y (labels) for a C2I model, cap_feats (caption features) for a T2I one.
   const auto inputs = tim::io::SafetensorsFile::open(options.inputs_path);
   const std::string& in = options.inputs_path;
-  const auto& x_info = require_input(inputs, "x", tim::DType::F32);
-  const auto& t_info = require_input(inputs, "t", tim::DType::F32);
-  const auto& r_info = require_input(inputs, "r", tim::DType::F32);
-  const auto& y_info = require_input(inputs, "y", tim::DType::I64);
+  const char* all_inputs = text ? caption_inputs : class_inputs;
+  const auto& x_info = require_input(inputs, "x", tim::DType::F32, all_inputs);
+  const auto& t_info = require_input(inputs, "t", tim::DType::F32, all_inputs);
+  const auto& r_info = require_input(inputs, "r", tim::DType::F32, all_inputs);
+  const auto& condition_info = text ? require_input(inputs, "cap_feats", tim::DType::F32, all_inputs)
+                                    : require_input(inputs, "y", tim::DType::I64, all_inputs);
 
   const tim::Shape& xs = x_info.shape;
   tim::check(xs.rank() == 4, "tensor 'x' in ", in, ": expected shape [B, ", c.in_channels, ", H, W], got ", xs);
@@ -334,40 +377,67 @@ void run_forward(const ForwardOptions& options) {
   tim::check(xs[2] > 0 && xs[3] > 0 && xs[2] % c.patch == 0 && xs[3] % c.patch == 0, "tensor 'x' in ", in,
              ": height ", xs[2], " and width ", xs[3], " must be positive multiples of the model's patch size ", c.patch,
              " (shape ", xs, ")");
-  for (const auto* info : {&t_info, &r_info, &y_info})
+  for (const auto* info : {&t_info, &r_info})
     tim::check(info->shape == tim::Shape{B}, "tensor '", info->name, "' in ", in, ": expected shape [", B,
                "] (one per sample of x), got ", info->shape);
+  if (text) {
+    const auto caption_dim = std::get<T2IModel>(loaded.model).config.caption_dim;
+    const tim::Shape& cs = condition_info.shape;
+    tim::check(cs.rank() == 3 && cs[0] == B && cs[1] >= 1 && cs[2] == caption_dim, "tensor 'cap_feats' in ", in,
+               ": expected shape [B, M, cap_dim] = [", B, ", M, ", caption_dim,
+               "] (one caption per sample of x, M >= 1 tokens, the model's cap_dim), got ", cs);
+  } else {
+    tim::check(condition_info.shape == tim::Shape{B}, "tensor 'y' in ", in, ": expected shape [", B,
+               "] (one per sample of x), got ", condition_info.shape);
+  }
 
   const auto x = inputs.load<float>("x");
   const auto t = inputs.load<float>("t");
   const auto r = inputs.load<float>("r");
-  const auto y = inputs.load<std::int64_t>("y");
   require_finite(x, "x", in);
   require_finite(t, "t", in);
   require_finite(r, "r", in);
-  for (std::int64_t b = 0; b < B; ++b) {
-    const auto label = y.data()[b];
-    tim::check(label >= 0 && label <= c.num_classes, "tensor 'y' in ", in, ": label ", label, " at index ", b,
-               " is outside [0, ", c.num_classes, "] (classes 0..", c.num_classes - 1, ", ", c.num_classes,
-               " = the null class)");
-  }
-  try {
-    model.validate_inputs(x, t, r, y);  // the library's own rules, should they ever grow
-  } catch (const tim::Error& e) {
-    tim::fail(in, ": ", e.what());
-  }
 
-  const auto forward_start = Clock::now();
   tim::Tensor<float> out;
-  model.forward(out, x, t, r, y);
-  const double forward_seconds = seconds_since(forward_start);
+  double forward_seconds = 0;
+  // The library's own input rules (should they ever grow) run before the timed forward pass.
+  const auto checked = [&in](const auto& validate) {
+    try {
+      validate();
+    } catch (const tim::Error& e) {
+      tim::fail(in, ": ", e.what());
+    }
+  };
+  if (text) {
+    const auto& model = std::get<T2IModel>(loaded.model);
+    const auto cap_feats = inputs.load<float>("cap_feats");
+    require_finite(cap_feats, "cap_feats", in);
+    checked([&] { model.validate_inputs(x, t, r, cap_feats); });
+    const auto forward_start = Clock::now();
+    model.forward(out, x, t, r, cap_feats);
+    forward_seconds = seconds_since(forward_start);
+  } else {
+    const auto& model = std::get<C2IModel>(loaded.model);
+    const std::int64_t num_classes = model.config.num_classes;
+    const auto y = inputs.load<std::int64_t>("y");
+    for (std::int64_t b = 0; b < B; ++b) {
+      const auto label = y.data()[b];
+      tim::check(label >= 0 && label <= num_classes, "tensor 'y' in ", in, ": label ", label, " at index ", b,
+                 " is outside [0, ", num_classes, "] (classes 0..", num_classes - 1, ", ", num_classes,
+                 " = the null class)");
+    }
+    checked([&] { model.validate_inputs(x, t, r, y); });
+    const auto forward_start = Clock::now();
+    model.forward(out, x, t, r, y);
+    forward_seconds = seconds_since(forward_start);
+  }
 
   tim::io::SafetensorsWriter writer;
   writer.add("out", out);
   writer.set_metadata("model", options.model.model_path);
   writer.set_metadata("inputs", options.inputs_path);
   writer.set_metadata("tim_version", tim::version_string);
-  writer.set_metadata("config", c.describe());
+  writer.set_metadata("config", loaded.describe());
   writer.write(options.out_path);
 
   if (options.compute.verbose)
@@ -379,11 +449,13 @@ void run_forward(const ForwardOptions& options) {
 
 Subcommand add_forward(CLI::App& app, ForwardOptions& options) {
   auto* command = app.add_subcommand(
-      "forward", "Evaluate the network once: out = F(x, t, r, y), inputs and output in safetensors files");
+      "forward", "Evaluate the network once: out = F(x, t, r, y) (y: labels, or caption features for a text-to-image "
+                 "model), inputs and output in safetensors files");
   add_model_options(*command, options.model, ModelArgument::option);
   command
       ->add_option("-i,--inputs", options.inputs_path,
-                   "Inputs: x [B,C,H,W] F32, t [B] F32, r [B] F32 (network time inputs, after c_noise), y [B] I64")
+                   "Inputs: x [B,C,H,W] F32, t [B] F32, r [B] F32 (network time inputs, after c_noise), and y [B] "
+                   "I64 (class-conditional model) or cap_feats [B,M,cap_dim] F32 (text-to-image model)")
       ->required();
   command->add_option("-o,--out", options.out_path, "Output file: out [B,C,H,W] F32")->required();
   add_compute_options(*command, options.compute);
@@ -415,6 +487,7 @@ struct SampleOptions {
   std::uint64_t first_index = 0;
   std::string labels;  // "1,2,3"
   std::int64_t class_label = 0;
+  std::string captions_path;  // text-to-image models: cap_feats (and null_cap_feats)
   std::int64_t num = 1;
   std::string transport;  // empty: the model's metadata, else ot-fm
   double t_max = 0, t_min = 0;
@@ -571,6 +644,57 @@ tim::Tensor<double> read_noise(const std::string& path) {
   return noise;
 }
 
+//! The caption features of --captions in the network's precision (float): cap_feats [B, M, Dc]
+//! and, when the file has it, the null caption null_cap_feats [1, M, Dc] (empty otherwise); the
+//! captions' text when the file's __metadata__ `captions` lists B of them (tools/caption_features.py).
+struct CaptionFeatures {
+  tim::Tensor<float> cap_feats, null_cap_feats;
+  std::vector<std::string> texts;
+};
+
+CaptionFeatures read_captions(const std::string& path, std::int64_t caption_dim) {
+  const auto file = tim::io::SafetensorsFile::open(path);
+  if (!file.contains("cap_feats")) {
+    std::ostringstream found;
+    for (const auto& info : file.tensors()) found << (found.tellp() > 0 ? ", " : "") << info.name;
+    tim::fail("--captions '", path, "': expected a tensor 'cap_feats' [B, M, cap_dim] (and 'null_cap_feats' "
+              "[1, M, cap_dim] for guidance); found: ", found.tellp() > 0 ? found.str() : std::string("none"));
+  }
+  // A floating tensor, every value finite, as float.
+  const auto load = [&](const char* name) {
+    const auto& info = file.info(name);
+    const auto d = info.dtype;
+    tim::check(d == tim::DType::F32 || d == tim::DType::F64 || d == tim::DType::F16 || d == tim::DType::BF16,
+               "--captions '", path, "': tensor '", name, "' has dtype ", tim::dtype_name(d),
+               "; expected a floating type (F32, F64, F16 or BF16)");
+    auto tensor = file.load<float>(name).clone();  // owned: the file closes
+    for (std::int64_t i = 0; i < tensor.numel(); ++i)
+      tim::check(std::isfinite(tensor.data()[i]), "--captions '", path, "': tensor '", name,
+                 "' contains a non-finite value at index ", i);
+    return tensor;
+  };
+  const tim::Shape shape = file.info("cap_feats").shape;
+  tim::check(shape.rank() == 3 && shape[0] >= 1 && shape[1] >= 1 && shape[2] == caption_dim, "--captions '", path,
+             "': tensor 'cap_feats' has shape ", shape, "; expected [B, M, cap_dim] = [B, M, ", caption_dim,
+             "] (the model's cap_dim) with B, M >= 1");
+  CaptionFeatures captions;
+  captions.cap_feats = load("cap_feats");
+  if (file.contains("null_cap_feats")) {
+    const tim::Shape null_shape = file.info("null_cap_feats").shape;
+    tim::check(null_shape == tim::Shape{1, shape[1], caption_dim}, "--captions '", path,
+               "': tensor 'null_cap_feats' has shape ", null_shape, "; expected [1, ", shape[1], ", ", caption_dim,
+               "] (one null caption with the M of cap_feats)");
+    captions.null_cap_feats = load("null_cap_feats");
+  }
+  if (const auto found = file.metadata().find("captions"); found != file.metadata().end()) {
+    const auto json = nlohmann::json::parse(found->second, nullptr, /*allow_exceptions=*/false);
+    if (json.is_array() && static_cast<std::int64_t>(json.size()) == shape[0] &&
+        std::all_of(json.begin(), json.end(), [](const auto& text) { return text.is_string(); }))
+      captions.texts = json.template get<std::vector<std::string>>();
+  }
+  return captions;
+}
+
 //! A transport with its range: --transport and --t-max/--t-min, else the model's metadata
 //! (`transport`, `t_max`, `t_min`), else OT-FM's defaults.
 tim::AnyTransport choose_transport(const SampleOptions& options, const std::map<std::string, std::string>& metadata) {
@@ -628,6 +752,7 @@ tim::SampleMode choose_mode(const SampleOptions& options, const std::map<std::st
 //! Checks the options that need no model, so mistakes fail before anything is loaded.
 void check_sample_options(const SampleOptions& o) {
   const bool grid = !o.grid_path.empty(), labels = given(o.labels_option), single_class = given(o.class_option);
+  const bool captions = !o.captions_path.empty();
   tim::check(!given(o.steps_option) || o.steps >= 1, "--steps must be at least 1, got ", o.steps);
   tim::check(std::isfinite(o.cfg_scale), "--cfg-scale must be a finite number, got ", o.cfg_scale);
   tim::check(std::isfinite(o.guidance_low) && std::isfinite(o.guidance_high),
@@ -641,21 +766,27 @@ void check_sample_options(const SampleOptions& o) {
   tim::check(!given(o.width_option) || o.width >= 1, "--width must be at least 1, got ", o.width);
   if (!o.mode.empty()) choose_mode(o, {});  // spelling only; the model may choose later
   if (!o.transport.empty()) choose_transport(o, {});
-  // What to sample.
+  // What to sample: labels or classes (class-conditional models), captions (text-to-image models).
   tim::check(!(labels && single_class), "--labels and --class cannot be used together: give a list or one class");
+  tim::check(!(captions && (labels || single_class)), "--captions cannot be combined with --labels or --class: a "
+             "text-to-image model draws one sample per caption, a class-conditional one per label");
   tim::check(!given(o.num_option) || single_class, "--num needs --class (the class to draw --num samples of)");
   tim::check(!given(o.num_option) || o.num >= 1, "--num must be at least 1, got ", o.num);
   tim::check(!given(o.per_class_option) || grid, "--per-class needs --grid");
+  tim::check(!given(o.per_class_option) || !captions,
+             "--per-class cannot be used with --captions: the grid shows one sample per caption");
   tim::check(o.per_class >= 1, "--per-class must be at least 1, got ", o.per_class);
-  if (grid)
+  if (grid && !captions)
     tim::check(!labels && !single_class && o.noise_path.empty(), "--grid samples every class itself; "
                "it cannot be combined with --labels, --class or --noise");
   if (!o.noise_path.empty()) {
-    tim::check(labels || single_class, "--noise needs --labels (one label per noise sample) or --class");
+    tim::check(labels || single_class || captions,
+               "--noise needs --labels (one label per noise sample), --class or --captions");
     tim::check(!given(o.num_option), "--num cannot be used with --noise: the batch size is the noise's");
   }
-  tim::check(grid || labels || single_class,
-             "nothing to sample: give --labels 1,2,3, --class K [--num N], or --grid OUT.png");
+  tim::check(grid || labels || single_class || captions,
+             "nothing to sample: give --labels 1,2,3, --class K [--num N] or --grid OUT.png (class-conditional "
+             "models), or --captions FEATS.safetensors (text-to-image models)");
   // What to write.
   tim::check(!o.out_path.empty() || !o.png_dir.empty() || grid,
              "no output: give --out OUT.safetensors, --png-dir DIR or --grid OUT.png");
@@ -693,8 +824,9 @@ std::string parameters_text(const std::vector<std::pair<std::string, std::string
   return text;
 }
 
-//! What is sampled: labels (B), the initial noise (B, C, H, W) and each row's sample index (the
-//! noise stream its initial noise and its stochastic steps draw from).
+//! What is sampled: labels (B; none for a text-to-image model, whose rows are its captions), the
+//! initial noise (B, C, H, W) and each row's sample index (the noise stream its initial noise and
+//! its stochastic steps draw from).
 struct SampleBatch {
   std::vector<std::int64_t> labels;
   tim::Tensor<double> noise;
@@ -741,10 +873,22 @@ std::pair<std::int64_t, std::int64_t> latent_size(const SampleOptions& options,
           given(options.width_option) ? options.width : native->second};
 }
 
-SampleBatch make_batch(const SampleOptions& options, const tim::nn::C2IConfig& c,
-                       const std::map<std::string, std::string>& metadata, const tim::AnyTransport& transport,
-                       double t_0) {
+//! The batch: for a class-conditional model its labels (num_classes checks them), for a
+//! text-to-image one `captions` rows; then the noise, from --noise (whose batch must agree) or
+//! generated.
+SampleBatch make_batch(const SampleOptions& options, const tim::nn::BackboneConfig& c, std::int64_t num_classes,
+                       std::optional<std::int64_t> captions, const std::map<std::string, std::string>& metadata,
+                       const tim::AnyTransport& transport, double t_0) {
   SampleBatch batch;
+  const auto choose_rows = [&](std::optional<std::int64_t> noise_batch) -> std::int64_t {
+    if (!captions) {
+      batch.labels = choose_labels(options, num_classes, noise_batch);
+      return static_cast<std::int64_t>(batch.labels.size());
+    }
+    tim::check(!noise_batch || *noise_batch == *captions, "--captions gives ", *captions,
+               " captions but the --noise tensor has ", noise_batch.value_or(0), " samples");
+    return *captions;
+  };
   if (!options.noise_path.empty()) {
     batch.noise = read_noise(options.noise_path);
     const tim::Shape& shape = batch.noise.shape();
@@ -756,21 +900,20 @@ SampleBatch make_batch(const SampleOptions& options, const tim::nn::C2IConfig& c
                " disagrees with the --noise shape ", shape);
     tim::check(shape[2] % c.patch == 0 && shape[3] % c.patch == 0, "height ", shape[2], " and width ", shape[3],
                " must be multiples of the model's patch size ", c.patch);
-    batch.labels = choose_labels(options, c.num_classes, shape[0]);
+    choose_rows(shape[0]);
     for (std::int64_t b = 0; b < shape[0]; ++b)
       batch.sample_indices.push_back(options.first_index + static_cast<std::uint64_t>(b));
     batch.noise_source = options.noise_path;
     return batch;
   }
 
-  batch.labels = choose_labels(options, c.num_classes, std::nullopt);
+  const std::int64_t B = choose_rows(std::nullopt);
   const auto [H, W] = latent_size(options, metadata);
   tim::check(H % c.patch == 0 && W % c.patch == 0, "height ", H, " and width ", W,
              " must be multiples of the model's patch size ", c.patch);
-  // Row b draws sample index first + b; in a --grid, column k of every row draws first + k, so
-  // a column shows one noise under every class (row K equals `--class K --num per-class`).
-  const auto B = static_cast<std::int64_t>(batch.labels.size());
-  const std::int64_t distinct = options.grid_path.empty() ? B : options.per_class;
+  // Row b draws sample index first + b; in a class --grid, column k of every row draws first + k,
+  // so a column shows one noise under every class (row K equals `--class K --num per-class`).
+  const std::int64_t distinct = options.grid_path.empty() || captions ? B : options.per_class;
   const auto drawn = tim::initial_noise({distinct, c.in_channels, H, W}, options.seed, options.first_index);
   batch.noise = tim::Tensor<double>::empty({B, c.in_channels, H, W});
   const std::int64_t per_sample = c.in_channels * H * W;
@@ -787,23 +930,36 @@ SampleBatch make_batch(const SampleOptions& options, const tim::nn::C2IConfig& c
   return batch;
 }
 
-//! The PNGs of --grid and --png-dir from float latents (B, C, H, W), C = 1 or 3.
+constexpr std::int64_t caption_grid_columns = 8;
+
+//! The PNGs of --grid and --png-dir from float latents (B, C, H, W), C = 1 or 3: rows by class
+//! (class-conditional), or the samples in batch order, 8 to a row, without labels (text-to-image:
+//! batch.labels is empty; `caption_texts` go into each sample's parameters when known).
 void write_images(const SampleOptions& options, const tim::Tensor<float>& latents, const SampleBatch& batch,
                   const std::vector<std::string>& class_names, std::int64_t num_classes,
+                  const std::vector<std::string>& caption_texts,
                   const std::vector<std::pair<std::string, std::string>>& parameters) {
   const auto B = latents.dim(0);
   const auto C = static_cast<int>(latents.dim(1));
   const auto H = static_cast<int>(latents.dim(2)), W = static_cast<int>(latents.dim(3));
   auto image_of = [&](std::int64_t b) { return tim::cli::latent_image(latents.data() + b * C * H * W, C, H, W); };
   auto label_of = [&](std::int64_t b) { return batch.labels[static_cast<std::size_t>(b)]; };
+  const bool by_class = !batch.labels.empty();
 
-  // One row per class, in label order; each row's samples in batch order.
-  std::map<std::int64_t, std::vector<std::int64_t>> members_of_class;
-  for (std::int64_t b = 0; b < B; ++b) members_of_class[label_of(b)].push_back(b);
   std::vector<tim::cli::GridRow> rows;
-  for (const auto& [label, members] : members_of_class) {
-    rows.push_back({class_label_text(label, class_names, num_classes), {}});
-    for (const auto b : members) rows.back().images.push_back(image_of(b));
+  if (by_class) {
+    // One row per class, in label order; each row's samples in batch order.
+    std::map<std::int64_t, std::vector<std::int64_t>> members_of_class;
+    for (std::int64_t b = 0; b < B; ++b) members_of_class[label_of(b)].push_back(b);
+    for (const auto& [label, members] : members_of_class) {
+      rows.push_back({class_label_text(label, class_names, num_classes), {}});
+      for (const auto b : members) rows.back().images.push_back(image_of(b));
+    }
+  } else {
+    for (std::int64_t b = 0; b < B; ++b) {
+      if (b % caption_grid_columns == 0) rows.push_back({"", {}});
+      rows.back().images.push_back(image_of(b));
+    }
   }
   const auto grid = tim::cli::labelled_grid(rows, tim::cli::grid_scale(H, W));
   const std::vector<tim::io::PngText> grid_text{{"parameters", parameters_text(parameters)}, {"Software", "tim"}};
@@ -812,11 +968,18 @@ void write_images(const SampleOptions& options, const tim::Tensor<float>& latent
 
   for (std::int64_t b = 0; b < B; ++b) {
     char name[64];
-    std::snprintf(name, sizeof name, "sample_%04lld_class_%lld.png", static_cast<long long>(b),
-                  static_cast<long long>(label_of(b)));
     auto sample_parameters = parameters;
-    sample_parameters.emplace_back("label", std::to_string(label_of(b)) + " (" +
-                                                class_label_text(label_of(b), class_names, num_classes) + ")");
+    if (by_class) {
+      std::snprintf(name, sizeof name, "sample_%04lld_class_%lld.png", static_cast<long long>(b),
+                    static_cast<long long>(label_of(b)));
+      sample_parameters.emplace_back("label", std::to_string(label_of(b)) + " (" +
+                                                  class_label_text(label_of(b), class_names, num_classes) + ")");
+    } else {
+      std::snprintf(name, sizeof name, "sample_%04lld.png", static_cast<long long>(b));
+      sample_parameters.emplace_back("caption_index", std::to_string(b));
+      if (!caption_texts.empty())
+        sample_parameters.emplace_back("caption", truncated(caption_texts[static_cast<std::size_t>(b)], 1000));
+    }
     sample_parameters.emplace_back("sample_index", std::to_string(batch.sample_indices[static_cast<std::size_t>(b)]));
     tim::io::write_png((fs::path(options.png_dir) / name).string(), image_of(b),
                        {{"parameters", parameters_text(sample_parameters)}, {"Software", "tim"}});
@@ -833,14 +996,37 @@ void run_sample(const SampleOptions& options) {
   if (model_options.model_path.empty()) model_options.model_path = default_model_path();
   const std::string& model_path = model_options.model_path;
   for (const auto* out : {&options.out_path, &options.grid_path})
-    tim::check(out->empty() || (!same_file(*out, model_path) && !same_file(*out, options.noise_path)), "'", *out,
-               "' would overwrite the model or the noise file");
+    tim::check(out->empty() || (!same_file(*out, model_path) && !same_file(*out, options.noise_path) &&
+                                !same_file(*out, options.captions_path)),
+               "'", *out, "' would overwrite the model, the noise or the captions file");
 
   const LoadedModel loaded = load_model(model_options);
-  const auto& model = loaded.model;
-  const auto& c = model.config;
+  const auto& c = loaded.backbone();
+  const bool text = loaded.text_to_image();
   const auto metadata = tim::io::SafetensorsFile::open(model_path).metadata();
   const double load_seconds = seconds_since(start);
+
+  // A class-conditional model samples labels, a text-to-image one captions.
+  if (text) {
+    const char* given_instead = given(options.labels_option)  ? "--labels"
+                                : given(options.class_option) ? "--class"
+                                                              : "a class --grid";
+    tim::check(!options.captions_path.empty(), model_path, " is a text-to-image (T2I) TiM: it samples from caption "
+               "features, not from ", given_instead, "; give --captions FEATS.safetensors (cap_feats [B, M, cap_dim], "
+               "and null_cap_feats [1, M, cap_dim] for guidance; tools/caption_features.py writes them)");
+  } else {
+    tim::check(options.captions_path.empty(), "--captions needs a text-to-image model; ", model_path,
+               " is a class-conditional (C2I) TiM: give --labels, --class or --grid");
+  }
+  std::optional<CaptionFeatures> captions;
+  if (text) {
+    captions = read_captions(options.captions_path, std::get<T2IModel>(loaded.model).config.caption_dim);
+    tim::check(options.cfg_scale <= 1 || !captions->null_cap_feats.empty_tensor(), "--cfg-scale ",
+               decimal(options.cfg_scale), " needs the null caption for guidance, but the --captions file '",
+               options.captions_path, "' has no tensor 'null_cap_feats' [1, M, cap_dim] (tools/caption_features.py "
+               "writes it: the features of the empty caption)");
+  }
+  const std::int64_t num_classes = text ? 0 : std::get<C2IModel>(loaded.model).config.num_classes;
 
   // The settings, each from its option, else the model's metadata, else the default.
   const tim::AnyTransport transport = choose_transport(options, metadata);
@@ -869,9 +1055,11 @@ void run_sample(const SampleOptions& options) {
              "(gray) or 3 (RGB) channels; this model's have ", c.in_channels,
              ", which need a VAE decoder to become images (not in tim yet); write --out OUT.safetensors instead");
 
-  const SampleBatch batch = make_batch(options, c, metadata, transport, times.front());
-  const auto B = static_cast<std::int64_t>(batch.labels.size());
-  auto labels = tim::Tensor<std::int64_t>::empty({B});
+  const std::optional<std::int64_t> caption_count =
+      captions ? std::optional<std::int64_t>(captions->cap_feats.dim(0)) : std::nullopt;
+  const SampleBatch batch = make_batch(options, c, num_classes, caption_count, metadata, transport, times.front());
+  const auto B = batch.noise.dim(0);
+  auto labels = tim::Tensor<std::int64_t>::empty({static_cast<std::int64_t>(batch.labels.size())});
   std::copy(batch.labels.begin(), batch.labels.end(), labels.data());
 
   // Every generation parameter, for the safetensors metadata and the PNG text chunks.
@@ -902,6 +1090,7 @@ void run_sample(const SampleOptions& options) {
   };
   if (!options.model.config_path.empty())
     parameters.insert(parameters.begin() + 1, {"config", options.model.config_path});
+  if (text) parameters.insert(parameters.begin() + 1, {"captions", options.captions_path});
 
   if (!options.png_dir.empty()) {  // before sampling, so a bad folder fails fast
     std::error_code error;
@@ -922,7 +1111,11 @@ void run_sample(const SampleOptions& options) {
                                             .on_step = Progress{}};
   const tim::SampleResult result = std::visit(
       [&](auto chosen) {
-        tim::TransitionSampler sampler{model, chosen, schedule};
+        if (text) {
+          tim::TransitionSampler sampler{std::get<T2IModel>(loaded.model), chosen, schedule};
+          return sampler.sample(batch.noise, {captions->cap_feats, captions->null_cap_feats}, sampler_options);
+        }
+        tim::TransitionSampler sampler{std::get<C2IModel>(loaded.model), chosen, schedule};
         return sampler.sample(batch.noise, labels, sampler_options);
       },
       transport);
@@ -932,7 +1125,7 @@ void run_sample(const SampleOptions& options) {
   if (!options.out_path.empty()) {
     tim::io::SafetensorsWriter writer;
     writer.add("latents", latents);
-    writer.add("labels", labels);
+    if (!text) writer.add("labels", labels);
     if (options.trajectory) {
       writer.add("trajectory", to_float(result.trajectory));
       writer.add("times", tim::DType::F64, tim::Shape{static_cast<std::int64_t>(result.times.size())},
@@ -941,7 +1134,9 @@ void run_sample(const SampleOptions& options) {
     for (const auto& [key, value] : parameters) writer.set_metadata(key, value);
     writer.write(options.out_path);
   }
-  if (images) write_images(options, latents, batch, class_names_of(metadata, c.num_classes), c.num_classes, parameters);
+  if (images)
+    write_images(options, latents, batch, text ? std::vector<std::string>{} : class_names_of(metadata, num_classes),
+                 num_classes, captions ? captions->texts : std::vector<std::string>{}, parameters);
 
   if (options.compute.verbose)
     std::cerr << std::fixed << std::setprecision(3) << "tim sample: loaded " << model_path << " in " << load_seconds
@@ -969,6 +1164,9 @@ Subcommand add_sample(CLI::App& app, SampleOptions& options) {
   options.labels_option = command->add_option("--labels", options.labels, "Class labels, one per sample: 1,2,3");
   options.class_option = command->add_option("--class", options.class_label, "One class for every sample");
   options.num_option = command->add_option("--num", options.num, "Number of samples of --class (default 1)");
+  command->add_option("--captions", options.captions_path,
+                      "Text-to-image models: caption features, a safetensors file with cap_feats [B,M,cap_dim] (one "
+                      "sample per caption) and null_cap_feats [1,M,cap_dim] (needed for --cfg-scale > 1)");
   command->add_option("--transport", options.transport,
                       "ot-fm, trigflow, edm, vp or ve (default: the model's metadata, else ot-fm)");
   options.t_max_option = command->add_option("--t-max", options.t_max, "Largest time (default: the transport's)");
@@ -984,13 +1182,15 @@ Subcommand add_sample(CLI::App& app, SampleOptions& options) {
   command->add_option("--noise", options.noise_path,
                       "Initial noise: a safetensors file with z [B,C,H,W] F32/F64 (default: generated from --seed)");
   command->add_option("-o,--out", options.out_path,
-                      "Output: latents [B,C,H,W] F32, labels [B] I64 and the parameters in __metadata__");
+                      "Output: latents [B,C,H,W] F32, labels [B] I64 (class-conditional models) and the parameters "
+                      "in __metadata__");
   command->add_flag("--trajectory", options.trajectory,
                     "Also store trajectory [N+1,B,C,H,W] F32 and times [N+1] F64 in --out");
   command->add_option("--png-dir", options.png_dir,
                       "Write one PNG per sample and a labelled grid.png into this folder");
   command->add_option("--grid", options.grid_path,
-                      "Sample --per-class images of every class and write a labelled grid PNG");
+                      "Sample --per-class images of every class and write a labelled grid PNG (with --captions: "
+                      "a grid of the caption samples, 8 to a row)");
   options.per_class_option = command->add_option(
       "--per-class", options.per_class,
       "Samples per class for --grid (default " + std::to_string(default_per_class) + ")");
@@ -1001,7 +1201,7 @@ Subcommand add_sample(CLI::App& app, SampleOptions& options) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"tim: run class-conditional Transition Models (TiM) on the CPU", "tim"};
+  CLI::App app{"tim: run class-conditional and text-to-image Transition Models (TiM) on the CPU", "tim"};
   app.set_version_flag("--version", std::string("tim ") + tim::version_string);
   app.require_subcommand(1);
   app.footer("Exit codes: 0 success, 1 error (message on stderr), other: command-line usage error. See docs/cli.md.");

@@ -7,7 +7,7 @@
 // Threads: the library default (physical cores); TIM_BENCH_THREADS=n overrides it.
 //
 // Counters:
-//   FLOP/s   analytic FLOPs of one forward (see forward_flops) x iterations / wall time.
+//   FLOP/s   analytic FLOPs of one forward (tim::nn::forward_flops, include/tim/nn/flops.hpp) x iterations / wall time.
 //   GFLOP    FLOPs of one forward / 1e9.
 //   tokens   tokens per forward, B * (H/p) * (W/p).
 #include <benchmark/benchmark.h>
@@ -26,39 +26,6 @@ namespace {
 constexpr std::int64_t latent_size = 32;  // H = W = 32, C = 4 (SD-VAE latents of 256 px images)
 
 double gemm(double m, double n, double k) { return 2.0 * m * n * k; }
-
-//! FLOPs of one forward, counting 2*M*N*K for every matrix product (element-wise work,
-//! softmax, norms and rotary are not counted). With B batch, N = (H/p)(W/p) tokens, R = B*N
-//! rows, D hidden, hd = D/nh, L adaLN hidden, Lf final adaLN hidden, Hm MLP hidden:
-//!   patch embedding      2 R D (C p p)
-//!   t and delta embedder 2 x [2 B 256 D + 2 B D D]
-//!   per block (x depth)  adaLN    2 x 2 B D L + 2 B L (6D)
-//!                        qkv      2 R D (3D),    qkv_d 2 B D (3D)
-//!                        QK^T     B nh (2 N N hd) = 2 B N^2 D,  PV  2 B N^2 D
-//!                        proj     2 R D D
-//!                        mlp      2 x 2 R D Hm + 2 R Hm D
-//!   final layer          2 x 2 B D Lf + 2 B Lf (2D) + 2 R D (p p C_out)
-double forward_flops(const tim::nn::C2IConfig& c, std::int64_t batch, std::int64_t height, std::int64_t width) {
-  const double B = static_cast<double>(batch);
-  const double N = static_cast<double>((height / c.patch) * (width / c.patch));
-  const double R = B * N;
-  const double D = static_cast<double>(c.hidden), L = static_cast<double>(c.adaln_hidden);
-  const double Hm = static_cast<double>(c.mlp_hidden), Lf = static_cast<double>(c.final_adaln_hidden);
-  const double pp = static_cast<double>(c.patch * c.patch);
-  const double F = tim::math::timestep_features;
-  double flops = gemm(R, D, static_cast<double>(c.in_channels) * pp);
-  const double embedders = c.separate_delta_embedder ? 2.0 : 1.0;  // new_condition t-r: E_t(t) and E_delta(t-r)
-  flops += embedders * (gemm(B, D, F) + gemm(B, D, D));
-  double block = 2 * gemm(B, L, D) + gemm(B, 6 * D, L);
-  block += gemm(R, 3 * D, D);
-  if (c.interval_qkv) block += gemm(B, 3 * D, D);
-  block += 2 * B * gemm(N, N, D);  // QK^T and PV summed over heads: nh * 2 N N hd = 2 N N D each
-  block += gemm(R, D, D);
-  block += 2 * gemm(R, Hm, D) + gemm(R, D, Hm);
-  flops += static_cast<double>(c.depth) * block;
-  flops += 2 * gemm(B, Lf, D) + gemm(B, 2 * D, Lf) + gemm(R, pp * static_cast<double>(c.out_channels), D);
-  return flops;
-}
 
 enum class Model { b4, xl2 };
 
@@ -99,7 +66,7 @@ void BM_Forward(benchmark::State& state, Model which, std::int64_t batch) {
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
-  const double flops = forward_flops(c, batch, latent_size, latent_size);
+  const double flops = tim::nn::forward_flops(c, batch, latent_size, latent_size);
   const double tokens = static_cast<double>(batch * (latent_size / c.patch) * (latent_size / c.patch));
   state.counters["FLOP/s"] = benchmark::Counter(flops * static_cast<double>(state.iterations()),
                                                 benchmark::Counter::kIsRate);

@@ -1,6 +1,7 @@
 // The `tim` program run as a subprocess: golden cases split into a model file and an inputs
-// file must reproduce the reference output (forward, sample), and every kind of bad input must
-// end with exit code 1 and a message that says what is wrong (never a crash).
+// file must reproduce the reference output (forward, sample; class-conditional and text-to-image
+// models), and every kind of bad input must end with exit code 1 and a message that says what is
+// wrong (never a crash).
 #include <doctest/doctest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -14,11 +15,13 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <random>
 #include <set>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "random_t2i_checkpoint.hpp"
 #include "tim/io/png.hpp"
 #include "tim/tim.hpp"
 
@@ -291,11 +294,12 @@ TEST_CASE("cli inspect: the projector is reported as ignored") {
   CHECK(result.out.find("parameters: " + std::to_string(split.parameters) + " (") != std::string::npos);
 }
 
-TEST_CASE("cli inspect: a file that is not a C2I checkpoint") {
+TEST_CASE("cli inspect: a file that is not a TiM checkpoint") {
   TempDir dir;
   const auto split = split_golden(dir, "square");
   check_user_error(run_tim(dir, "inspect " + quote(split.inputs)),
-                   {split.inputs, "not a class-conditional TiM checkpoint", "x_embedder.proj.weight"});
+                   {split.inputs, "is not a TiM checkpoint (class-conditional or text-to-image)",
+                    "x_embedder.proj.weight"});
 }
 
 TEST_CASE("cli: help, version and usage errors") {
@@ -855,7 +859,7 @@ TEST_CASE("cli sample: bad arguments end with exit code 1 and a message naming t
   }
   CHECK(!fs::exists(dir.file("pngs")));
   check_user_error(run_tim(dir, "sample --model " + quote(c.noise) + " --class 1 --out " + quote(out)),
-                   {"not a class-conditional TiM checkpoint"});
+                   {"is not a TiM checkpoint"});
   check_user_error(run_tim(dir, model + "--labels 1,2,3 --noise " + quote(out)), {"cannot open"});
   check_user_error(run_tim(dir, "sample --model " + quote(sampler_model) + " --height 8 --width 8 --class 1 --out " +
                                     quote(sampler_model)),
@@ -974,4 +978,375 @@ TEST_CASE("cli sample: without --model, the shipped model or a clear error") {
   check_success(run_tim(dir, "sample --grid " + quote(shipped_grid) + " --per-class 1 --steps 1"));
   const auto image = tim::io::read_png(shipped_grid);
   CHECK(image.channels == 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Text-to-image models: tim sample --captions, tim forward with cap_feats, tim inspect.
+
+namespace {
+
+std::string t2i_sampler_golden_file(const std::string& name) {
+  return std::string(TIM_TEST_DATA_DIR) + "/sampler_golden_t2i/" + name + ".safetensors";
+}
+
+const std::string t2i_model = t2i_sampler_golden_file("model");  // C = 4, patch 2, cap_dim 8
+
+//! A captions file as tools/caption_features.py writes it; a null tensor pointer leaves it out.
+void write_captions(const std::string& path, const tim::Tensor<float>* cap_feats, const tim::Tensor<float>* null_cap_feats,
+                    const std::map<std::string, std::string>& metadata = {}) {
+  tim::io::SafetensorsWriter writer;
+  if (cap_feats) writer.add("cap_feats", *cap_feats);
+  if (null_cap_feats) writer.add("null_cap_feats", *null_cap_feats);
+  for (const auto& [key, value] : metadata) writer.set_metadata(key, value);
+  writer.write(path);
+}
+
+// A golden T2I sampler case as `tim sample` takes it: z in a noise file, the caption features
+// (as float, the network's precision) in a captions file.
+struct CaptionCase {
+  std::string name;
+  std::map<std::string, std::string> meta;
+  std::string noise, captions;
+  tim::Tensor<double> z;
+  tim::Tensor<float> cap_feats, null_cap_feats;
+};
+
+CaptionCase caption_case(const TempDir& dir, const std::string& name) {
+  const auto file = tim::io::SafetensorsFile::open(t2i_sampler_golden_file(name));
+  CaptionCase c{name,
+                file.metadata(),
+                dir.file(name + "_noise.safetensors"),
+                dir.file(name + "_captions.safetensors"),
+                file.load<double>("input.z").clone(),
+                file.load<float>("input.cap_feats").clone(),
+                file.load<float>("input.null_cap_feats").clone()};
+  tim::io::SafetensorsWriter writer;
+  writer.add("z", c.z);
+  writer.write(c.noise);
+  write_captions(c.captions, &c.cap_feats, &c.null_cap_feats);
+  return c;
+}
+
+std::string caption_sample_args(const CaptionCase& c, int steps, const std::string& out) {
+  const auto& m = c.meta;
+  return "sample --model " + quote(t2i_model) + " --noise " + quote(c.noise) + " --captions " + quote(c.captions) +
+         " --steps " + std::to_string(steps) + " --transport " + m.at("transport") + " --mode " + m.at("mode") +
+         " --schedule " + m.at("schedule") + " --cfg-scale " + m.at("cfg_scale") + " --guidance-low " +
+         m.at("guidance_low") + " --guidance-high " + m.at("guidance_high") + " --stochasticity " +
+         m.at("stochasticity") + " --seed " + m.at("noise_seed") + " --first-index " + m.at("first_sample_index") +
+         " --out " + quote(out);
+}
+
+// The same run through the library: the float network, the sampler, the case's settings.
+tim::Tensor<double> library_sample(const CaptionCase& c, int steps) {
+  const auto model = tim::load_t2i<float>(t2i_model);
+  const auto& m = c.meta;
+  const tim::SamplerOptions options{.cfg_scale = std::stod(m.at("cfg_scale")),
+                                    .guidance_low = std::stod(m.at("guidance_low")),
+                                    .guidance_high = std::stod(m.at("guidance_high")),
+                                    .stochasticity = std::stod(m.at("stochasticity")),
+                                    .mode = tim::parse_sample_mode(m.at("mode")),
+                                    .seed = std::stoull(m.at("noise_seed")),
+                                    .first_sample_index = std::stoull(m.at("first_sample_index"))};
+  return std::visit(
+      [&](auto transport) {
+        tim::TransitionSampler sampler{model, transport, tim::linspace_schedule(steps)};
+        return sampler.sample(c.z, {c.cap_feats, c.null_cap_feats}, options).x;
+      },
+      tim::parse_transport(m.at("transport")));
+}
+
+// Whether every float the program wrote is the library's double result rounded to float.
+bool equals_library(const tim::Tensor<float>& written, const tim::Tensor<double>& library) {
+  if (written.shape() != library.shape()) return false;
+  for (std::int64_t i = 0; i < written.numel(); ++i)
+    if (written.data()[i] != static_cast<float>(library.data()[i])) return false;
+  return true;
+}
+
+// A golden T2I network case split into a model file (parameters as F32, metadata kept) and an
+// inputs file (x, t, r, cap_feats as F32); the expected output stays in memory.
+struct T2ISplit {
+  std::string model, inputs;
+  std::int64_t parameters = 0, projector_tensors = 0, tensors = 0;
+  tim::Shape out_shape;
+  std::vector<double> expected;
+};
+
+T2ISplit split_t2i_golden(const TempDir& dir, const std::string& name) {
+  const auto file = tim::io::SafetensorsFile::open(std::string(TIM_TEST_DATA_DIR) + "/golden_t2i/" + name +
+                                                   ".safetensors");
+  T2ISplit split;
+  split.model = dir.file("t2i_" + name + ".safetensors");
+  split.inputs = dir.file("t2i_" + name + "_inputs.safetensors");
+  tim::io::SafetensorsWriter model;
+  for (const auto& info : file.tensors()) {
+    if (is_io(info.name)) continue;
+    model.add(info.name, file.load<float>(info.name));
+    ++split.tensors;
+    if (info.name.rfind("projector.", 0) == 0)
+      ++split.projector_tensors;
+    else
+      split.parameters += info.shape.numel();
+  }
+  for (const auto& [key, value] : file.metadata()) model.set_metadata(key, value);
+  model.write(split.model);
+  tim::io::SafetensorsWriter inputs;
+  for (const char* input : {"x", "t", "r", "cap_feats"}) inputs.add(input, file.load<float>(std::string("input.") + input));
+  inputs.write(split.inputs);
+  const auto expected = file.load<double>("output.out");
+  split.out_shape = expected.shape();
+  split.expected.assign(expected.data(), expected.data() + expected.numel());
+  return split;
+}
+
+// A 1-channel text-to-image model with random weights (tests/random_t2i_checkpoint.hpp), 8 x 8
+// latents in its metadata, so that its samples can become PNGs.
+std::string gray_t2i_model(const TempDir& dir) {
+  const auto config = tim_test::t2i_config(/*hidden=*/16, /*depth=*/1, /*heads=*/2, /*patch=*/2, /*channels=*/1,
+                                           /*caption_dim=*/8, /*adaln_hidden=*/8);
+  const auto checkpoint = tim_test::random_t2i_checkpoint(config, 11);
+  tim::io::SafetensorsWriter writer;
+  for (const auto& info : checkpoint.tensors()) writer.add(info.name, info.dtype, info.shape, checkpoint.bytes(info.name).data());
+  for (const auto& [key, value] : checkpoint.metadata()) writer.set_metadata(key, value);
+  writer.set_metadata("image_size", "8x8x1");
+  const std::string path = dir.file("gray_t2i.safetensors");
+  writer.write(path);
+  return path;
+}
+
+tim::Tensor<float> random_floats(std::vector<std::int64_t> shape, std::uint32_t seed) {
+  auto tensor = tim::Tensor<float>::empty(tim::Shape(std::move(shape)));
+  std::mt19937 generator(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (std::int64_t i = 0; i < tensor.numel(); ++i) tensor.data()[i] = normal(generator);
+  return tensor;
+}
+
+}  // namespace
+
+TEST_CASE("cli sample: --noise and --captions reproduce the T2I golden sampler cases and the library") {
+  TempDir dir;
+  const int steps = 4;
+  for (const std::string name : {"plain", "cfg_window", "cfg_stochastic"}) {
+    CAPTURE(name);
+    const auto c = caption_case(dir, name);
+    const std::string out = dir.file(name + "_out.safetensors");
+    const auto result = run_tim(dir, caption_sample_args(c, steps, out));
+    check_success(result);
+    CHECK(result.out.empty());
+    CHECK(result.err.empty());
+
+    const auto golden = tim::io::SafetensorsFile::open(t2i_sampler_golden_file(name));
+    const auto expected = golden.load<double>("output.x_" + std::to_string(steps) + "step");
+    const auto file = tim::io::SafetensorsFile::open(out);
+    REQUIRE(file.info("latents").dtype == tim::DType::F32);
+    REQUIRE(file.info("latents").shape == expected.shape());
+    const auto latents = file.load<float>("latents");
+    const double error = relative_error(latents.data(), expected.data(), expected.numel());
+    MESSAGE(name, " (tim sample --captions, float network): relative error to the reference ", error);
+    CHECK(error <= 1e-4);
+    CHECK(equals_library(latents, library_sample(c, steps)));
+    CHECK(!file.contains("labels"));
+    CHECK(file.metadata().at("captions") == c.captions);
+    CHECK(std::stod(file.metadata().at("cfg_scale")) == std::stod(c.meta.at("cfg_scale")));
+  }
+}
+
+TEST_CASE("cli sample: a 1-channel T2I model, generated noise, --png-dir and --grid without labels") {
+  TempDir dir;
+  const std::string model = gray_t2i_model(dir);
+  const auto cap_feats = random_floats({3, 4, 8}, 21), null_cap_feats = random_floats({1, 4, 8}, 22);
+  const std::string captions = dir.file("caps.safetensors");
+  write_captions(captions, &cap_feats, &null_cap_feats,
+                 {{"captions", R"(["a red shirt", "a boot", "a bag"])"}, {"generator", "test"}});
+  const std::string out = dir.file("out.safetensors"), pngs = dir.file("pngs"), grid = dir.file("grid.png");
+  check_success(run_tim(dir, "sample --model " + quote(model) + " --captions " + quote(captions) +
+                                 " --steps 2 --seed 3 --first-index 5 --cfg-scale 2 --out " + quote(out) +
+                                 " --png-dir " + quote(pngs) + " --grid " + quote(grid)));
+  const auto file = tim::io::SafetensorsFile::open(out);
+  CHECK(file.metadata().at("sample_indices") == "5,6,7");
+  const auto latents = file.load<float>("latents");
+  REQUIRE(latents.shape() == tim::Shape{3, 1, 8, 8});
+
+  // The library called directly: noise from tim::initial_noise at sample indices 5, 6, 7.
+  const auto network = tim::load_t2i<float>(model);
+  tim::TransitionSampler sampler{network, tim::OtFm{}, tim::linspace_schedule(2)};
+  const auto expected = sampler.sample(tim::initial_noise({3, 1, 8, 8}, 3, 5), {cap_feats, null_cap_feats},
+                                       {.cfg_scale = 2.0, .seed = 3, .first_sample_index = 5});
+  CHECK(equals_library(latents, expected.x));
+
+  const std::vector<std::string> texts{"a red shirt", "a boot", "a bag"};
+  for (std::int64_t b = 0; b < 3; ++b) {
+    const std::string name = "sample_000" + std::to_string(b) + ".png";
+    CAPTURE(name);
+    const auto image = tim::io::read_png((fs::path(pngs) / name).string());
+    REQUIRE(image.channels == 1);
+    REQUIRE(image.width == 8);
+    REQUIRE(image.height == 8);
+    for (std::int64_t i = 0; i < 64; ++i)
+      REQUIRE(image.pixels[static_cast<std::size_t>(i)] == expected_pixel(latents.data()[b * 64 + i]));
+    const std::string* parameters = image.find_text("parameters");
+    REQUIRE(parameters != nullptr);
+    CHECK(parameters->find("captions: " + captions + "\n") != std::string::npos);
+    CHECK(parameters->find("caption: " + texts[static_cast<std::size_t>(b)] + "\n") != std::string::npos);
+    CHECK(parameters->find("sample_index: " + std::to_string(5 + b) + "\n") != std::string::npos);
+    CHECK(parameters->find("label: ") == std::string::npos);
+  }
+  // One unlabelled row of three 8 x 8 samples, enlarged 8 times: no label column.
+  for (const auto& path : {grid, (fs::path(pngs) / "grid.png").string()}) {
+    const auto image = tim::io::read_png(path);
+    CHECK(image.width == 4 + 3 * (64 + 4));
+    CHECK(image.height == 4 + (64 + 4));
+  }
+}
+
+TEST_CASE("cli forward: a T2I golden case with cap_feats reproduces the reference and the library") {
+  TempDir dir;
+  for (const std::string name : {"square", "nonsquare", "plain"}) {
+    CAPTURE(name);
+    const auto split = split_t2i_golden(dir, name);
+    const std::string out = dir.file(name + "_out.safetensors");
+    check_success(run_tim(dir, forward_args(split.model, split.inputs, out)));
+    const auto file = tim::io::SafetensorsFile::open(out);
+    REQUIRE(file.info("out").shape == split.out_shape);
+    const auto written = file.load<float>("out");
+    double largest_diff = 0, largest_ref = 0;
+    for (std::size_t i = 0; i < split.expected.size(); ++i) {
+      largest_diff = std::max(largest_diff, std::abs(double(written.data()[i]) - split.expected[i]));
+      largest_ref = std::max(largest_ref, std::abs(split.expected[i]));
+    }
+    MESSAGE(name, " (tim forward, T2I, float): relative error to the reference ", largest_diff / largest_ref);
+    CHECK(largest_diff / largest_ref <= 1e-4);
+    CHECK(file.metadata().at("config").rfind("T2I TiM:", 0) == 0);
+
+    const auto model = tim::load_t2i<float>(split.model);
+    const auto inputs = tim::io::SafetensorsFile::open(split.inputs);
+    tim::Tensor<float> library;
+    model.forward(library, inputs.load<float>("x"), inputs.load<float>("t"), inputs.load<float>("r"),
+                  inputs.load<float>("cap_feats"));
+    REQUIRE(library.shape() == written.shape());
+    CHECK(std::equal(library.data(), library.data() + library.numel(), written.data()));
+  }
+}
+
+TEST_CASE("cli inspect: a T2I checkpoint shows its T2I configuration") {
+  TempDir dir;
+  const auto split = split_t2i_golden(dir, "square");  // D 16, 2 heads, p 2, cap_dim 24, projector.*
+  const auto result = run_tim(dir, "inspect " + quote(split.model));
+  check_success(result);
+  const std::string& text = result.out;
+  INFO(text);
+  for (const std::string part :
+       {"configuration (T2I TiM):\n", "in_channels: 4\n", "hidden: 16\n", "depth: 2\n", "num_heads: 2  (from shapes)\n",
+        "patch: 2\n", "caption_dim: 24  (width of the caption features cap_feats)\n", "caption_hidden: 64\n",
+        "qk_norm: yes\n", "cross_qk_norm: yes\n", "interval_qkv: yes\n", "new_condition: t-r  (from metadata)\n",
+        "model_type: t2i\n"})
+    CHECK_MESSAGE(text.find(part) != std::string::npos, "missing: ", part);
+  CHECK(text.find("num_classes") == std::string::npos);
+  CHECK(text.find("tensors: " + std::to_string(split.tensors) + "\n") != std::string::npos);
+  CHECK(text.find("parameters: " + std::to_string(split.parameters) + " (") != std::string::npos);
+  CHECK(text.find("ignored: projector.* (" + std::to_string(split.projector_tensors) + " tensors") != std::string::npos);
+  const auto model = tim::load_t2i<float>(split.model);
+  CHECK(model.parameter_count() == split.parameters);
+}
+
+TEST_CASE("cli T2I errors: the wrong condition for the model, bad caption files, bad forward inputs") {
+  TempDir dir;
+  const auto c = caption_case(dir, "cfg_window");  // B = 2, M = 5, cap_dim 8, 8 x 12
+  const std::string out = dir.file("out.safetensors");
+  const std::string t2i = "sample --model " + quote(t2i_model) + " --out " + quote(out) + " ";
+  const std::string with_noise = t2i + "--noise " + quote(c.noise) + " ";
+
+  const auto captions_file = [&](const std::string& name, const tim::Tensor<float>* features,
+                                 const tim::Tensor<float>* null) {
+    const std::string path = dir.file(name + ".safetensors");
+    write_captions(path, features, null);
+    return path;
+  };
+  const auto three = random_floats({3, 5, 8}, 1);
+  const auto narrow = random_floats({2, 5, 6}, 2);
+  const auto short_null = random_floats({1, 4, 8}, 3);
+  auto with_nan = c.cap_feats.clone();
+  with_nan.data()[13] = std::numeric_limits<float>::quiet_NaN();
+  const std::string no_null = captions_file("no_null", &c.cap_feats, nullptr);
+  const std::string three_captions = captions_file("three", &three, &c.null_cap_feats);
+  const std::string narrow_captions = captions_file("narrow", &narrow, nullptr);
+  const std::string bad_null = captions_file("bad_null", &c.cap_feats, &short_null);
+  const std::string nan_captions = captions_file("nan", &with_nan, &c.null_cap_feats);
+  const std::string only_null = captions_file("only_null", nullptr, &c.null_cap_feats);
+  const std::string integer_captions = dir.file("integer.safetensors");
+  {
+    tim::io::SafetensorsWriter writer;
+    std::vector<std::int64_t> values(2 * 5 * 8, 1);
+    writer.add("cap_feats", tim::DType::I64, tim::Shape{2, 5, 8}, values.data());
+    writer.write(integer_captions);
+  }
+
+  const std::vector<std::pair<std::string, std::vector<std::string>>> cases{
+      {"sample --model " + quote(sampler_model) + " --height 8 --width 8 --captions " + quote(c.captions) + " --out " +
+           quote(out),
+       {"--captions needs a text-to-image model", "is a class-conditional (C2I) TiM"}},
+      {t2i + "--height 8 --width 8 --labels 1,2", {"is a text-to-image (T2I) TiM", "not from --labels", "--captions"}},
+      {t2i + "--height 8 --width 8 --class 1", {"is a text-to-image (T2I) TiM", "not from --class"}},
+      {"sample --model " + quote(t2i_model) + " --height 8 --width 8 --grid " + quote(dir.file("g.png")),
+       {"is a text-to-image (T2I) TiM", "not from a class --grid"}},
+      {t2i + "--captions " + quote(c.captions) + " --labels 1,2", {"--captions cannot be combined with --labels"}},
+      {t2i + "--captions " + quote(c.captions) + " --grid " + quote(dir.file("g.png")) + " --per-class 2",
+       {"--per-class cannot be used with --captions"}},
+      {with_noise + "--captions " + quote(no_null) + " --cfg-scale 2.5",
+       {"--cfg-scale 2.5 needs the null caption", no_null, "'null_cap_feats' [1, M, cap_dim]"}},
+      {with_noise + "--captions " + quote(three_captions), {"--captions gives 3 captions but the --noise tensor has 2"}},
+      {with_noise + "--captions " + quote(narrow_captions),
+       {"tensor 'cap_feats' has shape [2, 5, 6]; expected [B, M, cap_dim] = [B, M, 8]"}},
+      {with_noise + "--captions " + quote(bad_null),
+       {"tensor 'null_cap_feats' has shape [1, 4, 8]; expected [1, 5, 8]"}},
+      {with_noise + "--captions " + quote(nan_captions), {"tensor 'cap_feats' contains a non-finite value at index 13"}},
+      {with_noise + "--captions " + quote(only_null), {"expected a tensor 'cap_feats'", "found: null_cap_feats"}},
+      {with_noise + "--captions " + quote(integer_captions), {"'cap_feats' has dtype I64; expected a floating type"}},
+      {with_noise + "--captions " + quote(dir.file("missing.safetensors")), {"cannot open safetensors file"}},
+      {t2i + "--captions " + quote(c.captions), {"no 'latent_size' or 'image_size'", "pass --height and --width"}},
+      {t2i + "--height 8 --width 8 --captions " + quote(c.captions) + " --png-dir " + quote(dir.file("pngs")),
+       {"PNG output", "VAE decoder"}},
+  };
+  for (const auto& [args, parts] : cases) {
+    CAPTURE(args);
+    check_user_error(run_tim(dir, args), parts);
+    CHECK(!fs::exists(out));
+  }
+  check_user_error(run_tim(dir, t2i + "--height 8 --width 8 --captions " + quote(c.captions) + " --grid " +
+                                    quote(c.captions)),
+                   {"would overwrite the model, the noise or the captions file"});
+  // Without guidance the null caption may be missing.
+  check_success(run_tim(dir, with_noise + "--captions " + quote(no_null) + " --steps 1"));
+
+  // tim forward with a T2I model reads cap_feats in place of y.
+  const auto split = split_t2i_golden(dir, "square");  // B 3, M 5, cap_dim 24
+  const std::string forward_out = dir.file("forward_out.safetensors");
+  const auto inputs = tim::io::SafetensorsFile::open(split.inputs);
+  const auto write_forward_inputs = [&](const std::string& path, const std::string& condition_name,
+                                        const tim::Tensor<float>& condition) {
+    tim::io::SafetensorsWriter writer;
+    for (const char* name : {"x", "t", "r"}) writer.add(name, inputs.load<float>(name));
+    writer.add(condition_name, condition);
+    writer.write(path);
+    return path;
+  };
+  auto nan_features = inputs.load<float>("cap_feats").clone();
+  nan_features.data()[7] = std::numeric_limits<float>::infinity();
+  const std::vector<std::pair<std::string, std::vector<std::string>>> forward_cases{
+      {write_forward_inputs(dir.file("y_only.safetensors"), "y", random_floats({3}, 4)),
+       {"has no tensor 'cap_feats'", "cap_feats [B,M,cap_dim] F32", ", y)"}},
+      {write_forward_inputs(dir.file("narrow_forward.safetensors"), "cap_feats", random_floats({3, 5, 8}, 5)),
+       {"tensor 'cap_feats' in", "expected shape [B, M, cap_dim] = [3, M, 24]", "got [3, 5, 8]"}},
+      {write_forward_inputs(dir.file("batch_forward.safetensors"), "cap_feats", random_floats({2, 5, 24}, 6)),
+       {"expected shape [B, M, cap_dim] = [3, M, 24]", "got [2, 5, 24]"}},
+      {write_forward_inputs(dir.file("inf_forward.safetensors"), "cap_feats", nan_features),
+       {"input 'cap_feats' contains a non-finite value (inf) at index 7 [0, 0, 7]"}},
+  };
+  for (const auto& [path, parts] : forward_cases) {
+    CAPTURE(path);
+    check_user_error(run_tim(dir, forward_args(split.model, path, forward_out)), parts);
+    CHECK(!fs::exists(forward_out));
+  }
 }

@@ -1,7 +1,8 @@
 // The transition sampler (SPEC 6) with callable models whose every call is recorded: the
 // guidance window's strict boundaries, the stochasticity conditions, noise that depends only on
 // (seed, sample, step, element), cancellation, the trajectory, diffusion mode (also through the
-// network: c_noise(t) twice), input validation, and no allocation inside the step loop.
+// network: c_noise(t) twice), input validation, and no allocation inside the step loop (callables,
+// the C2I and the T2I network).
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -409,6 +410,17 @@ TEST_CASE("no allocation inside the step loop after the first step") {
     tim::TransitionSampler network{model, tim::OtFm{}, tim::linspace_schedule(8)};
     network.sample(latents, y, {.cfg_scale = 2.0, .guidance_high = 0.95, .on_step = measure});
     // The workspace grows to 2B rows on the first guided step and is reused after.
+    CHECK(during_steps == 0);
+  }
+  SUBCASE("the T2I network in float, guided (2B caption rows) alternating with unguided steps, stochastic") {
+    const auto model = tim::load_t2i<float>(std::string(TIM_TEST_DATA_DIR) + "/sampler_golden_t2i/model.safetensors");
+    auto file = tim::io::SafetensorsFile::open(std::string(TIM_TEST_DATA_DIR) + "/sampler_golden_t2i/cfg_stochastic.safetensors");
+    const tim::Captions<float> captions{file.load<float>("input.cap_feats"), file.load<float>("input.null_cap_feats")};
+    const auto latents = tim::initial_noise({3, 4, 8, 8}, 1);
+    tim::TransitionSampler network{model, tim::OtFm{}, tim::linspace_schedule(8)};
+    network.sample(latents, captions,
+                   {.cfg_scale = 2.0, .guidance_high = 0.95, .stochasticity = 0.2, .keep_trajectory = true,
+                    .on_step = measure});
     CHECK(during_steps == 0);
   }
 }

@@ -3,10 +3,12 @@
 Written from the SPEC, deliberately plain: the five transports' c_noise and transition updates,
 the linspace time grid in float64, the guidance window (strict), OT-FM stochasticity with noise
 from philox.py (the counter-based stream of include/tim/core/random.hpp), and the `transition` /
-`diffusion` modes. The network is tim_reference.TiM. make_sampler_golden.py turns it into golden
+`diffusion` modes. The network is tim_reference.TiM (labels) or tim_t2i_reference.TiMT2I
+(caption features); make_sampler_golden.py and make_t2i_sampler_golden.py turn it into golden
 files. Run `python sampler_reference.py --self-test`.
 
-Shape legend: B batch, C channels, H x W latent; the guided batch is 2B rows, conditional first.
+Shape legend: B batch, C channels, H x W latent, M caption tokens, Dc caption width; the guided
+batch is 2B rows, conditional first.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -81,12 +83,24 @@ def linspace_fma(start: float, end: float, points: int) -> list[float]:
     return out
 
 
-def sample(model: Callable, transport: Transport, z: torch.Tensor, y: torch.Tensor, null_label: int, steps: int,
-           cfg_scale: float = 1.0, guidance_low: float = 0.0, guidance_high: float = 1.0,
+def guided_condition(y: torch.Tensor, null: Union[int, torch.Tensor]) -> torch.Tensor:
+    """The condition of a guided step's 2B rows: the B conditional rows, then the null condition
+    for every sample. Labels y (B,) with a null label, or caption features y (B, M, Dc) with the
+    null caption (1, M, Dc) repeated B times."""
+    if isinstance(null, torch.Tensor):
+        if null.dim() != y.dim() or null.shape[0] != 1 or null.shape[1:] != y.shape[1:]:
+            raise ValueError(f"null condition {tuple(null.shape)} does not fit the condition {tuple(y.shape)}")
+        return torch.cat([y, null.expand(y.shape[0], *null.shape[1:])], dim=0)
+    return torch.cat([y, torch.full_like(y, null)], dim=0)
+
+
+def sample(model: Callable, transport: Transport, z: torch.Tensor, y: torch.Tensor, null: Union[int, torch.Tensor],
+           steps: int, cfg_scale: float = 1.0, guidance_low: float = 0.0, guidance_high: float = 1.0,
            stochasticity: float = 0.0, mode: str = "transition", seed: int = 0,
            sample_indices: Optional[list[int]] = None, grid: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
-    """SPEC 6. model(x, t_in, r_in, y) -> F with t_in, r_in the (B,) network time inputs.
-    Returns the trajectory [z, x_1, ..., x_N] (float64)."""
+    """SPEC 6. model(x, t_in, r_in, y) -> F with t_in, r_in the (B,) network time inputs and y
+    the condition rows: labels (B,) with `null` the null label, or caption features (B, M, Dc)
+    with `null` the null caption (1, M, Dc). Returns the trajectory [z, x_1, ..., x_N] (float64)."""
     if mode == "ddiffusion":
         mode = "diffusion"
     assert mode in ("transition", "diffusion")
@@ -103,7 +117,7 @@ def sample(model: Callable, transport: Transport, z: torch.Tensor, y: torch.Tens
         if guided:
             rows = 2 * B
             x_in = torch.cat([x, x], dim=0)
-            y_in = torch.cat([y, torch.full_like(y, null_label)], dim=0)
+            y_in = guided_condition(y, null)
         else:
             rows, x_in, y_in = B, x, y
         F = model(x_in, torch.full((rows,), t_in, dtype=torch.float64),

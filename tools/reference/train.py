@@ -680,7 +680,24 @@ def recipe_summary(args) -> dict:
     return {k: v for k, v in sorted(vars(args).items()) if k not in RUNTIME_ONLY_EXPORT}
 
 
-def export_safetensors(ck: dict, out: str, dtype: str, weights: str = "ema") -> dict:
+SAMPLING_KEYS = {"steps": int, "cfg_scale": float, "guidance_low": float, "guidance_high": float}
+
+
+def parse_sampling(text: Optional[str]) -> dict:
+    """"steps=4,cfg_scale=2" -> {"sample_steps": "4", "sample_cfg_scale": "2.0"} (metadata strings)."""
+    out = {}
+    for item in filter(None, (text or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in SAMPLING_KEYS:
+            raise SystemExit(f"--export-sampling: '{item}' is not KEY=VALUE with KEY one of {sorted(SAMPLING_KEYS)}")
+        try:
+            out["sample_" + key] = repr(SAMPLING_KEYS[key](value))
+        except ValueError:
+            raise SystemExit(f"--export-sampling: {key} needs a {SAMPLING_KEYS[key].__name__}, got '{value}'")
+    return out
+
+
+def export_safetensors(ck: dict, out: str, dtype: str, weights: str = "ema", sampling: Optional[str] = None) -> dict:
     from safetensors.torch import save_file
     args = argparse.Namespace(**ck["args"])
     cfg = model_config(args)
@@ -722,6 +739,7 @@ def export_safetensors(ck: dict, out: str, dtype: str, weights: str = "ema") -> 
         "final_loss_note": "unweighted per-sample MSE ||F - F*||^2 averaged over the last log interval",
         "torch_version": torch.__version__,
         "parameters": str(sum(v.numel() for v in tensors.values())),
+        **parse_sampling(sampling),
     }
     tmp = out + ".tmp"
     save_file(tensors, tmp, metadata=meta)
@@ -756,10 +774,11 @@ def export_safetensors(ck: dict, out: str, dtype: str, weights: str = "ema") -> 
 
 # Flags that do not change the math of a run: taken from the command line on --resume.
 RUNTIME_ONLY = {"run_dir", "resume", "time_budget_minutes", "max_steps", "checkpoint_every", "log_every",
-                "sample_every", "sample_steps", "threads", "export", "export_dtype", "export_weights",
+                "sample_every", "sample_steps", "threads", "export", "export_dtype", "export_weights", "export_sampling",
                 "sample_grid", "steps", "cfg", "cfg_low", "cfg_high", "sample_type", "sample_seed",
                 "stochasticity", "grid_scale", "sample_weights", "data_dir"}
-RUNTIME_ONLY_EXPORT = {"run_dir", "resume", "export", "export_dtype", "export_weights", "sample_grid", "steps",
+RUNTIME_ONLY_EXPORT = {"run_dir", "resume", "export", "export_dtype", "export_weights", "export_sampling",
+                       "sample_grid", "steps",
                        "cfg", "cfg_low", "cfg_high", "sample_type", "sample_seed", "stochasticity",
                        "grid_scale", "sample_weights"}
 
@@ -1046,6 +1065,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--export", metavar="OUT.safetensors", default=None)
     g.add_argument("--export-dtype", choices=("float16", "bfloat16", "float32"), default="float16")
     g.add_argument("--export-weights", choices=("ema", "online"), default="ema")
+    g.add_argument("--export-sampling", metavar="K=V,...", default=None,
+                   help="recommended settings stored in the metadata as sample_<key> and used by `tim sample` "
+                        "when its option is not given: keys steps, cfg_scale, guidance_low, guidance_high")
     g.add_argument("--sample-grid", metavar="PNG", default=None)
     g.add_argument("--sample-weights", choices=("ema", "online"), default="ema")
     g.add_argument("--steps", type=int, default=4, help="sampling steps for --sample-grid")
@@ -1070,7 +1092,7 @@ def main(argv=None) -> int:
     if args.export or args.sample_grid:
         ck = load_checkpoint(args.run_dir)
         if args.export:
-            export_safetensors(ck, args.export, args.export_dtype, args.export_weights)
+            export_safetensors(ck, args.export, args.export_dtype, args.export_weights, args.export_sampling)
         if args.sample_grid:
             run_args = argparse.Namespace(**ck["args"])
             model = build_model(model_config(run_args))

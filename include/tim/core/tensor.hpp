@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <type_traits>
 
 #include "tim/core/dtype.hpp"
 #include "tim/core/shape.hpp"
@@ -86,5 +87,19 @@ class Tensor {
   Shape shape_;
   std::shared_ptr<const void> owner_;
 };
+
+//! The same values in `Backend`'s memory: `host` itself for the CPU backend, otherwise a new
+//! owning tensor filled through Backend::copy (which accepts a host source). This is how
+//! weights read from a checkpoint (host memory) reach another backend.
+template <class Backend, class T>
+Tensor<T, Backend> to_backend(const Tensor<T, cpu>& host) {
+  if constexpr (std::is_same_v<Backend, cpu>) {
+    return host;
+  } else {
+    auto out = Tensor<T, Backend>::empty(host.shape());
+    Backend::copy(out.data(), host.data(), static_cast<std::size_t>(host.numel()));
+    return out;
+  }
+}
 
 }  // namespace tim

@@ -16,6 +16,7 @@
 #include "tim/core/tensor.hpp"
 #include "tim/cpu/threads.hpp"
 #include "tim/math/activations.hpp"
+#include "tim/math/attention.hpp"
 #include "tim/math/embedding.hpp"
 #include "tim/math/normalization.hpp"
 
@@ -177,20 +178,20 @@ struct cpu {
     parallel_for(n, [&](std::int64_t i) { out[i] += in[i]; });
   }
 
+  //! out[i] = a[i] - b[i] (the interval t_in - r_in of B samples; short, so no threads).
+  template <class T>
+  static void difference_forward(T* out, const T* a, const T* b, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) out[i] = a[i] - b[i];
+  }
+
   //! The per-head input transform of attention, for one head of one token, in place on `u`
-  //! (hd values): optional LayerNorm over hd (affine, eps `norm_eps`; skipped when
-  //! `norm_weight` is null), optional rotary by (cos, sin) rows of hd/2 values (skipped when
-  //! `cos_row` is null), then a multiplication by `scale`. Both split operations below use it,
-  //! so self- and cross-attention prepare their heads with the same arithmetic.
+  //! (hd values): math::prepare_head (optional LayerNorm over hd, optional rotary by (cos, sin)
+  //! rows of hd/2 values, then a multiplication by `scale`). Both split operations below use
+  //! it, so self- and cross-attention prepare their heads with the same arithmetic.
   template <class T>
   static void prepare_head(T* u, std::int64_t head_dim, const T* norm_weight, const T* norm_bias, double norm_eps,
                            const T* cos_row, const T* sin_row, T scale) {
-    if (norm_weight) math::layernorm_row(u, u, head_dim, norm_weight, norm_bias, norm_eps);
-    if (cos_row)
-      for (std::int64_t pair = 0; pair < head_dim / 2; ++pair)
-        math::rotate_pair(u[2 * pair], u[2 * pair + 1], cos_row[pair], sin_row[pair]);
-    if (scale != T(1))
-      for (std::int64_t j = 0; j < head_dim; ++j) u[j] *= scale;
+    math::prepare_head(u, head_dim, norm_weight, norm_bias, norm_eps, cos_row, sin_row, scale);
   }
 
   //! Splits qkv (B, N, 3, nh, hd) into q, k, v (B, nh, N, hd), adding a per-sample bias

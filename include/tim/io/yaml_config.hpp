@@ -60,15 +60,19 @@ struct YamlNetworkConfig {
   }
 
   //! Throws tim::Error naming the key, where it is, and both values when the YAML contradicts
-  //! the configuration the checkpoint's shapes gave.
+  //! the configuration the checkpoint's shapes gave: a nn::C2IConfig or a nn::T2IConfig
+  //! (`num_classes` is checked for C2I only; a text-to-image network has no label table).
   //! Example: `yaml.check_against(model.config);`
-  void check_against(const nn::C2IConfig& c) const {
+  template <class Config>
+    requires std::is_base_of_v<nn::BackboneConfig, Config>
+  void check_against(const Config& c) const {
     expect(num_heads, c.num_heads, "the checkpoint's num_heads");
     expect(depth, c.depth, "the checkpoint's blocks");
     expect(hidden_size, c.hidden, "the checkpoint's tensor shapes");
     expect(patch_size, c.patch, "the checkpoint's tensor shapes");
     expect(in_channels, c.in_channels, "the checkpoint's tensor shapes");
-    expect(num_classes, c.num_classes, "the checkpoint's label table");
+    if constexpr (std::is_same_v<Config, nn::C2IConfig>)
+      expect(num_classes, c.num_classes, "the checkpoint's label table");
     expect(lora_hidden_size, c.adaln_hidden, "the checkpoint's adaLN_modulation shapes");
     if (mlp_ratio) {
       // SPEC 3: Hm = (int(D * mlp_ratio) * 2) // 3.

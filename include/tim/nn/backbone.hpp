@@ -14,6 +14,7 @@
 #include <initializer_list>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "tim/core/shape.hpp"
@@ -113,6 +114,14 @@ struct Workspace {
   }
 };
 
+//! The query scale 1 / sqrt(hd), computed in T's arithmetic type (double for double, float
+//! otherwise, so bfloat16 models get the float value rounded once) and stored as T.
+template <class T>
+T attention_query_scale(std::int64_t head_dim) {
+  using Arithmetic = std::conditional_t<std::is_same_v<T, double>, double, float>;
+  return static_cast<T>(Arithmetic(1) / std::sqrt(Arithmetic(head_dim)));
+}
+
 //! The three modulation chunks (shift, scale, gate), each (B, D), of one branch: pointers
 //! into the adaLN output (B, K D), whose rows are `stride` = K D apart.
 template <class T>
@@ -177,7 +186,7 @@ struct SelfAttention {
     }
     Backend::qkv_split_forward(ws.q.data(), ws.k.data(), ws.v.data(), ws.wide.data(), sample_bias, q_norm.weight_or_null(),
                                q_norm.bias_or_null(), k_norm.weight_or_null(), k_norm.bias_or_null(), 1e-5,
-                               ws.rotary_cos.data(), ws.rotary_sin.data(), B, N, nh, hd, T(1) / std::sqrt(T(hd)));
+                               ws.rotary_cos.data(), ws.rotary_sin.data(), B, N, nh, hd, attention_query_scale<T>(hd));
     Backend::attention_forward(ws.attended.data(), ws.q.data(), ws.k.data(), ws.v.data(), B, nh, N, hd, 1.0);
     proj.forward(ws.update.data(), ws.attended.data(), rows);
     Backend::gated_residual_forward(ws.tokens.data(), mod.gate, ws.update.data(), B, N, D, mod.stride);
@@ -219,7 +228,7 @@ struct CrossAttention {
     normalize_and_modulate(ws, mod.shift, mod.scale, mod.stride, B, N, D);
     q.forward(ws.wide.data(), ws.normed.data(), rows);
     Backend::split_heads_forward(ws.q.data(), ws.wide.data(), D, q_norm.weight_or_null(), q_norm.bias_or_null(), 1e-5,
-                                 ws.rotary_cos.data(), ws.rotary_sin.data(), B, N, nh, hd, T(1) / std::sqrt(T(hd)));
+                                 ws.rotary_cos.data(), ws.rotary_sin.data(), B, N, nh, hd, attention_query_scale<T>(hd));
     kv.forward(ws.caption_kv.data(), ws.caption.data(), B * M);
     Backend::split_heads_forward(ws.caption_k.data(), ws.caption_kv.data(), 2 * D, k_norm.weight_or_null(),
                                  k_norm.bias_or_null(), 1e-5, static_cast<const T*>(nullptr),
@@ -281,8 +290,8 @@ struct PatchEmbedding {
   template <class Reader>
   void load(Reader& reader, const std::string& prefix, const BackboneConfig& config) {
     const auto D = config.hidden, C = config.in_channels, p = config.patch;
-    proj.weight = reader.template take<T>(prefix + ".proj.weight", {D, C, p, p}).reshape({D, C * p * p});
-    proj.bias = reader.template take<T>(prefix + ".proj.bias", {D});
+    proj.weight = reader.template take<T, Backend>(prefix + ".proj.weight", {D, C, p, p}).reshape({D, C * p * p});
+    proj.bias = reader.template take<T, Backend>(prefix + ".proj.bias", {D});
     proj.in_features = C * p * p;
     proj.out_features = D;
   }
@@ -311,7 +320,7 @@ void embed_time(Workspace<T, Backend>& ws, const BackboneConfig& config, const T
   T* interval_values = r_values + B;
   Backend::copy(t_values, t_in, static_cast<std::size_t>(B));
   Backend::copy(r_values, r_in, static_cast<std::size_t>(B));
-  for (std::int64_t b = 0; b < B; ++b) interval_values[b] = t_values[b] - r_values[b];
+  Backend::difference_forward(interval_values, t_values, r_values, B);
   T* features = ws.embed_scratch.data();
   T* hidden = features + B * math::timestep_features;
   T* term = hidden + B * D;

@@ -164,7 +164,7 @@ C2IModel<T, Backend> load_c2i(const Source& source, const ConfigOverrides& overr
   const auto& c = model.config;
   ParameterReader<Source> reader{source, {}};
   load_shared_parameters(model, reader);
-  model.label_table = reader.template take<T>("y_embedder.embedding_table.weight", {c.num_classes + 1, c.hidden});
+  model.label_table = reader.template take<T, Backend>("y_embedder.embedding_table.weight", {c.num_classes + 1, c.hidden});
   collect_ignored(model.config.ignored, source, reader, "class-conditional TiM with " + c.describe());
   return model;
 }

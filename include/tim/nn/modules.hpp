@@ -22,11 +22,13 @@ struct ParameterReader {
   std::set<std::string> used;
 
   bool has(const std::string& name) const { return source.contains(name); }
-  template <class T>
-  Tensor<T, cpu> take(const std::string& name, const Shape& shape) {
+  //! Tensor `name` of shape `shape` in `Backend`'s memory (read on the host, then copied to
+  //! the backend unless it is the CPU one).
+  template <class T, class Backend = cpu>
+  Tensor<T, Backend> take(const std::string& name, const Shape& shape) {
     check(source.contains(name), "checkpoint: missing tensor '", name, "' (expected shape ", shape, ")");
     used.insert(name);
-    return source.template load<T>(name, shape);
+    return to_backend<Backend>(source.template load<T>(name, shape));
   }
   Shape shape(const std::string& name) const {
     check(source.contains(name), "checkpoint: missing tensor '", name, "'");
@@ -45,8 +47,8 @@ struct Linear {
   void load(Reader& reader, const std::string& prefix, std::int64_t in, std::int64_t out, bool with_bias = true) {
     in_features = in;
     out_features = out;
-    weight = reader.template take<T>(prefix + ".weight", {out, in});
-    if (with_bias) bias = reader.template take<T>(prefix + ".bias", {out});
+    weight = reader.template take<T, Backend>(prefix + ".weight", {out, in});
+    if (with_bias) bias = reader.template take<T, Backend>(prefix + ".bias", {out});
   }
   //! y (rows, out) = x (rows, in) W^T + b; with `accumulate` the result is added to y.
   void forward(T* y, const T* x, std::int64_t rows, bool accumulate = false) const {
@@ -106,8 +108,8 @@ struct LayerNormWeights {
   Tensor<T, Backend> weight, bias;  // (cols) each
   template <class Reader>
   void load(Reader& reader, const std::string& prefix, std::int64_t cols) {
-    weight = reader.template take<T>(prefix + ".weight", {cols});
-    bias = reader.template take<T>(prefix + ".bias", {cols});
+    weight = reader.template take<T, Backend>(prefix + ".weight", {cols});
+    bias = reader.template take<T, Backend>(prefix + ".bias", {cols});
   }
   bool present() const { return !weight.empty_tensor(); }
   //! The pointers a backend operation takes: null when the norm is absent.

@@ -1,0 +1,202 @@
+// One network evaluation on the GPU: C2IModel<T, tim::cuda>::forward at TiM-XL/2 on a 4 x 32 x 32
+// latent (256 px SD-VAE latents), batch 1, 16 and 64, float32 and bfloat16, random weights
+// (bench/random_checkpoint.hpp); plus cuBLAS's rate on the network's GEMM shapes. Each result
+// carries the floor time a perfect implementation could not beat on this device,
+//   floor = max(FLOPs / peak FLOP/s, bytes / peak bandwidth),
+// beside the measured time.
+//
+// Run (Release build, on a machine with a GPU): bench/bench_cuda_network
+//   TIM_PEAK_TFLOPS=x / TIM_PEAK_GBPS=y override the peaks read from the device (see below).
+//
+// Counters:
+//   GFLOP        FLOPs of one forward / 1e9 (tim::nn::forward_flops: every matrix product 2 M N K).
+//   MB           bytes one forward must move at least (weights once, plus activations, below).
+//   floor_ms     max(compute_floor_ms, memory_floor_ms).
+//   compute_floor_ms  GFLOP / peak; memory_floor_ms  MB / peak bandwidth.
+//   of_floor     floor_ms / measured ms (1.0 would be perfect).
+//   FLOP/s       GFLOP x iterations / wall time.
+//
+// Peaks: bandwidth = 2 x memory clock x bus width (cudaDevAttrMemoryClockRate, ...BusWidth; DDR);
+// FLOP/s = SMs x peak clock (cudaDevAttrClockRate) x FLOP per SM per clock: float32 without
+// tensor cores 256 (128 FMA lanes) on compute capability 8.x and 9.x; bfloat16 dense tensor cores
+// 4096 on 9.0 (H100/H200), 2048 on 8.0 (A100), 1024 on other 8.x. Unknown devices: set the
+// environment variables. The float32 model runs its GEMMs without TF32, so its compute floor uses
+// the float32 rate.
+//
+// Activation bytes per forward: each kernel is assumed to read its inputs and write its outputs
+// once (no fusion across kernels, K/V re-reads of attention served by L2): per block and token
+// row 33 D + 6 Hm values (LayerNorm + modulate 4D twice, qkv 4D, split 6D, attention 4D, proj 2D,
+// gated residuals 3D twice, MLP 2D + 2Hm, SwiGLU gate 3Hm, fc2 Hm + D), plus the patch embedding and
+// final layer; weights are read once (parameters x sizeof(T)).
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+
+#include "random_checkpoint.hpp"
+#include "tim/cuda/tim.cuh"
+
+namespace {
+
+constexpr std::int64_t latent_size = 32;
+
+struct Peaks {
+  double float32_flops = 0, bfloat16_flops = 0, bytes_per_second = 0;
+};
+
+double environment_or(const char* name, double fallback, double unit) {
+  const char* text = std::getenv(name);
+  return text ? std::atof(text) * unit : fallback;
+}
+
+Peaks device_peaks() {
+  int device = 0, sms = 0, clock_khz = 0, memory_khz = 0, bus_bits = 0, major = 0, minor = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, device);
+  cudaDeviceGetAttribute(&memory_khz, cudaDevAttrMemoryClockRate, device);
+  cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  const double per_sm_clock = static_cast<double>(sms) * clock_khz * 1e3;
+  double fp32 = 0, bf16 = 0;
+  if (major == 8 || major == 9) fp32 = 256 * per_sm_clock;
+  if (major == 9 && minor == 0) bf16 = 4096 * per_sm_clock;
+  else if (major == 8 && minor == 0) bf16 = 2048 * per_sm_clock;
+  else if (major == 8) bf16 = 1024 * per_sm_clock;
+  Peaks p;
+  p.bytes_per_second = environment_or("TIM_PEAK_GBPS", 2.0 * memory_khz * 1e3 * bus_bits / 8.0, 1e9);
+  p.float32_flops = environment_or("TIM_PEAK_TFLOPS", fp32, 1e12);
+  p.bfloat16_flops = environment_or("TIM_PEAK_TFLOPS", bf16, 1e12);
+  return p;
+}
+
+//! Bytes one forward moves at least (see the file comment).
+double forward_bytes(const tim::nn::C2IConfig& c, std::int64_t parameters, std::int64_t batch, double element) {
+  const double R = static_cast<double>(batch * (latent_size / c.patch) * (latent_size / c.patch));
+  const double D = static_cast<double>(c.hidden), Hm = static_cast<double>(c.mlp_hidden);
+  const double pixels = static_cast<double>(batch * c.in_channels * latent_size * latent_size);
+  double values = static_cast<double>(c.depth) * R * (33 * D + 6 * Hm);
+  values += 2 * pixels + R * D;                                        // patchify, patch embedding
+  values += 4 * R * D + 2 * R * static_cast<double>(c.patch * c.patch * c.out_channels) + pixels;  // final layer
+  return (values + static_cast<double>(parameters)) * element;
+}
+
+template <class T>
+const tim::nn::C2IModel<T, tim::cuda>& shared_model() {
+  static const auto model = tim::nn::load_c2i<T, tim::cuda>(tim_bench::RandomCheckpoint(tim_bench::tim_xl2_config()));
+  return model;
+}
+
+template <class T>
+tim::Tensor<T, tim::cuda> random_device_tensor(const tim::Shape& shape, std::mt19937& engine, float lo, float hi,
+                                               bool normal) {
+  auto host = tim::Tensor<T>::empty(shape);
+  std::normal_distribution<float> n01(0.0f, 1.0f);
+  std::uniform_real_distribution<float> uniform(lo, hi);
+  for (std::int64_t i = 0; i < host.numel(); ++i) host.data()[i] = static_cast<T>(normal ? n01(engine) : uniform(engine));
+  return tim::to_backend<tim::cuda>(host);
+}
+
+template <class T>
+void BM_CudaForward(benchmark::State& state, std::int64_t batch, const Peaks& peaks) {
+  const auto& model = shared_model<T>();
+  const auto& c = model.config;
+  std::mt19937 engine(1234);
+  const auto x = random_device_tensor<T>({batch, c.in_channels, latent_size, latent_size}, engine, 0, 0, true);
+  const auto t_in = random_device_tensor<T>({batch}, engine, 0.5f, 1.0f, false);
+  const auto r_in = random_device_tensor<T>({batch}, engine, 0.0f, 0.5f, false);
+  auto labels = tim::Tensor<std::int64_t>::empty({batch});
+  for (std::int64_t b = 0; b < batch; ++b) labels.data()[b] = b % c.num_classes;
+  tim::Tensor<T, tim::cuda> out;
+  model.forward(out, x, t_in, r_in, labels);  // warm-up: workspace, cuBLAS handle and heuristics
+  tim::cuda::synchronize();
+  for (auto _ : state) {
+    model.forward(out, x, t_in, r_in, labels);
+    tim::cuda::synchronize();
+  }
+  const double flops = tim::nn::forward_flops(c, batch, latent_size, latent_size);
+  const double bytes = forward_bytes(c, model.parameter_count(), batch, sizeof(T));
+  const double peak_flops = std::is_same_v<T, float> ? peaks.float32_flops : peaks.bfloat16_flops;
+  const double compute_floor = peak_flops > 0 ? flops / peak_flops : 0;
+  const double memory_floor = peaks.bytes_per_second > 0 ? bytes / peaks.bytes_per_second : 0;
+  const double floor = std::max(compute_floor, memory_floor);
+  state.counters["GFLOP"] = flops * 1e-9;
+  state.counters["MB"] = bytes * 1e-6;
+  state.counters["compute_floor_ms"] = compute_floor * 1e3;
+  state.counters["memory_floor_ms"] = memory_floor * 1e3;
+  state.counters["floor_ms"] = floor * 1e3;
+  // floor / measured: floor x iterations / wall time, as a rate counter.
+  state.counters["of_floor"] = benchmark::Counter(floor * static_cast<double>(state.iterations()),
+                                                  benchmark::Counter::kIsRate);
+  state.counters["FLOP/s"] = benchmark::Counter(flops * static_cast<double>(state.iterations()),
+                                                benchmark::Counter::kIsRate);
+}
+
+//! cuBLAS on a network GEMM shape: y (M, N) = x (M, K) W^T, no bias.
+template <class T>
+void BM_CudaGemm(benchmark::State& state) {
+  const std::int64_t m = state.range(0), n = state.range(1), k = state.range(2);
+  std::mt19937 engine(7);
+  const auto x = random_device_tensor<T>({m, k}, engine, -1, 1, false);
+  const auto w = random_device_tensor<T>({n, k}, engine, -1, 1, false);
+  auto y = tim::Tensor<T, tim::cuda>::empty({m, n});
+  tim::cuda::linear_forward(y.data(), x.data(), w.data(), static_cast<const T*>(nullptr), m, k, n);
+  tim::cuda::synchronize();
+  for (auto _ : state) {
+    tim::cuda::linear_forward(y.data(), x.data(), w.data(), static_cast<const T*>(nullptr), m, k, n);
+    tim::cuda::synchronize();
+  }
+  state.counters["FLOP/s"] = benchmark::Counter(2.0 * m * n * k * static_cast<double>(state.iterations()),
+                                                benchmark::Counter::kIsRate);
+}
+
+void register_benchmarks(const Peaks& peaks) {
+  for (std::int64_t batch : {1, 16, 64}) {
+    benchmark::RegisterBenchmark(("BM_CudaForward/TiM-XL2/float32/batch:" + std::to_string(batch)).c_str(),
+                                 [batch, peaks](benchmark::State& s) { BM_CudaForward<float>(s, batch, peaks); })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime()
+        ->MinTime(2.0);
+    benchmark::RegisterBenchmark(("BM_CudaForward/TiM-XL2/bfloat16/batch:" + std::to_string(batch)).c_str(),
+                                 [batch, peaks](benchmark::State& s) { BM_CudaForward<tim::bfloat16>(s, batch, peaks); })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime()
+        ->MinTime(2.0);
+  }
+  // XL/2 MLP fc1 at batch 1, 16 and 64 (R x Hm x D) and qkv at batch 64 (R x 3D x D).
+  for (auto* registered : {benchmark::RegisterBenchmark("BM_CudaGemm/float32", BM_CudaGemm<float>),
+                           benchmark::RegisterBenchmark("BM_CudaGemm/bfloat16", BM_CudaGemm<tim::bfloat16>)})
+    registered->ArgNames({"M", "N", "K"})
+        ->Args({256, 3072, 1152})
+        ->Args({4096, 3072, 1152})
+        ->Args({16384, 3072, 1152})
+        ->Args({16384, 3456, 1152})
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime()
+        ->MinTime(1.0);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (!tim::cuda::available()) {
+    std::fprintf(stderr, "bench_cuda_network: %s; nothing measured.\n", tim::cuda::device_description().c_str());
+    return 1;
+  }
+  const Peaks peaks = device_peaks();
+  register_benchmarks(peaks);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::AddCustomContext("cuda_device", tim::cuda::device_description());
+  benchmark::AddCustomContext("peak_float32_TFLOPS", std::to_string(peaks.float32_flops * 1e-12));
+  benchmark::AddCustomContext("peak_bfloat16_TFLOPS", std::to_string(peaks.bfloat16_flops * 1e-12));
+  benchmark::AddCustomContext("peak_GBps", std::to_string(peaks.bytes_per_second * 1e-9));
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

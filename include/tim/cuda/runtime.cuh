@@ -1,0 +1,108 @@
+// The CUDA runtime glue of the tim::cuda backend: error checks that throw tim::Error, the device
+// query the tests use to skip, the stream every operation is enqueued on, and the cuBLAS handle
+// (with its workspace allocated once, so GEMMs allocate nothing per call).
+// Internal: include <tim/cuda/tim.cuh>.
+#pragma once
+
+#if !defined(__CUDACC__)
+#error "tim/cuda/*.cuh are CUDA headers: compile this file with nvcc and include <tim/cuda/tim.cuh>"
+#endif
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "tim/core/error.hpp"
+
+namespace tim::cuda_detail {
+
+//! Throws tim::Error naming the failed call and CUDA's error when `status` is not success.
+inline void check_cuda(cudaError_t status, const char* what) {
+  if (status != cudaSuccess)
+    fail("CUDA: ", what, " failed: ", cudaGetErrorName(status), " (", cudaGetErrorString(status), ")");
+}
+
+inline const char* cublas_status_name(cublasStatus_t status) {
+  switch (status) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    default: return "unknown cuBLAS status";
+  }
+}
+
+//! Throws tim::Error naming the failed cuBLAS call when `status` is not success.
+inline void check_cublas(cublasStatus_t status, const char* what) {
+  if (status != CUBLAS_STATUS_SUCCESS) fail("cuBLAS: ", what, " failed: ", cublas_status_name(status));
+}
+
+//! Checks the launch just made (configuration errors surface here; execution errors at the
+//! next synchronising call).
+inline void check_launch(const char* kernel) { check_cuda(cudaGetLastError(), kernel); }
+
+//! Device allocations made by tim::cuda::allocate since the program started: tests use it to
+//! check that a sampling loop allocates nothing after its first step.
+inline std::atomic<std::int64_t>& allocation_counter() {
+  static std::atomic<std::int64_t> count{0};
+  return count;
+}
+
+//! The stream tim::cuda operations of this host thread are enqueued on (default: the per-thread
+//! default stream, so two host threads driving two models do not serialise on stream 0).
+inline cudaStream_t& current_stream() {
+  thread_local cudaStream_t stream = cudaStreamPerThread;
+  return stream;
+}
+
+//! cuBLAS workspace per handle: 32 MiB, NVIDIA's recommendation for Hopper.
+inline constexpr std::size_t cublas_workspace_bytes = std::size_t{32} << 20;
+
+//! One cuBLAS handle per (host thread, device), created on first use with its workspace set,
+//! then reused. Handles and workspaces are deliberately never destroyed: destroying them from
+//! a static or thread_local destructor can run after the CUDA runtime has shut down.
+inline cublasHandle_t cublas_handle() {
+  constexpr int max_devices = 64;
+  struct Slot {
+    cublasHandle_t handle = nullptr;
+  };
+  thread_local Slot slots[max_devices];
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  check(device >= 0 && device < max_devices, "tim::cuda: device index ", device, " out of range");
+  Slot& slot = slots[device];
+  if (!slot.handle) {
+    check_cublas(cublasCreate(&slot.handle), "cublasCreate");
+    void* workspace = nullptr;
+    check_cuda(cudaMalloc(&workspace, cublas_workspace_bytes), "cudaMalloc (cuBLAS workspace)");
+    check_cublas(cublasSetWorkspace(slot.handle, workspace, cublas_workspace_bytes), "cublasSetWorkspace");
+    // float32 GEMMs stay float32: no TF32 tensor-core rounding unless the user opts in.
+    check_cublas(cublasSetMathMode(slot.handle, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+  }
+  check_cublas(cublasSetStream(slot.handle, current_stream()), "cublasSetStream");
+  return slot.handle;
+}
+
+//! Whether `pointer` is host memory the GPU cannot address directly as device memory
+//! (pageable or pinned host memory), i.e. whether a copy from or to it must complete before the
+//! host may reuse it.
+inline bool is_host_pointer(const void* pointer) {
+  cudaPointerAttributes attributes{};
+  const cudaError_t status = cudaPointerGetAttributes(&attributes, pointer);
+  if (status != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the sticky-free error of an unknown pointer
+    return true;
+  }
+  return attributes.type == cudaMemoryTypeUnregistered || attributes.type == cudaMemoryTypeHost;
+}
+
+}  // namespace tim::cuda_detail

@@ -1,0 +1,280 @@
+// Host-side logic of the CUDA backend, verified without a GPU (suite "cuda-host"): the launch
+// shapes, the mapping of the row-major Linear onto cuBLAS's column-major GEMM (checked by
+// emulating the column-major call), and every element-wise functor of the kernels run on the
+// host over the same inputs as tim::cpu's operation, which they must reproduce exactly (same
+// math/ code, same compiler) -- so the index arithmetic of each kernel is tested here.
+#include <doctest/doctest.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "compare.hpp"
+#include "tim/cuda/tim.cuh"
+
+namespace {
+
+using tim_test::random_vector;
+
+//! What for_each does on the device, on the host.
+template <class Op>
+void run_on_host(std::int64_t n, const Op& op) {
+  for (std::int64_t i = 0; i < n; ++i) op(i);
+}
+
+template <class T>
+void check_equal(const std::vector<T>& actual, const std::vector<T>& expected) {
+  REQUIRE(actual.size() == expected.size());
+  TIM_CHECK_CLOSE(actual.data(), expected.data(), actual.size(), 0.0, 0.0);
+}
+
+//! Rotary tables (N, hd/2) as nn::Workspace builds them.
+void rotary_tables(std::vector<float>& cos_table, std::vector<float>& sin_table, std::int64_t tokens,
+                   std::int64_t grid_h, std::int64_t head_dim) {
+  cos_table.resize(static_cast<std::size_t>(tokens * head_dim / 2));
+  sin_table.resize(cos_table.size());
+  for (std::int64_t n = 0; n < tokens; ++n)
+    for (std::int64_t pair = 0; pair < head_dim / 2; ++pair) {
+      const double angle = tim::math::rotary_angle<double>(n, grid_h, static_cast<int>(head_dim), static_cast<int>(pair));
+      cos_table[n * (head_dim / 2) + pair] = static_cast<float>(std::cos(angle));
+      sin_table[n * (head_dim / 2) + pair] = static_cast<float>(std::sin(angle));
+    }
+}
+
+//! C (m x n, ldc) = op(A) op(B), column-major, as cuBLAS computes it from GemmArguments.
+std::vector<double> emulate_column_major(const tim::cuda_detail::GemmArguments& g, const float* a, const float* b) {
+  std::vector<double> c(static_cast<std::size_t>(g.ldc) * g.n);
+  for (int i = 0; i < g.m; ++i)
+    for (int j = 0; j < g.n; ++j) {
+      double sum = 0;
+      for (int p = 0; p < g.k; ++p) {
+        const double op_a = g.transpose_a ? a[p + static_cast<std::size_t>(i) * g.lda] : a[i + static_cast<std::size_t>(p) * g.lda];
+        const double op_b = g.transpose_b ? b[j + static_cast<std::size_t>(p) * g.ldb] : b[p + static_cast<std::size_t>(j) * g.ldb];
+        sum += op_a * op_b;
+      }
+      c[i + static_cast<std::size_t>(j) * g.ldc] = sum;
+    }
+  return c;
+}
+
+}  // namespace
+
+TEST_SUITE("cuda-host") {
+
+TEST_CASE("cuda host: the device query answers without a device and without throwing") {
+  int count = -1;
+  CHECK_NOTHROW(count = tim::cuda::device_count());
+  CHECK(count >= 0);
+  CHECK(!tim::cuda::device_description().empty());
+  MESSAGE("device: ", tim::cuda::device_description());
+  using DeviceTensor = tim::Tensor<float, tim::cuda>;
+  if (count == 0) CHECK_THROWS_AS(DeviceTensor::empty({4}), tim::Error);
+}
+
+TEST_CASE("cuda host: the Linear maps onto cuBLAS's column-major GEMM") {
+  for (auto [rows, in, out] : {std::tuple{1, 1, 1}, std::tuple{3, 5, 7}, std::tuple{16, 8, 24}, std::tuple{7, 33, 2}}) {
+    CAPTURE(rows);
+    CAPTURE(in);
+    CAPTURE(out);
+    const auto x = random_vector<float>(static_cast<std::size_t>(rows * in), 1);
+    const auto w = random_vector<float>(static_cast<std::size_t>(out * in), 2);
+    const auto g = tim::cuda_detail::gemm_arguments(rows, in, out);
+    const auto c = emulate_column_major(g, w.data(), x.data());  // A = W, B = x
+    std::vector<double> expected(static_cast<std::size_t>(rows * out));
+    for (int r = 0; r < rows; ++r)
+      for (int o = 0; o < out; ++o) {
+        double sum = 0;
+        for (int i = 0; i < in; ++i) sum += double(x[r * in + i]) * w[o * in + i];
+        expected[r * out + o] = sum;
+      }
+    // Column-major C (out x rows, ld out) is row-major y (rows, out) in memory.
+    REQUIRE(c.size() == expected.size());
+    TIM_CHECK_CLOSE(c.data(), expected.data(), c.size(), 1e-12, 1e-12);
+  }
+  CHECK_THROWS_AS(tim::cuda_detail::gemm_arguments(std::int64_t{1} << 31, 4, 4), tim::Error);
+  CHECK_THROWS_AS(tim::cuda_detail::gemm_arguments(0, 4, 4), tim::Error);
+}
+
+TEST_CASE("cuda host: attention launch shapes") {
+  using tim::cuda_detail::attention_launch;
+  const std::pair<int, int> capacities[] = {{4, 32}, {8, 32}, {16, 32}, {32, 32}, {48, 64}, {64, 64},
+                                            {72, 72}, {80, 96}, {96, 96}, {128, 128}};
+  for (auto [head_dim, capacity] : capacities) {
+    CAPTURE(head_dim);
+    const auto launch = attention_launch(2, 16, 256, 256, head_dim);
+    CHECK(launch.capacity == capacity);
+    CHECK(launch.query_tiles == 256 / tim::cuda_detail::attention_query_tile);
+    CHECK(launch.blocks == 2 * 16 * launch.query_tiles);
+    CHECK(launch.threads == 32 * tim::cuda_detail::attention_warps);
+    // Static shared memory of a block must stay within the 48 KiB every device allows.
+    CHECK(launch.shared_bytes <= 48 * 1024);
+  }
+  CHECK(attention_launch(1, 1, 17, 5, 64).query_tiles == 2);  // 16 + 1 queries
+  CHECK(attention_launch(3, 2, 1, 300, 8).blocks == 6);
+  CHECK_THROWS_AS(attention_launch(1, 1, 16, 16, 130), tim::Error);
+  CHECK_THROWS_AS(attention_launch(1, 1, 0, 16, 64), tim::Error);
+}
+
+TEST_CASE("cuda host: element-wise grid sizes") {
+  using tim::cuda_detail::grid_blocks;
+  CHECK(grid_blocks(1) == 1);
+  CHECK(grid_blocks(256) == 1);
+  CHECK(grid_blocks(257) == 2);
+  CHECK(grid_blocks(std::int64_t{1} << 40) == tim::cuda_detail::elementwise_max_blocks);
+  CHECK(tim::cuda_detail::layernorm_blocks(16384) == 16384u);
+  CHECK(tim::cuda_detail::layernorm_blocks(std::int64_t{1} << 30) == (1u << 20));
+}
+
+TEST_CASE("cuda host: the element-wise functors reproduce tim::cpu exactly") {
+  using namespace tim::cuda_detail;
+  const std::int64_t B = 2, N = 6, D = 10, stride = 3 * D;
+
+  SUBCASE("swiglu with row strides, silu, add, difference") {
+    const std::int64_t rows = 3, cols = 5;
+    const auto gate = random_vector<float>(rows * 7, 3), value = random_vector<float>(rows * 9, 4);
+    std::vector<float> out(rows * cols), expected(rows * cols);
+    run_on_host(rows * cols, SwigluOp<float>{out.data(), gate.data(), value.data(), cols, 7, 9});
+    tim::cpu::swiglu_forward(expected.data(), gate.data(), value.data(), rows, cols, 7, 9);
+    check_equal(out, expected);
+
+    std::vector<float> silu(rows * 7), cpu_silu(rows * 7);
+    run_on_host(rows * 7, SiluOp<float>{silu.data(), gate.data()});
+    tim::cpu::silu_forward(cpu_silu.data(), gate.data(), rows * 7);
+    check_equal(silu, cpu_silu);
+
+    const auto a = random_vector<float>(9, 5), b = random_vector<float>(9, 6);
+    auto sum = a;
+    std::vector<float> difference(9), cpu_difference(9);
+    run_on_host(9, AddOp<float>{sum.data(), b.data()});
+    auto cpu_sum = a;
+    tim::cpu::add_forward(cpu_sum.data(), b.data(), 9);
+    check_equal(sum, cpu_sum);
+    run_on_host(9, DifferenceOp<float>{difference.data(), a.data(), b.data()});
+    tim::cpu::difference_forward(cpu_difference.data(), a.data(), b.data(), 9);
+    check_equal(difference, cpu_difference);
+  }
+
+  SUBCASE("timestep features") {
+    const std::vector<float> s = {0.0f, 0.37f, 999.0f};
+    std::vector<float> out(3 * 256), expected(3 * 256);
+    run_on_host(3 * 256, TimestepFeaturesOp<float>{out.data(), s.data()});
+    tim::cpu::timestep_features_forward(expected.data(), s.data(), 3);
+    check_equal(out, expected);
+  }
+
+  SUBCASE("modulate and gated residual read the chunks of the adaLN output") {
+    const auto x = random_vector<float>(B * N * D, 7), modulation = random_vector<float>(B * stride, 8);
+    auto out = x, expected = x;
+    run_on_host(B * N * D, ModulateOp<float>{out.data(), modulation.data(), modulation.data() + D, N, D, stride});
+    tim::cpu::modulate_forward(expected.data(), modulation.data(), modulation.data() + D, B, N, D, stride);
+    check_equal(out, expected);
+
+    const auto update = random_vector<float>(B * N * D, 9);
+    run_on_host(B * N * D, GatedResidualOp<float>{out.data(), modulation.data() + 2 * D, update.data(), N, D, stride});
+    tim::cpu::gated_residual_forward(expected.data(), modulation.data() + 2 * D, update.data(), B, N, D, stride);
+    check_equal(out, expected);
+  }
+
+  SUBCASE("patchify and unpatchify on a non-square latent") {
+    const std::int64_t C = 3, H = 4, W = 6, p = 2, tokens = B * (H / p) * (W / p);
+    const auto x = random_vector<float>(B * C * H * W, 10);
+    std::vector<float> patches(tokens * C * p * p), expected(patches.size());
+    run_on_host(B * C * H * W, PatchifyOp<float>{patches.data(), x.data(), C, H, W, p});
+    tim::cpu::patchify_forward(expected.data(), x.data(), B, C, H, W, p);
+    check_equal(patches, expected);
+
+    std::vector<float> image(B * C * H * W), expected_image(image.size());
+    run_on_host(B * C * H * W, UnpatchifyOp<float>{image.data(), patches.data(), C, H, W, p});
+    tim::cpu::unpatchify_forward(expected_image.data(), patches.data(), B, C, H, W, p);
+    check_equal(image, expected_image);
+  }
+
+  SUBCASE("embedding gather") {
+    const auto table = random_vector<float>(5 * D, 11);
+    const std::int64_t labels[] = {4, 0, 2};
+    EmbeddingOp<float> op{nullptr, table.data(), D, {}};
+    for (int b = 0; b < 3; ++b) op.index[b] = labels[b];
+    std::vector<float> out(3 * D), expected(3 * D);
+    op.out = out.data();
+    run_on_host(3 * D, op);
+    tim::cpu::embedding_forward(expected.data(), table.data(), labels, 3, D);
+    check_equal(out, expected);
+  }
+
+  SUBCASE("qkv split with interval bias, qk-norm and rotary; head split of cross-attention") {
+    for (std::int64_t head_dim : {8, 72}) {
+      CAPTURE(head_dim);
+      const std::int64_t heads = 3, dim = heads * head_dim, tokens = 6, grid_h = 2;
+      const auto qkv = random_vector<float>(B * tokens * 3 * dim, 12);
+      const auto bias = random_vector<float>(B * 3 * dim, 13);
+      const auto qw = random_vector<float>(head_dim, 14), qb = random_vector<float>(head_dim, 15);
+      const auto kw = random_vector<float>(head_dim, 16), kb = random_vector<float>(head_dim, 17);
+      std::vector<float> cos_table, sin_table;
+      rotary_tables(cos_table, sin_table, tokens, grid_h, head_dim);
+      const float scale = tim::nn::attention_query_scale<float>(head_dim);
+      const std::size_t n = B * tokens * dim;
+      std::vector<float> q(n), k(n), v(n), eq(n), ek(n), ev(n);
+      run_on_host(B * tokens * 3 * heads,
+                  QkvSplitOp<float>{q.data(), k.data(), v.data(), qkv.data(), bias.data(), qw.data(), qb.data(),
+                                    kw.data(), kb.data(), 1e-5, cos_table.data(), sin_table.data(), tokens, heads,
+                                    head_dim, scale});
+      tim::cpu::qkv_split_forward(eq.data(), ek.data(), ev.data(), qkv.data(), bias.data(), qw.data(), qb.data(),
+                                  kw.data(), kb.data(), 1e-5, cos_table.data(), sin_table.data(), B, tokens, heads,
+                                  head_dim, scale);
+      check_equal(q, eq);
+      check_equal(k, ek);
+      check_equal(v, ev);
+
+      // k of a fused (rows, 2D) projection: norm only, row stride 2D.
+      std::vector<float> heads_out(n), expected(n);
+      run_on_host(B * tokens * heads, SplitHeadsOp<float>{heads_out.data(), qkv.data(), 2 * dim, kw.data(), kb.data(),
+                                                          1e-5, nullptr, nullptr, tokens, heads, head_dim, 1.0f});
+      tim::cpu::split_heads_forward(expected.data(), qkv.data(), 2 * dim, kw.data(), kb.data(), 1e-5,
+                                    static_cast<const float*>(nullptr), static_cast<const float*>(nullptr), B, tokens,
+                                    heads, head_dim, 1.0f);
+      check_equal(heads_out, expected);
+    }
+  }
+
+  SUBCASE("bfloat16 storage: float arithmetic, one rounding at the store") {
+    const auto x = random_vector<float>(B * N * D, 18), modulation = random_vector<float>(B * stride, 19);
+    std::vector<tim::bfloat16> xb(x.size()), mb(modulation.size());
+    std::vector<float> xr(x.size()), mr(modulation.size());  // the bfloat16 values, in float
+    for (std::size_t i = 0; i < x.size(); ++i) xr[i] = float(xb[i] = tim::bfloat16(x[i]));
+    for (std::size_t i = 0; i < modulation.size(); ++i) mr[i] = float(mb[i] = tim::bfloat16(modulation[i]));
+    run_on_host(B * N * D, ModulateOp<tim::bfloat16>{xb.data(), mb.data(), mb.data() + D, N, D, stride});
+    tim::cpu::modulate_forward(xr.data(), mr.data(), mr.data() + D, B, N, D, stride);
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      CAPTURE(i);
+      CHECK(xb[i].bits == tim::bfloat16(xr[i]).bits);  // the float result rounded once
+    }
+  }
+}
+
+TEST_CASE("cuda host: the sampling functors are the CPU sampler's arithmetic") {
+  using namespace tim::cuda_detail;
+  const std::int64_t B = 2, per_sample = 11, blocks = (per_sample + 3) / 4;
+  std::vector<double> noise(B * per_sample), expected(B * per_sample);
+  run_on_host(B * blocks, NormalOp{noise.data(), per_sample, blocks, 42, 5, tim::random::initial_noise_step});
+  for (std::int64_t b = 0; b < B; ++b)
+    tim::random::fill_normal(expected.data() + b * per_sample, per_sample, 42, 5 + b, tim::random::initial_noise_step);
+  check_equal(noise, expected);
+
+  const auto F = random_vector<double>(B * per_sample, 20);
+  auto x = noise, cpu_x = noise;
+  const tim::OtFm transport;
+  run_on_host(B * per_sample, TransitionOp{x.data(), F.data(), transport.coefficients(0.75, 0.5)});
+  for (std::size_t j = 0; j < cpu_x.size(); ++j) cpu_x[j] = transport.transition(cpu_x[j], F[j], 0.75, 0.5);
+  check_equal(x, cpu_x);
+
+  run_on_host(B * blocks, StochasticTransitionOp<tim::OtFm>{x.data(), F.data(), per_sample, blocks, transport, 0.5,
+                                                            0.25, 0.2, 7, 3, 1});
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t e = 0; e < per_sample; ++e) {
+      const std::size_t j = static_cast<std::size_t>(b * per_sample + e);
+      cpu_x[j] = transport.stochastic_transition(cpu_x[j], F[j], 0.5, 0.25, 0.2,
+                                                 tim::random::normal(7, 3 + b, 1, static_cast<std::uint64_t>(e)));
+    }
+  check_equal(x, cpu_x);
+}
+
+}  // TEST_SUITE
