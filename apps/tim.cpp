@@ -26,6 +26,7 @@
 #include <variant>
 #include <vector>
 
+#include "cuda_backend.hpp"
 #include "image_grid.hpp"
 #include "tim/io/png.hpp"
 #include "tim/io/yaml_config.hpp"
@@ -75,13 +76,35 @@ struct ComputeOptions {
   int threads = 0;
   CLI::Option* threads_option = nullptr;  // to tell "not given" from a value
   bool verbose = false;
+  std::string device = "cpu";          // cpu or cuda
+  std::string precision = "float32";  // the GPU model's storage: float32 or bfloat16
+  CLI::Option* precision_option = nullptr;
+
+  bool cuda() const { return device == "cuda"; }
 };
 
-//! --threads and --verbose, for subcommands that compute.
+//! --threads, --device, --precision and --verbose, for subcommands that compute.
 void add_compute_options(CLI::App& command, ComputeOptions& options) {
   options.threads_option = command.add_option(
       "-j,--threads", options.threads, "CPU threads, 1 to 4096 (default: the number of physical cores)");
+  command.add_option("--device", options.device,
+                     "cpu (default) or cuda: the GPU, class-conditional models (needs a build with -DTIM_CUDA=ON)");
+  options.precision_option = command.add_option(
+      "--precision", options.precision,
+      "With --device cuda: the network's storage and arithmetic, float32 (default) or bfloat16 (float32 "
+      "accumulation)");
   command.add_flag("-v,--verbose", options.verbose, "Report timings on stderr");
+}
+
+//! Checks --device and --precision before anything is loaded (exit code 1, the option named).
+void check_compute_options(const ComputeOptions& options) {
+  tim::check(options.device == "cpu" || options.device == "cuda", "--device must be cpu or cuda, got '",
+             options.device, "'");
+  tim::check(options.precision == "float32" || options.precision == "bfloat16",
+             "--precision must be float32 or bfloat16, got '", options.precision, "'");
+  tim::check(options.cuda() || options.precision_option == nullptr || options.precision_option->count() == 0 ||
+                 options.precision == "float32",
+             "--precision ", options.precision, " needs --device cuda (the CPU runs float32)");
 }
 
 constexpr int max_threads = 4096;  // far beyond any machine; guards against a typo spawning a million threads
@@ -118,6 +141,29 @@ bool has_pytorch_magic(const std::string& path) {
   const bool zip = head[0] == 'P' && head[1] == 'K' && head[2] == 3 && head[3] == 4;
   const bool pickle = head[0] == 0x80 && head[1] >= 2 && head[1] <= 5;
   return zip || pickle;
+}
+
+//! Rethrows a loading failure, first with a better message where the file is not a TiM at all
+//! (a PyTorch pickle, another model's safetensors).
+[[noreturn]] void explain_load_failure(const std::string& path, const tim::Error& e) {
+  if (has_pytorch_magic(path)) fail_pytorch(path);
+  // A valid safetensors file without the network's first tensor is some other model.
+  std::optional<tim::io::SafetensorsFile> file;
+  try {
+    file.emplace(tim::io::SafetensorsFile::open(path));
+  } catch (const tim::Error&) {
+    throw e;  // the file itself is unreadable; the first message says why
+  }
+  if (!file->contains("x_embedder.proj.weight")) {
+    std::ostringstream names;
+    const auto& tensors = file->tensors();
+    for (std::size_t i = 0; i < tensors.size() && i < 5; ++i) names << (i ? ", " : "") << tensors[i].name;
+    if (tensors.size() > 5) names << ", ...";
+    if (tensors.empty()) names << "none";
+    tim::fail(path, " is not a TiM checkpoint (class-conditional or text-to-image): no tensor "
+              "'x_embedder.proj.weight' (", tensors.size(), " tensors: ", names.str(), ")");
+  }
+  throw e;
 }
 
 using C2IModel = tim::nn::C2IModel<float>;
@@ -159,27 +205,33 @@ LoadedModel load_model(const ModelOptions& options) {
     else
       model.emplace(std::in_place_type<C2IModel>, tim::load_c2i<float>(options.model_path, overrides));
   } catch (const tim::Error& e) {
-    if (has_pytorch_magic(options.model_path)) fail_pytorch(options.model_path);
-    // A valid safetensors file without the network's first tensor is some other model.
-    std::optional<tim::io::SafetensorsFile> file;
-    try {
-      file.emplace(tim::io::SafetensorsFile::open(options.model_path));
-    } catch (const tim::Error&) {
-      throw e;  // the file itself is unreadable; the first message says why
-    }
-    if (!file->contains("x_embedder.proj.weight")) {
-      std::ostringstream names;
-      const auto& tensors = file->tensors();
-      for (std::size_t i = 0; i < tensors.size() && i < 5; ++i) names << (i ? ", " : "") << tensors[i].name;
-      if (tensors.size() > 5) names << ", ...";
-      if (tensors.empty()) names << "none";
-      tim::fail(options.model_path, " is not a TiM checkpoint (class-conditional or text-to-image): no tensor "
-                "'x_embedder.proj.weight' (", tensors.size(), " tensors: ", names.str(), ")");
-    }
-    throw;
+    explain_load_failure(options.model_path, e);
   }
   if (yaml) std::visit([&](const auto& m) { yaml->check_against(m.config); }, *model);
   return {std::move(*model), std::move(yaml)};
+}
+
+//! With --device cuda: the class-conditional model on the GPU in `precision`, configured as
+//! load_model configures it (shapes, then --config, then __metadata__).
+tim_cli::CudaC2IModel load_cuda_model(const ModelOptions& options, const std::string& precision) {
+  if (has_pytorch_extension(options.model_path)) fail_pytorch(options.model_path);
+  std::optional<tim::io::YamlNetworkConfig> yaml;
+  tim::nn::ConfigOverrides overrides;
+  if (!options.config_path.empty()) {
+    yaml = tim::io::read_yaml_network_config(options.config_path);
+    overrides = yaml->overrides();
+  }
+  std::optional<tim_cli::CudaC2IModel> gpu;
+  try {
+    tim::check(tim::detect_model_kind(options.model_path) != tim::nn::ModelKind::t2i, options.model_path,
+               " is a text-to-image (T2I) TiM: --device cuda runs class-conditional models only so far; run it on "
+               "the CPU (drop --device cuda)");
+    gpu.emplace(tim_cli::CudaC2IModel::load(options.model_path, precision, overrides));
+  } catch (const tim::Error& e) {
+    explain_load_failure(options.model_path, e);
+  }
+  if (yaml) yaml->check_against(gpu->config());
+  return std::move(*gpu);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -347,15 +399,36 @@ bool same_file(const std::string& a, const std::string& b) {
   return fs::exists(a, error) && fs::exists(b, error) && fs::equivalent(a, b, error);
 }
 
+//! Host tensors of float as double (the GPU model's interface, apps/cuda_backend.hpp) and double
+//! as float (that interface, and the file format of latents and trajectories).
+tim::Tensor<double> to_double(const tim::Tensor<float>& in) {
+  auto out = tim::Tensor<double>::empty(in.shape());
+  std::copy_n(in.data(), in.numel(), out.data());
+  return out;
+}
+tim::Tensor<float> to_float(const tim::Tensor<double>& x) {
+  auto out = tim::Tensor<float>::empty(x.shape());
+  for (std::int64_t i = 0; i < x.numel(); ++i) out.data()[i] = static_cast<float>(x.data()[i]);
+  return out;
+}
+
 void run_forward(const ForwardOptions& options) {
   apply_threads(options.compute);
+  check_compute_options(options.compute);
   tim::check(!same_file(options.out_path, options.model.model_path) && !same_file(options.out_path, options.inputs_path),
              "--out '", options.out_path, "' would overwrite the model or the inputs file");
 
   const auto start = Clock::now();
-  const LoadedModel loaded = load_model(options.model);
-  const auto& c = loaded.backbone();
-  const bool text = loaded.text_to_image();
+  // On the CPU any TiM in float; with --device cuda a class-conditional one on the GPU.
+  const bool cuda = options.compute.cuda();
+  std::optional<LoadedModel> loaded;
+  std::optional<tim_cli::CudaC2IModel> gpu;
+  if (cuda)
+    gpu.emplace(load_cuda_model(options.model, options.compute.precision));
+  else
+    loaded.emplace(load_model(options.model));
+  const tim::nn::BackboneConfig& c = cuda ? gpu->config() : loaded->backbone();
+  const bool text = !cuda && loaded->text_to_image();
   const double load_seconds = seconds_since(start);
 
   // The condition is y (labels) for a C2I model, cap_feats (caption features) for a T2I one.
@@ -381,7 +454,7 @@ void run_forward(const ForwardOptions& options) {
     tim::check(info->shape == tim::Shape{B}, "tensor '", info->name, "' in ", in, ": expected shape [", B,
                "] (one per sample of x), got ", info->shape);
   if (text) {
-    const auto caption_dim = std::get<T2IModel>(loaded.model).config.caption_dim;
+    const auto caption_dim = std::get<T2IModel>(loaded->model).config.caption_dim;
     const tim::Shape& cs = condition_info.shape;
     tim::check(cs.rank() == 3 && cs[0] == B && cs[1] >= 1 && cs[2] == caption_dim, "tensor 'cap_feats' in ", in,
                ": expected shape [B, M, cap_dim] = [", B, ", M, ", caption_dim,
@@ -409,7 +482,7 @@ void run_forward(const ForwardOptions& options) {
     }
   };
   if (text) {
-    const auto& model = std::get<T2IModel>(loaded.model);
+    const auto& model = std::get<T2IModel>(loaded->model);
     const auto cap_feats = inputs.load<float>("cap_feats");
     require_finite(cap_feats, "cap_feats", in);
     checked([&] { model.validate_inputs(x, t, r, cap_feats); });
@@ -417,8 +490,7 @@ void run_forward(const ForwardOptions& options) {
     model.forward(out, x, t, r, cap_feats);
     forward_seconds = seconds_since(forward_start);
   } else {
-    const auto& model = std::get<C2IModel>(loaded.model);
-    const std::int64_t num_classes = model.config.num_classes;
+    const std::int64_t num_classes = cuda ? gpu->config().num_classes : std::get<C2IModel>(loaded->model).config.num_classes;
     const auto y = inputs.load<std::int64_t>("y");
     for (std::int64_t b = 0; b < B; ++b) {
       const auto label = y.data()[b];
@@ -426,10 +498,20 @@ void run_forward(const ForwardOptions& options) {
                  " is outside [0, ", num_classes, "] (classes 0..", num_classes - 1, ", ", num_classes,
                  " = the null class)");
     }
-    checked([&] { model.validate_inputs(x, t, r, y); });
-    const auto forward_start = Clock::now();
-    model.forward(out, x, t, r, y);
-    forward_seconds = seconds_since(forward_start);
+    if (cuda) {
+      // The GPU model takes and returns host tensors in double (its storage is --precision).
+      tim::Tensor<double> out_double;
+      const auto forward_start = Clock::now();
+      gpu->forward(out_double, to_double(x), to_double(t), to_double(r), y);
+      forward_seconds = seconds_since(forward_start);
+      out = to_float(out_double);
+    } else {
+      const auto& model = std::get<C2IModel>(loaded->model);
+      checked([&] { model.validate_inputs(x, t, r, y); });
+      const auto forward_start = Clock::now();
+      model.forward(out, x, t, r, y);
+      forward_seconds = seconds_since(forward_start);
+    }
   }
 
   tim::io::SafetensorsWriter writer;
@@ -437,14 +519,17 @@ void run_forward(const ForwardOptions& options) {
   writer.set_metadata("model", options.model.model_path);
   writer.set_metadata("inputs", options.inputs_path);
   writer.set_metadata("tim_version", tim::version_string);
-  writer.set_metadata("config", loaded.describe());
+  writer.set_metadata("config", cuda ? gpu->config().describe() : loaded->describe());
+  writer.set_metadata("device", cuda ? gpu->device() + ", " + options.compute.precision : std::string("cpu, float32"));
   writer.write(options.out_path);
 
   if (options.compute.verbose)
     std::cerr << std::fixed << std::setprecision(3) << "tim forward: loaded " << options.model.model_path << " in "
               << load_seconds << " s; forward of " << B << " x " << xs[1] << " x " << xs[2] << " x " << xs[3] << " on "
-              << tim::num_threads() << " threads in " << forward_seconds << " s; total " << seconds_since(start)
-              << " s; wrote " << options.out_path << '\n';
+              << (cuda ? gpu->device() + " in " + options.compute.precision
+                       : std::to_string(tim::num_threads()) + " threads")
+              << " in " << forward_seconds << " s; total " << seconds_since(start) << " s; wrote " << options.out_path
+              << '\n';
 }
 
 Subcommand add_forward(CLI::App& app, ForwardOptions& options) {
@@ -503,7 +588,8 @@ struct SampleOptions {
   // To tell "not given" from a value.
   CLI::Option *steps_option = nullptr, *labels_option = nullptr, *class_option = nullptr, *num_option = nullptr,
               *t_max_option = nullptr, *t_min_option = nullptr, *height_option = nullptr, *width_option = nullptr,
-              *per_class_option = nullptr;
+              *per_class_option = nullptr, *cfg_option = nullptr, *guidance_low_option = nullptr,
+              *guidance_high_option = nullptr;
 };
 
 bool given(const CLI::Option* option) { return option != nullptr && option->count() > 0; }
@@ -749,6 +835,42 @@ tim::SampleMode choose_mode(const SampleOptions& options, const std::map<std::st
   return tim::SampleMode::transition;
 }
 
+//! The step count and guidance a run uses: each from its option, else the model's metadata
+//! (sample_steps, sample_cfg_scale, sample_guidance_low, sample_guidance_high: the defaults its
+//! trainer measured, tools/reference/train.py --export-sampling), else the program's default.
+struct SamplingDefaults {
+  int steps = default_steps;
+  double cfg_scale = 1.0, guidance_low = 0.0, guidance_high = 1.0;
+};
+
+SamplingDefaults sampling_defaults(const SampleOptions& options, const std::map<std::string, std::string>& metadata) {
+  SamplingDefaults d;
+  const auto from_metadata = [&](const CLI::Option* option, const char* key, double& value) {
+    const auto found = metadata.find(key);
+    if (given(option) || found == metadata.end()) return;
+    const std::string& text = found->second;
+    char* end = nullptr;
+    value = std::strtod(text.c_str(), &end);
+    tim::check(!text.empty() && end == text.c_str() + text.size() && std::isfinite(value), "the model's metadata '",
+               key, "' is '", text, "', not a finite number");
+  };
+  double steps = d.steps;
+  from_metadata(options.steps_option, "sample_steps", steps);
+  tim::check(steps >= 1 && steps <= 1e6 && steps == std::floor(steps), "the model's metadata 'sample_steps' must be a "
+             "whole number >= 1, got ", decimal(steps));
+  d.steps = given(options.steps_option) ? options.steps : static_cast<int>(steps);
+  d.cfg_scale = options.cfg_scale;
+  d.guidance_low = options.guidance_low;
+  d.guidance_high = options.guidance_high;
+  from_metadata(options.cfg_option, "sample_cfg_scale", d.cfg_scale);
+  from_metadata(options.guidance_low_option, "sample_guidance_low", d.guidance_low);
+  from_metadata(options.guidance_high_option, "sample_guidance_high", d.guidance_high);
+  tim::check(d.guidance_low <= d.guidance_high, "the guidance window [", decimal(d.guidance_low), ", ",
+             decimal(d.guidance_high), "] (from the options and the model's metadata) is empty: --guidance-low must "
+             "not exceed --guidance-high");
+  return d;
+}
+
 //! Checks the options that need no model, so mistakes fail before anything is loaded.
 void check_sample_options(const SampleOptions& o) {
   const bool grid = !o.grid_path.empty(), labels = given(o.labels_option), single_class = given(o.class_option);
@@ -757,7 +879,9 @@ void check_sample_options(const SampleOptions& o) {
   tim::check(std::isfinite(o.cfg_scale), "--cfg-scale must be a finite number, got ", o.cfg_scale);
   tim::check(std::isfinite(o.guidance_low) && std::isfinite(o.guidance_high),
              "--guidance-low and --guidance-high must be finite numbers");
-  tim::check(o.guidance_low <= o.guidance_high, "--guidance-low ", decimal(o.guidance_low),
+  // Both given: checked here; one from the model's metadata: checked once it is read.
+  tim::check(!given(o.guidance_low_option) || !given(o.guidance_high_option) || o.guidance_low <= o.guidance_high,
+             "--guidance-low ", decimal(o.guidance_low),
              " is greater than --guidance-high ", decimal(o.guidance_high),
              " (the guidance window [low, high] is in fractions of t_max)");
   tim::check(std::isfinite(o.stochasticity) && o.stochasticity >= 0,
@@ -809,13 +933,6 @@ struct Progress {
     return true;
   }
 };
-
-//! Converts a double tensor to float (the file format of latents and trajectories).
-tim::Tensor<float> to_float(const tim::Tensor<double>& x) {
-  auto out = tim::Tensor<float>::empty(x.shape());
-  for (std::int64_t i = 0; i < x.numel(); ++i) out.data()[i] = static_cast<float>(x.data()[i]);
-  return out;
-}
 
 //! "key: value" lines of the generation parameters, for a PNG's "parameters" text chunk.
 std::string parameters_text(const std::vector<std::pair<std::string, std::string>>& parameters) {
@@ -989,6 +1106,7 @@ void write_images(const SampleOptions& options, const tim::Tensor<float>& latent
 
 void run_sample(const SampleOptions& options) {
   apply_threads(options.compute);
+  check_compute_options(options.compute);
   check_sample_options(options);
 
   const auto start = Clock::now();
@@ -1000,10 +1118,18 @@ void run_sample(const SampleOptions& options) {
                                 !same_file(*out, options.captions_path)),
                "'", *out, "' would overwrite the model, the noise or the captions file");
 
-  const LoadedModel loaded = load_model(model_options);
-  const auto& c = loaded.backbone();
-  const bool text = loaded.text_to_image();
+  // On the CPU any TiM in float; with --device cuda a class-conditional one on the GPU.
+  const bool cuda = options.compute.cuda();
+  std::optional<LoadedModel> loaded;
+  std::optional<tim_cli::CudaC2IModel> gpu;
+  if (cuda)
+    gpu.emplace(load_cuda_model(model_options, options.compute.precision));
+  else
+    loaded.emplace(load_model(model_options));
+  const tim::nn::BackboneConfig& c = cuda ? gpu->config() : loaded->backbone();
+  const bool text = !cuda && loaded->text_to_image();
   const auto metadata = tim::io::SafetensorsFile::open(model_path).metadata();
+  const SamplingDefaults settings = sampling_defaults(options, metadata);
   const double load_seconds = seconds_since(start);
 
   // A class-conditional model samples labels, a text-to-image one captions.
@@ -1020,13 +1146,15 @@ void run_sample(const SampleOptions& options) {
   }
   std::optional<CaptionFeatures> captions;
   if (text) {
-    captions = read_captions(options.captions_path, std::get<T2IModel>(loaded.model).config.caption_dim);
-    tim::check(options.cfg_scale <= 1 || !captions->null_cap_feats.empty_tensor(), "--cfg-scale ",
-               decimal(options.cfg_scale), " needs the null caption for guidance, but the --captions file '",
+    captions = read_captions(options.captions_path, std::get<T2IModel>(loaded->model).config.caption_dim);
+    tim::check(settings.cfg_scale <= 1 || !captions->null_cap_feats.empty_tensor(), "--cfg-scale ",
+               decimal(settings.cfg_scale), " needs the null caption for guidance, but the --captions file '",
                options.captions_path, "' has no tensor 'null_cap_feats' [1, M, cap_dim] (tools/caption_features.py "
                "writes it: the features of the empty caption)");
   }
-  const std::int64_t num_classes = text ? 0 : std::get<C2IModel>(loaded.model).config.num_classes;
+  const std::int64_t num_classes = text  ? 0
+                                   : cuda ? gpu->config().num_classes
+                                          : std::get<C2IModel>(loaded->model).config.num_classes;
 
   // The settings, each from its option, else the model's metadata, else the default.
   const tim::AnyTransport transport = choose_transport(options, metadata);
@@ -1038,7 +1166,7 @@ void run_sample(const SampleOptions& options) {
              tim::transport_name(transport));
   const tim::SampleMode mode = choose_mode(options, metadata);
   const bool listed_times = options.schedule.find(',') != std::string::npos;
-  const int steps_asked = given(options.steps_option) ? options.steps : (listed_times ? 0 : default_steps);
+  const int steps_asked = given(options.steps_option) ? options.steps : (listed_times ? 0 : settings.steps);
   tim::AnySchedule schedule;
   std::vector<double> times;
   try {
@@ -1071,9 +1199,9 @@ void run_sample(const SampleOptions& options) {
   std::vector<std::pair<std::string, std::string>> parameters{
       {"model", model_path},
       {"steps", std::to_string(steps)},
-      {"cfg_scale", decimal(options.cfg_scale)},
-      {"guidance_low", decimal(options.guidance_low)},
-      {"guidance_high", decimal(options.guidance_high)},
+      {"cfg_scale", decimal(settings.cfg_scale)},
+      {"guidance_low", decimal(settings.guidance_low)},
+      {"guidance_high", decimal(settings.guidance_high)},
       {"stochasticity", decimal(options.stochasticity)},
       {"seed", std::to_string(options.seed)},
       {"first_sample_index", std::to_string(options.first_index)},
@@ -1086,6 +1214,7 @@ void run_sample(const SampleOptions& options) {
       {"noise", batch.noise_source},
       {"height", std::to_string(batch.noise.dim(2))},
       {"width", std::to_string(batch.noise.dim(3))},
+      {"device", cuda ? gpu->device() + ", " + options.compute.precision : std::string("cpu, float32")},
       {"tim_version", tim::version_string},
   };
   if (!options.model.config_path.empty())
@@ -1100,9 +1229,9 @@ void run_sample(const SampleOptions& options) {
   }
 
   const auto sample_start = Clock::now();
-  const tim::SamplerOptions sampler_options{.cfg_scale = options.cfg_scale,
-                                            .guidance_low = options.guidance_low,
-                                            .guidance_high = options.guidance_high,
+  const tim::SamplerOptions sampler_options{.cfg_scale = settings.cfg_scale,
+                                            .guidance_low = settings.guidance_low,
+                                            .guidance_high = settings.guidance_high,
                                             .stochasticity = options.stochasticity,
                                             .mode = mode,
                                             .seed = options.seed,
@@ -1112,10 +1241,20 @@ void run_sample(const SampleOptions& options) {
   const tim::SampleResult result = std::visit(
       [&](auto chosen) {
         if (text) {
-          tim::TransitionSampler sampler{std::get<T2IModel>(loaded.model), chosen, schedule};
+          tim::TransitionSampler sampler{std::get<T2IModel>(loaded->model), chosen, schedule};
           return sampler.sample(batch.noise, {captions->cap_feats, captions->null_cap_feats}, sampler_options);
         }
-        tim::TransitionSampler sampler{std::get<C2IModel>(loaded.model), chosen, schedule};
+        if (cuda) {
+          // The GPU network as the sampler's flow, its buffers sized once for the largest
+          // (guided: 2B-row) batch, so the loop allocates nothing after the first step.
+          const auto rows = settings.cfg_scale > 1 ? 2 * B : B;
+          tim::TransitionSampler sampler{gpu->flow(chosen, rows, batch.noise.dim(2), batch.noise.dim(3)), chosen,
+                                         schedule};
+          tim::SamplerOptions gpu_options = sampler_options;
+          gpu_options.null_label = num_classes;
+          return sampler.sample(batch.noise, labels, gpu_options);
+        }
+        tim::TransitionSampler sampler{std::get<C2IModel>(loaded->model), chosen, schedule};
         return sampler.sample(batch.noise, labels, sampler_options);
       },
       transport);
@@ -1141,7 +1280,10 @@ void run_sample(const SampleOptions& options) {
   if (options.compute.verbose)
     std::cerr << std::fixed << std::setprecision(3) << "tim sample: loaded " << model_path << " in " << load_seconds
               << " s; " << B << " samples of " << latents.dim(1) << " x " << latents.dim(2) << " x " << latents.dim(3)
-              << ", " << steps << " steps on " << tim::num_threads() << " threads in " << sample_seconds << " s; total "
+              << ", " << steps << " steps on "
+              << (cuda ? gpu->device() + " in " + options.compute.precision
+                       : std::to_string(tim::num_threads()) + " threads")
+              << " in " << sample_seconds << " s; total "
               << seconds_since(start) << " s\n";
 }
 
@@ -1150,12 +1292,18 @@ Subcommand add_sample(CLI::App& app, SampleOptions& options) {
       "sample", "Generate latents (and images, for 1- or 3-channel models) with the any-step transition sampler");
   add_model_options(*command, options.model, ModelArgument::optional_option);
   options.steps_option = command->add_option("-n,--steps", options.steps,
-                                             "Sampling steps N >= 1 (default " + std::to_string(default_steps) +
-                                                 "; a listed --schedule gives its own)");
-  command->add_option("--cfg-scale", options.cfg_scale,
-                      "Classifier-free guidance scale; guidance only when > 1 (default 1)");
-  command->add_option("--guidance-low", options.guidance_low, "Guidance window start, a fraction of t_max (default 0)");
-  command->add_option("--guidance-high", options.guidance_high, "Guidance window end, a fraction of t_max (default 1)");
+                                             "Sampling steps N >= 1 (default: the model's metadata, else " +
+                                                 std::to_string(default_steps) + "; a listed --schedule gives its own)");
+  options.cfg_option = command->add_option(
+      "--cfg-scale", options.cfg_scale,
+      "Classifier-free guidance scale; guidance only when > 1 (default: the model's metadata, else 1)");
+  options.guidance_low_option = command->add_option(
+      "--guidance-low", options.guidance_low,
+      "Guidance window start, a fraction of t_max (default: the model's metadata, else 0)");
+  options.guidance_high_option = command->add_option(
+      "--guidance-high", options.guidance_high,
+      "Guidance window end, a fraction of t_max; above 1 guides the first step too (default: the model's metadata, "
+      "else 1)");
   command->add_option("--stochasticity", options.stochasticity,
                       "OT-FM stochasticity s >= 0 (default 0: deterministic)");
   command->add_option("--seed", options.seed, "Seed of the noise generator (default 0)");

@@ -1,12 +1,15 @@
 // One network evaluation on the GPU: C2IModel<T, tim::cuda>::forward at TiM-XL/2 on a 4 x 32 x 32
 // latent (256 px SD-VAE latents), batch 1, 16 and 64, float32 and bfloat16, random weights
-// (bench/random_checkpoint.hpp); plus cuBLAS's rate on the network's GEMM shapes. Each result
+// (bench/random_checkpoint.hpp); plus cuBLAS's rate on the network's GEMM shapes and the
+// attention kernel's alone. Each result
 // carries the floor time a perfect implementation could not beat on this device,
 //   floor = max(FLOPs / peak FLOP/s, bytes / peak bandwidth),
 // beside the measured time.
 //
 // Run (Release build, on a machine with a GPU): bench/bench_cuda_network
 //   TIM_PEAK_TFLOPS=x / TIM_PEAK_GBPS=y override the peaks read from the device (see below).
+//   TIM_PROFILE_ONE_FORWARD=1 brackets one forward per benchmark with cudaProfilerStart/Stop, for
+//   `ncu --profile-from-start off` (scripts/device-profile.sh).
 //
 // Counters:
 //   GFLOP        FLOPs of one forward / 1e9 (tim::nn::forward_flops: every matrix product 2 M N K).
@@ -29,8 +32,10 @@
 // gated residuals 3D twice, MLP 2D + 2Hm, SwiGLU gate 3Hm, fc2 Hm + D), plus the patch embedding and
 // final layer; weights are read once (parameters x sizeof(T)).
 #include <benchmark/benchmark.h>
+#include <cuda_profiler_api.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -115,6 +120,12 @@ void BM_CudaForward(benchmark::State& state, std::int64_t batch, const Peaks& pe
   tim::Tensor<T, tim::cuda> out;
   model.forward(out, x, t_in, r_in, labels);  // warm-up: workspace, cuBLAS handle and heuristics
   tim::cuda::synchronize();
+  if (std::getenv("TIM_PROFILE_ONE_FORWARD")) {  // for `ncu --profile-from-start off`: one forward's kernels
+    cudaProfilerStart();
+    model.forward(out, x, t_in, r_in, labels);
+    tim::cuda::synchronize();
+    cudaProfilerStop();
+  }
   for (auto _ : state) {
     model.forward(out, x, t_in, r_in, labels);
     tim::cuda::synchronize();
@@ -155,6 +166,30 @@ void BM_CudaGemm(benchmark::State& state) {
                                                 benchmark::Counter::kIsRate);
 }
 
+//! The attention kernel alone at TiM-XL/2's shape: B samples x 16 heads x 256 tokens, head dim 72
+//! (one block's attention; a forward runs it 28 times). FLOP/s counts QK^T and PV, 4 N^2 hd per
+//! (sample, head), as forward_flops does.
+template <class T>
+void BM_CudaAttention(benchmark::State& state) {
+  const std::int64_t batch = state.range(0), heads = 16, tokens = 256, head_dim = 72;
+  std::mt19937 engine(9);
+  const std::int64_t n = batch * heads * tokens * head_dim;
+  const auto q = random_device_tensor<T>({n}, engine, -1, 1, false);
+  const auto k = random_device_tensor<T>({n}, engine, -1, 1, false);
+  const auto v = random_device_tensor<T>({n}, engine, -1, 1, false);
+  auto out = tim::Tensor<T, tim::cuda>::empty({n});
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  tim::cuda::attention_forward(out.data(), q.data(), k.data(), v.data(), batch, heads, tokens, head_dim, scale);
+  tim::cuda::synchronize();
+  for (auto _ : state) {
+    tim::cuda::attention_forward(out.data(), q.data(), k.data(), v.data(), batch, heads, tokens, head_dim, scale);
+    tim::cuda::synchronize();
+  }
+  const double flops = 4.0 * static_cast<double>(batch * heads) * tokens * tokens * head_dim;
+  state.counters["FLOP/s"] = benchmark::Counter(flops * static_cast<double>(state.iterations()),
+                                                benchmark::Counter::kIsRate);
+}
+
 void register_benchmarks(const Peaks& peaks) {
   for (std::int64_t batch : {1, 16, 64}) {
     benchmark::RegisterBenchmark(("BM_CudaForward/TiM-XL2/float32/batch:" + std::to_string(batch)).c_str(),
@@ -179,6 +214,10 @@ void register_benchmarks(const Peaks& peaks) {
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime()
         ->MinTime(1.0);
+  for (auto* registered : {benchmark::RegisterBenchmark("BM_CudaAttention/TiM-XL2/float32", BM_CudaAttention<float>),
+                           benchmark::RegisterBenchmark("BM_CudaAttention/TiM-XL2/bfloat16",
+                                                        BM_CudaAttention<tim::bfloat16>)})
+    registered->ArgName("batch")->Arg(1)->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
 }
 
 }  // namespace

@@ -173,9 +173,9 @@ class EagerTiM:
 
     def _embed(self, prefix: str, s: torch.Tensor) -> torch.Tensor:
         half = FREQ // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
-        args = s[:, None] * freqs[None, :]
-        feat = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=s.device) / half)
+        args = s.float()[:, None] * freqs[None, :]
+        feat = torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(s.dtype)
         return self._linear(prefix + ".mlp.2", F.silu(self._linear(prefix + ".mlp.0", feat)))
 
     @staticmethod
@@ -191,7 +191,7 @@ class EagerTiM:
         h, w = H // p, W // p
         N = h * w
         if (h, w) not in self._rope:
-            self._rope[(h, w)] = rope_tables(h, w, hd)
+            self._rope[(h, w)] = tuple(u.to(x.device, x.dtype) for u in rope_tables(h, w, hd))
         cos, sin = self._rope[(h, w)]
         tokens = F.conv2d(x, P["x_embedder.proj.weight"], P["x_embedder.proj.bias"], stride=p)
         tokens = tokens.flatten(2).transpose(1, 2)  # (B, N, D)

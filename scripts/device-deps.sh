@@ -32,4 +32,19 @@ if [ -d "/usr/lib/$multiarch/cmake/benchmark" ] && [ -f /usr/include/benchmark/b
   cp -r "/usr/lib/$multiarch/cmake/benchmark" "$out/lib/$multiarch/cmake/"
   cp -a /usr/lib/"$multiarch"/libbenchmark*.so* /usr/lib/"$multiarch"/libbenchmark*.a "$out/lib/$multiarch/" 2>/dev/null || true
 fi
+# For the `tim` program (tim sample/forward --device cuda): CLI11 (headers), yaml-cpp, libpng and
+# zlib (headers and libraries; yaml-cpp's CMake files are relocatable, libpng/zlib are found by
+# CMake's FindPNG/FindZLIB through CMAKE_PREFIX_PATH).
+if [ -f /usr/include/CLI/CLI.hpp ] && [ -d "/usr/lib/$multiarch/cmake/yaml-cpp" ] && [ -f /usr/include/png.h ]; then
+  mkdir -p "$out/lib/$multiarch/cmake" "$out/share/cmake"
+  cp -r /usr/include/CLI "$out/include/"
+  cp -r /usr/share/cmake/CLI11 "$out/share/cmake/"
+  cp -r /usr/include/yaml-cpp "$out/include/"
+  cp -r "/usr/lib/$multiarch/cmake/yaml-cpp" "$out/lib/$multiarch/cmake/"
+  cp -a /usr/lib/"$multiarch"/libyaml-cpp.so* "$out/lib/$multiarch/"
+  cp /usr/include/png.h /usr/include/pngconf.h /usr/include/pnglibconf.h /usr/include/zlib.h /usr/include/zconf.h \
+    "$out/include/"
+  cp -a /usr/lib/"$multiarch"/libpng16.a /usr/lib/"$multiarch"/libz.a "$out/lib/$multiarch/"
+  ln -sf libpng16.a "$out/lib/$multiarch/libpng.a"
+fi
 du -sh "$out" | sed 's/^/device-deps: /'

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# On a GPU machine: configures, builds and runs only the CUDA tests (and builds the CUDA example
-# and, when Google Benchmark is available, the CUDA benchmark) into build-device/. Dependencies
+# On a GPU machine: configures, builds and runs only the CUDA tests (and builds the CUDA example,
+# the CUDA benchmark when Google Benchmark is available, and the `tim` program when CLI11,
+# yaml-cpp and libpng are) into build-device/. Dependencies
 # come from the system or from .device-deps/ (made by scripts/device-deps.sh on a machine with the
 # Debian packages); only header-only libraries are needed for the tests. The CPU reference the
 # tests compare against is the same header-only library, compiled into the test program.
@@ -16,9 +17,11 @@ prefix_args=()
 if [ -d .device-deps ]; then prefix_args=("-DCMAKE_PREFIX_PATH=$PWD/.device-deps"); fi
 bench=OFF
 if [ -d .device-deps/include/benchmark ] || [ -f /usr/include/benchmark/benchmark.h ]; then bench=ON; fi
+apps=OFF  # the `tim` program (--device cuda) needs CLI11, yaml-cpp and libpng
+if [ -d .device-deps/include/CLI ] || [ -f /usr/include/CLI/CLI.hpp ]; then apps=ON; fi
 cmake -S . -B build-device "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DTIM_CUDA=ON "-DCMAKE_CUDA_COMPILER=$nvcc_path" \
-  -DTIM_BUILD_TESTS=OFF -DTIM_BUILD_CUDA_TESTS=ON -DTIM_BUILD_APPS=OFF -DTIM_INSTALL=OFF \
+  -DTIM_BUILD_TESTS=OFF -DTIM_BUILD_CUDA_TESTS=ON -DTIM_BUILD_APPS=$apps -DTIM_INSTALL=OFF \
   -DTIM_BUILD_EXAMPLES=ON -DTIM_BUILD_BENCHMARKS=$bench \
   "${prefix_args[@]}" "$@" >/dev/null
 cmake --build build-device --parallel "$(nproc)"

@@ -747,6 +747,74 @@ TEST_CASE("cli sample: __metadata__ holds every generation parameter") {
   }
 }
 
+TEST_CASE("cli sample: the model's sample_* metadata are the defaults, options win, bad values fail") {
+  TempDir dir;
+  const std::string plain = fashion_model(dir);
+  const std::string tuned = make_model(dir, std::string(TIM_TEST_DATA_DIR) + "/golden/patch4.safetensors", "tuned",
+                                       {{"dataset", "Fashion-MNIST (test stand-in)"}, {"image_size", "16x16x1"},
+                                        {"sample_steps", "3"}, {"sample_cfg_scale", "1.5"},
+                                        {"sample_guidance_low", "0"}, {"sample_guidance_high", "1.01"}});
+  const std::string what = " --class 2 --num 2 --seed 9 --out ";
+  // The metadata's settings, against the same settings given as options on a model without them.
+  const std::string from_metadata = dir.file("metadata.safetensors"), from_options = dir.file("options.safetensors");
+  check_success(run_tim(dir, "sample --model " + quote(tuned) + what + quote(from_metadata)));
+  check_success(run_tim(dir, "sample --model " + quote(plain) + what + quote(from_options) +
+                                 " --steps 3 --cfg-scale 1.5 --guidance-low 0 --guidance-high 1.01"));
+  const auto a = tim::io::SafetensorsFile::open(from_metadata), b = tim::io::SafetensorsFile::open(from_options);
+  const auto meta = a.metadata();
+  CHECK(meta.at("steps") == "3");
+  CHECK(meta.at("cfg_scale") == "1.5");
+  CHECK(meta.at("guidance_low") == "0");
+  CHECK(meta.at("guidance_high") == "1.01");
+  CHECK(meta.at("device") == "cpu, float32");
+  const auto la = a.load<float>("latents"), lb = b.load<float>("latents");
+  REQUIRE(la.shape() == lb.shape());
+  CHECK(std::equal(la.data(), la.data() + la.numel(), lb.data()));  // bit-identical
+  // Without the metadata's guidance the result differs (the test can fail).
+  const std::string unguided = dir.file("unguided.safetensors");
+  check_success(run_tim(dir, "sample --model " + quote(tuned) + what + quote(unguided) + " --cfg-scale 1"));
+  const auto lu = tim::io::SafetensorsFile::open(unguided).load<float>("latents");
+  CHECK(!std::equal(la.data(), la.data() + la.numel(), lu.data()));
+  const auto overridden = tim::io::SafetensorsFile::open(unguided).metadata();
+  CHECK(overridden.at("cfg_scale") == "1");
+  CHECK(overridden.at("steps") == "3");
+
+  const std::string out = dir.file("out.safetensors");
+  const auto bad = [&](const std::string& key, const std::string& value) {
+    return make_model(dir, std::string(TIM_TEST_DATA_DIR) + "/golden/patch4.safetensors", "bad_" + key,
+                      {{"image_size", "16x16x1"}, {key, value}});
+  };
+  check_user_error(run_tim(dir, "sample --model " + quote(bad("sample_steps", "four")) + " --class 1 --out " + quote(out)),
+                   {"metadata 'sample_steps'", "four", "not a finite number"});
+  check_user_error(run_tim(dir, "sample --model " + quote(bad("sample_steps", "2.5")) + " --class 1 --out " + quote(out)),
+                   {"'sample_steps'", "whole number", "2.5"});
+  check_user_error(
+      run_tim(dir, "sample --model " + quote(bad("sample_guidance_low", "1.5")) + " --class 1 --out " + quote(out)),
+      {"guidance window [1.5, 1]", "empty"});
+  // The option wins over a bad metadata value it replaces.
+  check_success(run_tim(dir, "sample --model " + quote(bad("sample_steps", "four")) + " --steps 2 --class 1 --out " +
+                                 quote(out)));
+}
+
+TEST_CASE("cli: --device and --precision") {
+  TempDir dir;
+  const std::string model = fashion_model(dir), out = dir.file("out.safetensors");
+  const std::string sample = "sample --model " + quote(model) + " --class 1 --out " + quote(out);
+  check_user_error(run_tim(dir, sample + " --device gpu"), {"--device must be cpu or cuda", "'gpu'"});
+  check_user_error(run_tim(dir, sample + " --device cuda --precision half"),
+                   {"--precision must be float32 or bfloat16", "'half'"});
+  check_user_error(run_tim(dir, sample + " --precision bfloat16"), {"--precision bfloat16 needs --device cuda"});
+  // This machine may have no GPU, or the build no CUDA: either way a clear error, never a crash.
+  // (With a GPU, tests/cuda/check_cli.py compares --device cuda with the CPU.)
+  const auto cuda = run_tim(dir, sample + " --device cuda");
+  REQUIRE(cuda.exited);
+  if (cuda.code != 0) check_user_error(cuda, {"--device cuda"});
+  check_success(run_tim(dir, sample + " --device cpu --precision float32"));
+  const auto split = split_golden(dir, "square");
+  check_user_error(run_tim(dir, forward_args(split.model, split.inputs, out) + " --device tpu"),
+                   {"--device must be cpu or cuda", "'tpu'"});
+}
+
 TEST_CASE("cli sample: generated noise is tim::initial_noise, row b drawing sample index first + b") {
   TempDir dir;
   const std::string base = "sample --model " + quote(sampler_model) + " --height 8 --width 8 --steps 2 --seed 5 ";

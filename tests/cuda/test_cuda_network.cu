@@ -40,7 +40,8 @@ std::vector<double> download(const tim::Tensor<T, tim::cuda>& t) {
 //! confirmed on the first GPU run.
 template <class T>
 constexpr double network_tolerance() {
-  return std::is_same_v<T, float> ? 1e-4 : 5e-2;
+  // bfloat16: on an H100 (2026-11-26) the golden cases gave 0.0056 to 0.015; twice the largest.
+  return std::is_same_v<T, float> ? 1e-4 : 3e-2;
 }
 
 template <class T>
@@ -58,7 +59,7 @@ void check_c2i_case(const std::string& name) {
   const double error = tim_test::relative_error(actual.data(), expected.data(), actual.size());
   INFO("case ", name, " (", model.config.describe(), "): relative error ", error);
   CHECK(error <= network_tolerance<T>());
-  MESSAGE("C2I ", name, (std::is_same_v<T, float> ? " float32" : " bfloat16"), ": relative error ", error);
+  MESSAGE("C2I ", name, std::string(std::is_same_v<T, float> ? " float32" : " bfloat16"), ": relative error ", error);
 
   // A second call reuses the workspace (no allocation) and gives the same result.
   const auto allocations = tim::cuda::allocation_count();
@@ -89,7 +90,7 @@ void check_t2i_case(const std::string& name) {
   const double error = tim_test::relative_error(actual.data(), expected.data(), actual.size());
   INFO("case ", name, " (", model.config.describe(), "): relative error ", error);
   CHECK(error <= network_tolerance<T>());
-  MESSAGE("T2I ", name, (std::is_same_v<T, float> ? " float32" : " bfloat16"), ": relative error ", error);
+  MESSAGE("T2I ", name, std::string(std::is_same_v<T, float> ? " float32" : " bfloat16"), ": relative error ", error);
 }
 
 std::string sampler_dir() { return std::string(TIM_TEST_DATA_DIR) + "/sampler_golden"; }
@@ -205,7 +206,7 @@ TEST_CASE("cuda sampler: a guided stochastic run allocates nothing on the device
 
 TEST_CASE("cuda sampler: bfloat16 network behind CudaFlow stays close to the reference") {
   const auto model = tim::load_c2i<tim::bfloat16, tim::cuda>(sampler_dir() + "/model.safetensors");
-  MESSAGE("otfm_cfg (bfloat16 network): largest relative error ", run_sampler_case(model, "otfm_cfg", 1e-1));
+  MESSAGE("otfm_cfg (bfloat16 network): largest relative error ", run_sampler_case(model, "otfm_cfg", 8e-2));  // 0.040 on an H100
 }
 
 TEST_CASE("cuda random: the same seed gives the same noise as the CPU") {

@@ -116,7 +116,7 @@ struct cuda {
   static void linear_forward(T* out, const T* in, const T* weight, const T* bias, std::int64_t rows,
                              std::int64_t in_features, std::int64_t out_features, bool accumulate = false) {
     cuda_detail::gemm(out, in, weight, rows, in_features, out_features, accumulate);
-    if (bias) cuda_detail::for_each(rows * out_features, cuda_detail::BiasOp<T>{out, bias, out_features});
+    if (bias) cuda_detail::add_bias(out, bias, rows, out_features);
   }
 
   //! LayerNorm over the last axis of in (R, cols); weight/bias may be null (no affine).
@@ -211,10 +211,15 @@ struct cuda {
                                 const T* rotary_cos, const T* rotary_sin, std::int64_t batch, std::int64_t tokens,
                                 std::int64_t heads, std::int64_t head_dim, T q_scale) {
     check_head_dim(head_dim);
-    cuda_detail::for_each(batch * tokens * 3 * heads,
-                          cuda_detail::QkvSplitOp<T>{q, k, v, qkv, sample_bias, q_norm_weight, q_norm_bias,
-                                                     k_norm_weight, k_norm_bias, norm_eps, rotary_cos, rotary_sin,
-                                                     tokens, heads, head_dim, q_scale});
+    const std::int64_t items = batch * tokens * 3 * heads;
+    if (items == 0) return;
+    cuda_detail::qkv_split_kernel<T>
+        <<<cuda_detail::head_blocks(items), 32 * cuda_detail::head_warps_per_block, 0, cuda_detail::current_stream()>>>(
+            cuda_detail::QkvSplitArguments<T>{q, k, v, qkv, sample_bias, q_norm_weight, q_norm_bias, k_norm_weight,
+                                              k_norm_bias, norm_eps, rotary_cos, rotary_sin, tokens, heads, head_dim,
+                                              q_scale},
+            items);
+    cuda_detail::check_launch("tim::cuda qkv split kernel");
   }
 
   //! out (B, nh, tokens, hd) from rows `in_row_stride` apart, each head through prepare_head
@@ -225,9 +230,13 @@ struct cuda {
                                   std::int64_t batch, std::int64_t tokens, std::int64_t heads, std::int64_t head_dim,
                                   T scale) {
     check_head_dim(head_dim);
-    cuda_detail::for_each(batch * tokens * heads,
-                          cuda_detail::SplitHeadsOp<T>{out, in, in_row_stride, norm_weight, norm_bias, norm_eps,
-                                                       rotary_cos, rotary_sin, tokens, heads, head_dim, scale});
+    const std::int64_t items = batch * tokens * heads;
+    if (items == 0) return;
+    cuda_detail::split_heads_kernel<T>
+        <<<cuda_detail::head_blocks(items), 32 * cuda_detail::head_warps_per_block, 0, cuda_detail::current_stream()>>>(
+            out, in, in_row_stride, norm_weight, norm_bias, norm_eps, rotary_cos, rotary_sin, tokens, heads, head_dim,
+            scale, items);
+    cuda_detail::check_launch("tim::cuda head split kernel");
   }
 
   //! Self-attention: as many keys as queries.

@@ -93,6 +93,39 @@ struct BiasOp {
   }
 };
 
+//! y (R, out) += bias (out) in 16-byte chunks (8 bfloat16 or 4 float values per thread), for
+//! rows of a multiple of 16 bytes and 16-byte aligned y and bias; the same arithmetic per value as
+//! BiasOp, so the results are identical. The bias pass after every GEMM is memory-bound; whole
+//! chunks move it in 16-byte accesses with one index division per chunk.
+template <class T>
+__global__ void bias_chunks_kernel(T* y, const T* bias, std::int64_t chunks, std::int64_t chunks_per_row) {
+  constexpr int per_chunk = 16 / static_cast<int>(sizeof(T));
+  const std::int64_t stride = static_cast<std::int64_t>(blockDim.x) * gridDim.x;
+  for (std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < chunks; c += stride) {
+    uint4 values = reinterpret_cast<const uint4*>(y)[c];
+    const uint4 offsets = reinterpret_cast<const uint4*>(bias)[c % chunks_per_row];
+    T* v = reinterpret_cast<T*>(&values);
+    const T* b = reinterpret_cast<const T*>(&offsets);
+    for (int k = 0; k < per_chunk; ++k) v[k] = store<T>(load(v[k]) + load(b[k]));
+    reinterpret_cast<uint4*>(y)[c] = values;
+  }
+}
+
+//! y (R, out) += bias (out): 16-byte chunks when the shapes and pointers allow, else BiasOp.
+template <class T>
+void add_bias(T* y, const T* bias, std::int64_t rows, std::int64_t out_features) {
+  const auto aligned = [](const void* pointer) { return reinterpret_cast<std::uintptr_t>(pointer) % 16 == 0; };
+  const std::int64_t row_bytes = out_features * static_cast<std::int64_t>(sizeof(T));
+  if (row_bytes % 16 != 0 || !aligned(y) || !aligned(bias) || rows <= 0) {
+    for_each(rows * out_features, BiasOp<T>{y, bias, out_features});
+    return;
+  }
+  const std::int64_t chunks_per_row = row_bytes / 16, chunks = rows * chunks_per_row;
+  bias_chunks_kernel<T><<<grid_blocks(chunks), elementwise_threads, 0, current_stream()>>>(y, bias, chunks,
+                                                                                           chunks_per_row);
+  check_launch("tim::cuda bias kernel");
+}
+
 template <class T>
 struct SwigluOp {
   T* out;
@@ -210,12 +243,95 @@ struct DifferenceOp {
 
 //! Largest head dim the per-head kernels (splits and attention) accept.
 inline constexpr std::int64_t max_head_dim = 128;
+//! Values of one head each lane of a warp holds in the per-head kernels: j = lane + 32 o.
+inline constexpr int head_values_per_lane = max_head_dim / 32;
+//! Warps per block of the per-head kernels (one warp per head of one token).
+inline constexpr int head_warps_per_block = 8;
 
-//! One thread per (token, part, head) of qkv (B, N, 3, nh, hd) -> q, k, v (B, nh, N, hd):
-//! adds the per-sample bias, then math::prepare_head on q and k (qk-norm, rotary, q scale) in
-//! the compute type, on a private copy of the head.
+//! Where head item `i` of a split reads and writes, and what it is (unit-tested on the host).
+struct HeadItem {
+  int part = 0;                // 0 q, 1 k, 2 v (qkv split); 0 for a head split
+  std::int64_t token = 0;      // n, the rotary row
+  std::int64_t source = 0;     // offset of the head's first value in the input
+  std::int64_t bias = 0;       // offset in the per-sample bias (B, 3 D) (qkv split)
+  std::int64_t target = 0;     // offset in the output (B, nh, N, hd)
+};
+
+//! Item i of qkv (B, N, 3, nh, hd) -> q, k, v (B, nh, N, hd): i = (row, part, head), head fastest.
+TIM_HD inline HeadItem qkv_split_item(std::int64_t i, std::int64_t tokens, std::int64_t heads, std::int64_t head_dim) {
+  HeadItem item;
+  const std::int64_t h = i % heads, row = i / (3 * heads), b = row / tokens, dim = heads * head_dim;
+  item.part = static_cast<int>((i / heads) % 3);
+  item.token = row % tokens;
+  const std::int64_t offset = item.part * dim + h * head_dim;
+  item.source = row * 3 * dim + offset;
+  item.bias = b * 3 * dim + offset;
+  item.target = ((b * heads + h) * tokens + item.token) * head_dim;
+  return item;
+}
+
+//! Item i of rows `row_stride` apart (B, N, ..., nh, hd ...) -> (B, nh, N, hd): i = (row, head).
+TIM_HD inline HeadItem split_heads_item(std::int64_t i, std::int64_t tokens, std::int64_t heads, std::int64_t head_dim,
+                                        std::int64_t row_stride) {
+  HeadItem item;
+  const std::int64_t h = i % heads, row = i / heads, b = row / tokens;
+  item.token = row % tokens;
+  item.source = row * row_stride + h * head_dim;
+  item.target = ((b * heads + h) * tokens + item.token) * head_dim;
+  return item;
+}
+
+__device__ __forceinline__ float warp_sum(float value) {
+  for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
+  return value;
+}
+
+//! One head through math's per-head transform with a warp: lane l holds u[j], j = l + 32 o.
+//! dst (hd) = prepare_head(src (hd) [+ bias (hd)]): LayerNorm over hd (when norm_weight; the
+//! statistics by warp sums), rotary of the pairs (2p, 2p + 1) with math::rotate_pair (the
+//! partner value by a lane shuffle; when cos_row), times `scale`. Every lane of the warp calls it.
 template <class T>
-struct QkvSplitOp {
+__device__ void prepare_head_warp(T* dst, const T* src, const T* bias, int head_dim, const T* norm_weight,
+                                  const T* norm_bias, double norm_eps, const T* cos_row, const T* sin_row, float scale) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bfloat16>,
+                "tim::cuda per-head kernels take float or bfloat16 storage (float arithmetic)");
+  const int lane = threadIdx.x % 32;
+  float u[head_values_per_lane];
+  float sum = 0.0f;
+  for (int o = 0; o < head_values_per_lane; ++o) {
+    const int j = lane + 32 * o;
+    u[o] = j < head_dim ? load(src[j]) + (bias ? load(bias[j]) : 0.0f) : 0.0f;
+    sum += u[o];
+  }
+  if (norm_weight) {
+    const float mean = warp_sum(sum) / static_cast<float>(head_dim);
+    float squares = 0.0f;
+    for (int o = 0; o < head_values_per_lane; ++o)
+      if (lane + 32 * o < head_dim) squares += (u[o] - mean) * (u[o] - mean);
+    const float rstd = math::layernorm_rstd(warp_sum(squares) / static_cast<float>(head_dim), norm_eps);
+    for (int o = 0; o < head_values_per_lane; ++o) {
+      const int j = lane + 32 * o;
+      if (j < head_dim) u[o] = math::layernorm_value(u[o], mean, rstd, norm_weight, norm_bias, j);
+    }
+  }
+  if (cos_row)
+    for (int o = 0; o < head_values_per_lane; ++o) {
+      const float partner = __shfl_xor_sync(0xffffffffu, u[o], 1);  // value j ^ 1, held by lane ^ 1
+      const int j = lane + 32 * o;
+      if (j >= head_dim) continue;
+      const bool even = j % 2 == 0;
+      float first = even ? u[o] : partner, second = even ? partner : u[o];
+      math::rotate_pair(first, second, load(cos_row[j / 2]), load(sin_row[j / 2]));
+      u[o] = even ? first : second;
+    }
+  for (int o = 0; o < head_values_per_lane; ++o) {
+    const int j = lane + 32 * o;
+    if (j < head_dim) dst[j] = store<T>(scale != 1.0f ? u[o] * scale : u[o]);
+  }
+}
+
+template <class T>
+struct QkvSplitArguments {
   T* q;
   T* k;
   T* v;
@@ -230,53 +346,50 @@ struct QkvSplitOp {
   const T* rotary_sin;
   std::int64_t tokens, heads, head_dim;
   T q_scale;
-
-  TIM_HD void operator()(std::int64_t i) const {
-    using C = compute_t<T>;
-    const std::int64_t h = i % heads, part = (i / heads) % 3, row = i / (3 * heads);
-    const std::int64_t b = row / tokens, n = row % tokens, dim = heads * head_dim;
-    const std::int64_t offset = part * dim + h * head_dim;
-    const T* src = qkv + row * 3 * dim + offset;
-    C u[max_head_dim];
-    for (std::int64_t j = 0; j < head_dim; ++j)
-      u[j] = load(src[j]) + (sample_bias ? load(sample_bias[b * 3 * dim + offset + j]) : C(0));
-    if (part != 2)
-      math::prepare_head(u, head_dim, part == 0 ? q_norm_weight : k_norm_weight, part == 0 ? q_norm_bias : k_norm_bias,
-                         norm_eps, rotary_cos + n * (head_dim / 2), rotary_sin + n * (head_dim / 2),
-                         part == 0 ? load(q_scale) : C(1));
-    T* dst = (part == 0 ? q : part == 1 ? k : v) + ((b * heads + h) * tokens + n) * head_dim;
-    for (std::int64_t j = 0; j < head_dim; ++j) dst[j] = store<T>(u[j]);
-  }
 };
 
-//! One thread per (token, head): out (B, nh, tokens, hd) from rows `in_row_stride` apart,
-//! each head through math::prepare_head (cross-attention's q, k and v).
+//! One warp per (token, part, head) of qkv: the per-sample bias, then qk-norm, rotary and the
+//! query scale on q and k; v copied.
 template <class T>
-struct SplitHeadsOp {
-  T* out;
-  const T* in;
-  std::int64_t in_row_stride;
-  const T* norm_weight;
-  const T* norm_bias;
-  double norm_eps;
-  const T* rotary_cos;
-  const T* rotary_sin;
-  std::int64_t tokens, heads, head_dim;
-  T scale;
-
-  TIM_HD void operator()(std::int64_t i) const {
-    using C = compute_t<T>;
-    const std::int64_t h = i % heads, row = i / heads;
-    const std::int64_t b = row / tokens, n = row % tokens;
-    const T* src = in + row * in_row_stride + h * head_dim;
-    C u[max_head_dim];
-    for (std::int64_t j = 0; j < head_dim; ++j) u[j] = load(src[j]);
-    math::prepare_head(u, head_dim, norm_weight, norm_bias, norm_eps,
-                       rotary_cos ? rotary_cos + n * (head_dim / 2) : static_cast<const T*>(nullptr),
-                       rotary_sin ? rotary_sin + n * (head_dim / 2) : static_cast<const T*>(nullptr), load(scale));
-    T* dst = out + ((b * heads + h) * tokens + n) * head_dim;
-    for (std::int64_t j = 0; j < head_dim; ++j) dst[j] = store<T>(u[j]);
+__global__ void __launch_bounds__(32 * head_warps_per_block)
+    qkv_split_kernel(QkvSplitArguments<T> a, std::int64_t items) {
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * head_warps_per_block + threadIdx.x / 32;
+  if (i >= items) return;  // whole warps leave together
+  const HeadItem item = qkv_split_item(i, a.tokens, a.heads, a.head_dim);
+  const int hd = static_cast<int>(a.head_dim);
+  T* dst = (item.part == 0 ? a.q : item.part == 1 ? a.k : a.v) + item.target;
+  const T* bias = a.sample_bias ? a.sample_bias + item.bias : nullptr;
+  if (item.part == 2) {
+    prepare_head_warp<T>(dst, a.qkv + item.source, bias, hd, nullptr, nullptr, 0.0, nullptr, nullptr, 1.0f);
+    return;
   }
-};
+  const std::int64_t rotary_row = item.token * (a.head_dim / 2);
+  prepare_head_warp<T>(dst, a.qkv + item.source, bias, hd, item.part == 0 ? a.q_norm_weight : a.k_norm_weight,
+                       item.part == 0 ? a.q_norm_bias : a.k_norm_bias, a.norm_eps,
+                       a.rotary_cos ? a.rotary_cos + rotary_row : nullptr,
+                       a.rotary_sin ? a.rotary_sin + rotary_row : nullptr, item.part == 0 ? load(a.q_scale) : 1.0f);
+}
+
+//! One warp per (token, head): cross-attention's q, k and v heads through prepare_head.
+template <class T>
+__global__ void __launch_bounds__(32 * head_warps_per_block)
+    split_heads_kernel(T* out, const T* in, std::int64_t row_stride, const T* norm_weight, const T* norm_bias,
+                       double norm_eps, const T* rotary_cos, const T* rotary_sin, std::int64_t tokens,
+                       std::int64_t heads, std::int64_t head_dim, T scale, std::int64_t items) {
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * head_warps_per_block + threadIdx.x / 32;
+  if (i >= items) return;
+  const HeadItem item = split_heads_item(i, tokens, heads, head_dim, row_stride);
+  const std::int64_t rotary_row = item.token * (head_dim / 2);
+  prepare_head_warp<T>(out + item.target, in + item.source, nullptr, static_cast<int>(head_dim), norm_weight,
+                       norm_bias, norm_eps, rotary_cos ? rotary_cos + rotary_row : nullptr,
+                       rotary_sin ? rotary_sin + rotary_row : nullptr, load(scale));
+}
+
+//! Blocks for `items` warps of a per-head kernel.
+inline unsigned head_blocks(std::int64_t items) {
+  const std::int64_t blocks = (items + head_warps_per_block - 1) / head_warps_per_block;
+  check(blocks <= std::int64_t{0x7fffffff}, "tim::cuda: ", items, " heads exceed the grid");
+  return static_cast<unsigned>(std::max<std::int64_t>(blocks, 1));
+}
 
 }  // namespace tim::cuda_detail

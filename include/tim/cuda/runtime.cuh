@@ -64,6 +64,22 @@ inline cudaStream_t& current_stream() {
   return stream;
 }
 
+//! The current device of this host thread.
+inline int current_device() {
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  return device;
+}
+
+//! The current device's compute capability as 10 major + minor (90 for an H100).
+inline int compute_capability() {
+  const int device = current_device();
+  int major = 0, minor = 0;
+  check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
+  check_cuda(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device), "cudaDeviceGetAttribute");
+  return 10 * major + minor;
+}
+
 //! cuBLAS workspace per handle: 32 MiB, NVIDIA's recommendation for Hopper.
 inline constexpr std::size_t cublas_workspace_bytes = std::size_t{32} << 20;
 
@@ -76,8 +92,7 @@ inline cublasHandle_t cublas_handle() {
     cublasHandle_t handle = nullptr;
   };
   thread_local Slot slots[max_devices];
-  int device = 0;
-  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  const int device = current_device();
   check(device >= 0 && device < max_devices, "tim::cuda: device index ", device, " out of range");
   Slot& slot = slots[device];
   if (!slot.handle) {
