@@ -1,7 +1,7 @@
 // One network evaluation on the GPU: C2IModel<T, tim::cuda>::forward at TiM-XL/2 on a 4 x 32 x 32
 // latent (256 px SD-VAE latents), batch 1, 16 and 64, float32 and bfloat16, random weights
-// (bench/random_checkpoint.hpp); plus cuBLAS's rate on the network's GEMM shapes and the
-// attention kernel's alone. Each result
+// (bench/random_checkpoint.hpp); a whole 4-step guided sampling run (BM_CudaSample, images/s);
+// plus cuBLAS's rate on the network's GEMM shapes and the attention kernel's alone. Each result
 // carries the floor time a perfect implementation could not beat on this device,
 //   floor = max(FLOPs / peak FLOP/s, bytes / peak bandwidth),
 // beside the measured time.
@@ -148,6 +148,33 @@ void BM_CudaForward(benchmark::State& state, std::int64_t batch, const Peaks& pe
                                                 benchmark::Counter::kIsRate);
 }
 
+//! A whole sampling run on the GPU: TransitionSampler over CudaFlow (OT-FM, 4 linspace steps),
+//! guidance 2 on the whole window (every step evaluates 2B rows), batch B; the state, time grid
+//! and transition in double on the host, as `tim sample --device cuda` runs. Counters: images/s,
+//! and floor_ms = 4 forwards of 2B rows at their floor (forward_bytes / forward_flops).
+template <class T>
+void BM_CudaSample(benchmark::State& state, std::int64_t batch, const Peaks& peaks) {
+  const auto& model = shared_model<T>();
+  const auto& c = model.config;
+  constexpr int steps = 4;
+  auto labels = tim::Tensor<std::int64_t>::empty({batch});
+  for (std::int64_t b = 0; b < batch; ++b) labels.data()[b] = b % c.num_classes;
+  const auto noise = tim::initial_noise(tim::Shape{batch, c.in_channels, latent_size, latent_size}, /*seed=*/3);
+  tim::TransitionSampler sampler{tim::cuda_flow(model, tim::OtFm{}), tim::OtFm{}, tim::linspace_schedule(steps)};
+  const tim::SamplerOptions options{.cfg_scale = 2.0, .guidance_low = 0.0, .guidance_high = 1.01,
+                                    .null_label = c.num_classes};
+  benchmark::DoNotOptimize(sampler.sample(noise, labels, options).x.data());  // warm-up: buffers sized once
+  for (auto _ : state) benchmark::DoNotOptimize(sampler.sample(noise, labels, options).x.data());
+  const double flops = steps * tim::nn::forward_flops(c, 2 * batch, latent_size, latent_size);
+  const double bytes = steps * forward_bytes(c, model.parameter_count(), 2 * batch, sizeof(T));
+  const double peak_flops = std::is_same_v<T, float> ? peaks.float32_flops : peaks.bfloat16_flops;
+  const double floor = std::max(peak_flops > 0 ? flops / peak_flops : 0,
+                                peaks.bytes_per_second > 0 ? bytes / peaks.bytes_per_second : 0);
+  state.counters["floor_ms"] = floor * 1e3;
+  state.counters["images/s"] = benchmark::Counter(static_cast<double>(batch * state.iterations()),
+                                                  benchmark::Counter::kIsRate);
+}
+
 //! cuBLAS on a network GEMM shape: y (M, N) = x (M, K) W^T, no bias.
 template <class T>
 void BM_CudaGemm(benchmark::State& state) {
@@ -203,6 +230,12 @@ void register_benchmarks(const Peaks& peaks) {
         ->UseRealTime()
         ->MinTime(2.0);
   }
+  for (std::int64_t batch : {1, 16, 64})
+    benchmark::RegisterBenchmark(("BM_CudaSample/TiM-XL2/bfloat16/4steps-cfg2/batch:" + std::to_string(batch)).c_str(),
+                                 [batch, peaks](benchmark::State& s) { BM_CudaSample<tim::bfloat16>(s, batch, peaks); })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime()
+        ->MinTime(2.0);
   // XL/2 MLP fc1 at batch 1, 16 and 64 (R x Hm x D) and qkv at batch 64 (R x 3D x D).
   for (auto* registered : {benchmark::RegisterBenchmark("BM_CudaGemm/float32", BM_CudaGemm<float>),
                            benchmark::RegisterBenchmark("BM_CudaGemm/bfloat16", BM_CudaGemm<tim::bfloat16>)})
