@@ -1418,3 +1418,60 @@ TEST_CASE("cli T2I errors: the wrong condition for the model, bad caption files,
     CHECK(!fs::exists(forward_out));
   }
 }
+
+TEST_CASE("cli bench: the median of the timed runs, the FLOP count of the network, JSON and text") {
+  TempDir dir;
+  const std::string c2i = fashion_model(dir);
+  const auto result = run_tim(dir, "bench --model " + quote(c2i) + " --batch 3 --height 8 --width 16 --runs 4 "
+                                   "--warmup 1 --threads 1 --json");
+  check_success(result);
+  const auto j = nlohmann::json::parse(result.out);
+  const auto times = j.at("times_ms").get<std::vector<double>>();
+  REQUIRE(times.size() == 4);
+  auto sorted = times;
+  std::sort(sorted.begin(), sorted.end());
+  CHECK(j.at("median_ms").get<double>() == doctest::Approx(0.5 * (sorted[1] + sorted[2])));
+  CHECK(j.at("min_ms").get<double>() == sorted.front());
+  CHECK(j.at("max_ms").get<double>() == sorted.back());
+  CHECK(sorted.front() > 0);
+  // The FLOP count is nn::forward_flops of the loaded configuration (itself checked against the
+  // matrix products a forward makes, tests/test_flops.cpp); GFLOP/s is that over the median.
+  const auto model = tim::load_c2i<float>(c2i);
+  const double flops = tim::nn::forward_flops(model.config, 3, 8, 16);
+  CHECK(j.at("gflop").get<double>() == doctest::Approx(flops * 1e-9).epsilon(1e-12));
+  CHECK(j.at("gflops").get<double>() ==
+        doctest::Approx(flops * 1e-9 / (j.at("median_ms").get<double>() * 1e-3)).epsilon(1e-9));
+  CHECK(j.at("batch") == 3);
+  CHECK(j.at("height") == 8);
+  CHECK(j.at("width") == 16);
+  CHECK(j.at("tokens") == 8);  // (8 / 4) x (16 / 4)
+  CHECK(j.at("threads") == 1);
+  CHECK(j.at("kind") == "c2i");
+  CHECK(j.at("parameters") == model.parameter_count());
+
+  // Text output, the latent size from the metadata (image_size 16x16x1).
+  const auto text = run_tim(dir, "bench --model " + quote(c2i) + " --runs 1 --warmup 0 --threads 1");
+  check_success(text);
+  CHECK(text.out.find("latent 1 x 16 x 16 (16 tokens)") != std::string::npos);
+  CHECK(text.out.find("forward: median ") != std::string::npos);
+  CHECK(text.out.find(" GFLOP/s") != std::string::npos);
+
+  // A text-to-image model with random caption features of --caption-tokens.
+  const std::string t2i = make_model(dir, std::string(TIM_TEST_DATA_DIR) + "/golden_t2i/plain.safetensors", "t2i", {});
+  const auto t2i_result = run_tim(dir, "bench --model " + quote(t2i) + " --height 8 --width 8 --caption-tokens 5 "
+                                       "--runs 1 --threads 1 --json");
+  check_success(t2i_result);
+  const auto t2i_json = nlohmann::json::parse(t2i_result.out);
+  const auto t2i_model = tim::load_t2i<float>(t2i);
+  CHECK(t2i_json.at("kind") == "t2i");
+  CHECK(t2i_json.at("caption_tokens") == 5);
+  CHECK(t2i_json.at("gflop").get<double>() ==
+        doctest::Approx(tim::nn::forward_flops(t2i_model.config, 1, 8, 8, 5) * 1e-9).epsilon(1e-12));
+
+  const std::string bench = "bench --model " + quote(c2i);
+  check_user_error(run_tim(dir, bench + " --batch 0"), {"--batch must be at least 1"});
+  check_user_error(run_tim(dir, bench + " --runs 0"), {"--runs must be at least 1"});
+  check_user_error(run_tim(dir, bench + " --runs 1 --height 6 --width 8"), {"multiples of the model's patch size 4"});
+  check_user_error(run_tim(dir, bench + " --device cuda"), {"tim bench measures the CPU", "bench_cuda_network"});
+  check_user_error(run_tim(dir, "bench --model " + quote(dir.file("missing.safetensors"))), {"cannot open"});
+}
