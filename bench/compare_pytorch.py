@@ -334,7 +334,7 @@ def main() -> None:
     if "gemm2048" in cpp:
         g = cpp["gemm2048"]
         print(f"\nGEMM 2048^3: PyTorch {gemm_ms:.1f} ms ({gemm(2048, 2048, 2048) / gemm_ms / 1e6:.1f} GFLOP/s), "
-              f"tim/Eigen {g:.1f} ms ({gemm(2048, 2048, 2048) / g / 1e6:.1f} GFLOP/s)")
+              f"tim (the backend's linear_forward: Eigen, or OpenBLAS with tim::blas) {g:.1f} ms ({gemm(2048, 2048, 2048) / g / 1e6:.1f} GFLOP/s)")
 
 
 if __name__ == "__main__":

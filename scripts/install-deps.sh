@@ -4,7 +4,7 @@
 set -euo pipefail
 packages=(
   build-essential cmake ninja-build
-  libeigen3-dev nlohmann-json3-dev doctest-dev libbenchmark-dev
+  libeigen3-dev nlohmann-json3-dev doctest-dev libbenchmark-dev libopenblas-openmp-dev
   libcli11-dev libyaml-cpp-dev libpng-dev
   dataset-fashion-mnist
 )

@@ -21,7 +21,7 @@ apps=OFF  # the `tim` program (--device cuda) needs CLI11, yaml-cpp and libpng
 if [ -d .device-deps/include/CLI ] || [ -f /usr/include/CLI/CLI.hpp ]; then apps=ON; fi
 cmake -S . -B build-device "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DTIM_CUDA=ON "-DCMAKE_CUDA_COMPILER=$nvcc_path" \
-  -DTIM_BUILD_TESTS=OFF -DTIM_BUILD_CUDA_TESTS=ON -DTIM_BUILD_APPS=$apps -DTIM_INSTALL=OFF \
+  -DTIM_BUILD_TESTS=OFF -DTIM_BUILD_CUDA_TESTS=ON -DTIM_BLAS=OFF -DTIM_BUILD_APPS=$apps -DTIM_INSTALL=OFF \
   -DTIM_BUILD_EXAMPLES=ON -DTIM_BUILD_BENCHMARKS=$bench \
   "${prefix_args[@]}" "$@" >/dev/null
 cmake --build build-device --parallel "$(nproc)"

@@ -2,6 +2,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "compare.hpp"
@@ -156,3 +157,10 @@ TEST_CASE("thread count is configurable and validated") {
   tim::set_num_threads(before);
   CHECK_THROWS_AS(tim::set_num_threads(0), tim::Error);
 }
+
+#if defined(TIM_EXPECT_BLAS)
+TEST_CASE("cpu: this test program runs the GEMM path it was built for (CBLAS or Eigen)") {
+  CHECK(tim::cpu::uses_blas == (TIM_EXPECT_BLAS != 0));
+  MESSAGE("GEMMs through ", std::string(tim::cpu::uses_blas ? "CBLAS" : "Eigen"));
+}
+#endif

@@ -1,16 +1,22 @@
 // The CPU backend: memory plus the fixed set of static operations the nn/ modules call.
-// GEMMs go through Eigen (threaded by OpenMP); every element-wise formula comes from math/.
+// GEMMs go through Eigen (threaded by OpenMP), or through a CBLAS library when TIM_USE_CBLAS is
+// defined (the CMake target tim::blas: OpenBLAS, its OpenMP build, about 1.5x Eigen's rate on
+// the network's products, docs/performance.md); every element-wise formula comes from math/.
 //
 // Shape legend: B batch, N tokens, D hidden, nh heads, hd head dim, R rows of a matrix.
 #pragma once
 
 #include <Eigen/Core>
+#if defined(TIM_USE_CBLAS)
+#include <cblas.h>
+#endif
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <new>
+#include <type_traits>
 #include <vector>
 
 #include "tim/core/tensor.hpp"
@@ -55,6 +61,56 @@ struct cpu {
   template <class T>
   using Vector = Eigen::Matrix<T, 1, Eigen::Dynamic>;
 
+  //! Whether GEMMs go through CBLAS (TIM_USE_CBLAS, the tim::blas target) rather than Eigen.
+  static constexpr bool uses_blas =
+#if defined(TIM_USE_CBLAS)
+      true;
+#else
+      false;
+#endif
+
+  //! Up to this many rows, blas_gemm runs one matrix-vector product per row.
+  static constexpr int small_rows = 4;
+
+  //! y (R, out) (+)= x (R, in) W^T through CBLAS for float and double when TIM_USE_CBLAS is
+  //! defined and the extents fit its int; false (nothing done) otherwise, Eigen then runs it.
+  //! The library's OpenMP build shares tim's thread count (omp_set_num_threads).
+  template <class T>
+  static bool blas_gemm([[maybe_unused]] T* y, [[maybe_unused]] const T* x, [[maybe_unused]] const T* w,
+                        [[maybe_unused]] std::int64_t rows, [[maybe_unused]] std::int64_t in_features,
+                        [[maybe_unused]] std::int64_t out_features, [[maybe_unused]] bool accumulate) {
+#if defined(TIM_USE_CBLAS)
+    constexpr std::int64_t limit = 0x7fffffff;
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+      if (rows <= 0 || in_features <= 0 || out_features <= 0 || rows > limit || in_features > limit ||
+          out_features > limit)
+        return false;
+      const int m = static_cast<int>(rows), n = static_cast<int>(out_features), k = static_cast<int>(in_features);
+      if (m <= small_rows) {
+        // A few rows (the per-sample adaLN, qkv_d and embedder products of a batch of 1 or 2):
+        // one matrix-vector product per row reads W at memory speed; OpenBLAS's GEMM takes
+        // 1.4-2.7x longer there (docs/performance.md).
+        for (int r = 0; r < m; ++r) {
+          if constexpr (std::is_same_v<T, float>)
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, n, k, 1.0f, w, k, x + std::int64_t{r} * k, 1,
+                        accumulate ? 1.0f : 0.0f, y + std::int64_t{r} * n, 1);
+          else
+            cblas_dgemv(CblasRowMajor, CblasNoTrans, n, k, 1.0, w, k, x + std::int64_t{r} * k, 1,
+                        accumulate ? 1.0 : 0.0, y + std::int64_t{r} * n, 1);
+        }
+        return true;
+      }
+      if constexpr (std::is_same_v<T, float>)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k, accumulate ? 1.0f : 0.0f, y,
+                    n);
+      else
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0, x, k, w, k, accumulate ? 1.0 : 0.0, y, n);
+      return true;
+    }
+#endif
+    return false;
+  }
+
   //! out (R, out_features) = in (R, in_features) * weight (out_features, in_features)^T + bias.
   //! `bias` may be null. With `accumulate`, the product is added to `out` instead.
   template <class T>
@@ -65,10 +121,12 @@ struct cpu {
     Eigen::Map<RowMajor<T>> y(out, rows, out_features);
     Eigen::Map<const RowMajor<T>> x(in, rows, in_features);
     Eigen::Map<const RowMajor<T>> w(weight, out_features, in_features);
-    if (accumulate)
-      y.noalias() += x * w.transpose();
-    else
-      y.noalias() = x * w.transpose();
+    if (!blas_gemm(out, in, weight, rows, in_features, out_features, accumulate)) {
+      if (accumulate)
+        y.noalias() += x * w.transpose();
+      else
+        y.noalias() = x * w.transpose();
+    }
     if (bias) y.rowwise() += Eigen::Map<const Vector<T>>(bias, out_features);
   }
 
