@@ -1182,7 +1182,8 @@ void run_sample(const SampleOptions& options) {
   const bool images = !options.png_dir.empty() || !options.grid_path.empty();
   tim::check(!images || c.in_channels == 1 || c.in_channels == 3, "PNG output (--png-dir, --grid) needs latents with 1 "
              "(gray) or 3 (RGB) channels; this model's have ", c.in_channels,
-             ", which need a VAE decoder to become images (not in tim yet); write --out OUT.safetensors instead");
+             ", which need a VAE decoder to become images (tim sample does not decode yet); write --out "
+             "OUT.safetensors and decode it with examples/decode_sd_vae (docs/vae.md)");
 
   const std::optional<std::int64_t> caption_count =
       captions ? std::optional<std::int64_t>(captions->cap_feats.dim(0)) : std::nullopt;

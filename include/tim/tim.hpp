@@ -1,5 +1,5 @@
-// The one header a CPU user includes: core types, the Eigen backend, the networks (C2I and T2I)
-// and file I/O.
+// The one header a CPU user includes: core types, the Eigen backend, the networks (C2I and T2I),
+// the SD VAE decoder and file I/O.
 #pragma once
 
 #include "tim/version.hpp"
@@ -25,3 +25,4 @@
 #include "tim/transport/transports.hpp"
 #include "tim/sampler/schedule.hpp"
 #include "tim/sampler/sampler.hpp"
+#include "tim/vae/sd_vae.hpp"
