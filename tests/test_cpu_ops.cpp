@@ -1,6 +1,7 @@
 // CPU backend operations against double-precision naive loops written here.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -56,6 +57,26 @@ TEST_CASE_TEMPLATE("layernorm_forward matches a naive loop, with and without aff
     const double tol = std::is_same_v<T, float> ? 2e-5 : 1e-13;
     TIM_CHECK_CLOSE(y.data(), expected.data(), y.size(), tol, tol);
   }
+}
+
+TEST_CASE_TEMPLATE("swiglu over long rows and a wide range (vectorised exp) against double", T, float, double) {
+  // Rows long enough for whole SIMD packets plus a tail; gates from -30 to 30 reach exp's
+  // saturation on both sides.
+  const std::int64_t rows = 3, cols = 203;
+  std::vector<T> gate(rows * cols), value(rows * cols), out(rows * cols);
+  for (std::int64_t i = 0; i < rows * cols; ++i) {
+    gate[static_cast<std::size_t>(i)] = static_cast<T>(-30.0 + 60.0 * static_cast<double>(i) / (rows * cols - 1));
+    value[static_cast<std::size_t>(i)] = static_cast<T>(1.0 + 0.5 * std::sin(0.1 * static_cast<double>(i)));
+  }
+  cpu::swiglu_forward(out.data(), gate.data(), value.data(), rows, cols, cols, cols);
+  double worst = 0;
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    const double a = static_cast<double>(gate[i]), v = static_cast<double>(value[i]);
+    const double expected = a / (1 + std::exp(-a)) * v;
+    worst = std::max(worst, std::abs(static_cast<double>(out[i]) - expected) / std::max(std::abs(expected), 1e-30));
+  }
+  MESSAGE("largest relative error ", worst);
+  CHECK(worst <= (std::is_same_v<T, float> ? 1e-6 : 1e-14));
 }
 
 TEST_CASE("swiglu, silu and modulate follow their formulas") {

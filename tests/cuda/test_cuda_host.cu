@@ -142,7 +142,10 @@ TEST_CASE("cuda host: the element-wise functors reproduce tim::cpu exactly") {
     std::vector<float> out(rows * cols), expected(rows * cols);
     run_on_host(rows * cols, SwigluOp<float>{out.data(), gate.data(), value.data(), cols, 7, 9});
     tim::cpu::swiglu_forward(expected.data(), gate.data(), value.data(), rows, cols, 7, 9);
-    check_equal(out, expected);
+    // tim::cpu evaluates exp with Eigen's vectorised exp, the functor with std::exp: equal to
+    // a few ulp (the index arithmetic is what this checks).
+    for (std::size_t i = 0; i < out.size(); ++i)
+      CHECK(out[i] == doctest::Approx(expected[i]).epsilon(1e-6));
 
     std::vector<float> silu(rows * 7), cpu_silu(rows * 7);
     run_on_host(rows * 7, SiluOp<float>{silu.data(), gate.data()});

@@ -146,8 +146,16 @@ struct cpu {
   static void swiglu_forward(T* out, const T* gate, const T* value, std::int64_t rows,
                              std::int64_t cols, std::int64_t gate_stride, std::int64_t value_stride) {
     parallel_for(rows, [&](std::int64_t r) {
-      for (std::int64_t j = 0; j < cols; ++j)
-        out[r * cols + j] = math::swiglu(gate[r * gate_stride + j], value[r * value_stride + j]);
+      if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+        // math::swiglu's formula, silu(g) v = g / (1 + exp(-g)) v, with Eigen's vectorised exp
+        // (within a few ulp of std::exp): the scalar expf loop was 3.5% of a TiM-XL/2 forward.
+        using Row = Eigen::Array<T, 1, Eigen::Dynamic>;
+        const Eigen::Map<const Row> g(gate + r * gate_stride, cols), v(value + r * value_stride, cols);
+        Eigen::Map<Row>(out + r * cols, cols) = g / (T(1) + (-g).exp()) * v;
+      } else {
+        for (std::int64_t j = 0; j < cols; ++j)
+          out[r * cols + j] = math::swiglu(gate[r * gate_stride + j], value[r * value_stride + j]);
+      }
     });
   }
 
