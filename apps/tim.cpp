@@ -978,17 +978,18 @@ std::vector<std::int64_t> choose_labels(const SampleOptions& options, std::int64
   return labels;
 }
 
-//! The latent size (H, W) when there is no --noise: --height/--width, else the model's metadata.
-std::pair<std::int64_t, std::int64_t> latent_size(const SampleOptions& options,
+//! The latent size (H, W): --height/--width where given, else the model's metadata
+//! (`latent_size`, else `image_size`); an error when neither says.
+std::pair<std::int64_t, std::int64_t> latent_size(const CLI::Option* height_option, std::int64_t height,
+                                                  const CLI::Option* width_option, std::int64_t width,
                                                   const std::map<std::string, std::string>& metadata) {
   std::optional<std::pair<std::int64_t, std::int64_t>> native;
   for (const char* key : {"latent_size", "image_size"})
     if (const auto found = metadata.find(key); !native && found != metadata.end()) native = parse_size(found->second);
-  tim::check(native || (given(options.height_option) && given(options.width_option)),
+  tim::check(native || (given(height_option) && given(width_option)),
              "the model's metadata gives no latent size (no 'latent_size' or 'image_size' key): pass --height and "
              "--width (in latent pixels, multiples of the patch size)");
-  return {given(options.height_option) ? options.height : native->first,
-          given(options.width_option) ? options.width : native->second};
+  return {given(height_option) ? height : native->first, given(width_option) ? width : native->second};
 }
 
 //! The batch: for a class-conditional model its labels (num_classes checks them), for a
@@ -1026,7 +1027,7 @@ SampleBatch make_batch(const SampleOptions& options, const tim::nn::BackboneConf
   }
 
   const std::int64_t B = choose_rows(std::nullopt);
-  const auto [H, W] = latent_size(options, metadata);
+  const auto [H, W] = latent_size(options.height_option, options.height, options.width_option, options.width, metadata);
   tim::check(H % c.patch == 0 && W % c.patch == 0, "height ", H, " and width ", W,
              " must be multiples of the model's patch size ", c.patch);
   // Row b draws sample index first + b; in a class --grid, column k of every row draws first + k,
@@ -1387,16 +1388,8 @@ void run_bench(const BenchOptions& options) {
   const LoadedModel loaded = load_model(options.model);
   const auto& c = loaded.backbone();
   const bool text = loaded.text_to_image();
-  // The latent size: the options, else the model's metadata.
-  std::optional<std::pair<std::int64_t, std::int64_t>> native;
   const auto metadata = tim::io::SafetensorsFile::open(options.model.model_path).metadata();
-  for (const char* key : {"latent_size", "image_size"})
-    if (const auto found = metadata.find(key); !native && found != metadata.end()) native = parse_size(found->second);
-  tim::check(native || (given(options.height_option) && given(options.width_option)),
-             "the model's metadata gives no latent size: pass --height and --width (latent pixels, multiples of the "
-             "patch size ", c.patch, ")");
-  const std::int64_t H = given(options.height_option) ? options.height : native->first;
-  const std::int64_t W = given(options.width_option) ? options.width : native->second;
+  const auto [H, W] = latent_size(options.height_option, options.height, options.width_option, options.width, metadata);
   tim::check(H % c.patch == 0 && W % c.patch == 0, "height ", H, " and width ", W,
              " must be multiples of the model's patch size ", c.patch);
 

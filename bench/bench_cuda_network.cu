@@ -9,7 +9,7 @@
 // Run (Release build, on a machine with a GPU): bench/bench_cuda_network
 //   TIM_PEAK_TFLOPS=x / TIM_PEAK_GBPS=y override the peaks read from the device (see below).
 //   TIM_PROFILE_ONE_FORWARD=1 brackets one forward per benchmark with cudaProfilerStart/Stop, for
-//   `ncu --profile-from-start off` (scripts/device-profile.sh).
+//   `ncu --profile-from-start off` (scripts/device-run.sh with TIM_PROFILE=1).
 //
 // Counters:
 //   GFLOP        FLOPs of one forward / 1e9 (tim::nn::forward_flops: every matrix product 2 M N K).

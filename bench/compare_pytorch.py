@@ -257,14 +257,19 @@ def time_gemm(n: int = 2048, runs: int = 5) -> float:
 
 
 def cpp_times(paths: list[str] | None) -> dict[str, float]:
-    """real_time in ms per 'TiM-B4/batch:1' key (and 'gemm2048') from Google Benchmark JSON files."""
+    """real_time in ms per 'TiM-B4/batch:1' key (and 'gemm2048') from Google Benchmark JSON files;
+    with --benchmark_repetitions, the median aggregate (else the single iteration run)."""
     scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
     out: dict[str, float] = {}
     benchmarks = [b for path in paths or [] for b in json.loads(Path(path).read_text())["benchmarks"]]
+    medians = {b["run_name"] for b in benchmarks if b.get("aggregate_name") == "median"}
     for b in benchmarks:
-        if b.get("run_type", "iteration") != "iteration":
+        if b.get("run_type", "iteration") == "iteration":
+            if b.get("run_name", b["name"]) in medians:
+                continue
+        elif b.get("aggregate_name") != "median":
             continue
-        parts = b["name"].split("/")
+        parts = b["run_name" if "run_name" in b else "name"].split("/")
         ms = b["real_time"] * scale[b["time_unit"]]
         if parts[0] == "BM_Forward":
             out[f"{parts[1]}/{parts[2]}"] = ms

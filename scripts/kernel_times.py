@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Sums Nsight Compute's per-kernel gpu__time_duration (ncu --csv --print-units base) by kernel
-name and prints a table, largest first: calls, total ms, share. Used by scripts/device-profile.sh."""
+name and prints a table, largest first: calls, total ms, share. Used by scripts/device-run.sh (TIM_PROFILE=1)."""
 
 import csv
 import re
