@@ -32,6 +32,7 @@
 #include "tim/io/png.hpp"
 #include "tim/io/yaml_config.hpp"
 #include "tim/tim.hpp"
+#include "tim/vae/diffusers_config.hpp"
 
 namespace {
 
@@ -585,6 +586,7 @@ struct SampleOptions {
   bool trajectory = false;
   std::string png_dir;
   std::string grid_path;
+  std::string vae_path;  // decode the latents with this VAE before writing images
   std::int64_t per_class = default_per_class;
   // To tell "not given" from a value.
   CLI::Option *steps_option = nullptr, *labels_option = nullptr, *class_option = nullptr, *num_option = nullptr,
@@ -1106,6 +1108,52 @@ void write_images(const SampleOptions& options, const tim::Tensor<float>& latent
   tim::io::write_png((fs::path(options.png_dir) / "grid.png").string(), grid, grid_text);
 }
 
+//! The latent decoder of --vae: the SD VAE (AutoencoderKL) in float on the CPU. Decodes one
+//! sample at a time, so memory stays that of one image whatever the batch.
+struct VaeDecoder {
+  std::optional<tim::vae::SdVaeDecoder<float>> sd;
+
+  bool empty() const { return !sd.has_value(); }
+  std::string describe() const { return sd->config.describe(); }
+  //! images (B, 3, H, W) from latents (B, L, h, w).
+  tim::Tensor<float> decode(const tim::Tensor<float>& latents) const {
+    const std::int64_t B = latents.dim(0), per_latent = latents.numel() / B;
+    tim::Tensor<float> images;
+    for (std::int64_t b = 0; b < B; ++b) {
+      auto one = tim::Tensor<float>::empty({1, latents.dim(1), latents.dim(2), latents.dim(3)});
+      std::copy_n(latents.data() + b * per_latent, per_latent, one.data());
+      const auto image = sd->decode(one);
+      if (b == 0) images = tim::Tensor<float>::empty({B, image.dim(1), image.dim(2), image.dim(3)});
+      std::copy_n(image.data(), image.numel(), images.data() + b * image.numel());
+    }
+    return images;
+  }
+};
+
+//! Loads --vae: the safetensors weights, plus norm_num_groups and scaling_factor from the
+//! config.json beside them when there is one (the diffusers layout); checks that the decoder
+//! takes the model's latents.
+VaeDecoder load_vae(const std::string& path, const tim::nn::BackboneConfig& c) {
+  try {
+    tim::vae::SdVaeOptions vae_options;  // sd-vae-ft-ema's values unless config.json says otherwise
+    if (const auto config = tim::vae::read_diffusers_vae_config_beside(path)) {
+      tim::check(config->class_name.empty() || config->class_name == "AutoencoderKL", "the config.json beside it "
+                 "describes a ", config->class_name, "; tim sample decodes AutoencoderKL (SD VAE) latents");
+      tim::check(!config->shift_factor || *config->shift_factor == 0, "the config.json beside it has shift_factor ",
+                 decimal(*config->shift_factor), "; tim decodes latents with zero shift only (SPEC 8)");
+      if (config->norm_num_groups) vae_options.groups = *config->norm_num_groups;
+      if (config->scaling_factor) vae_options.scaling_factor = *config->scaling_factor;
+    }
+    VaeDecoder decoder;
+    decoder.sd.emplace(tim::vae::open_sd_vae_decoder<float>(path, vae_options));
+    tim::check(decoder.sd->config.latent_channels == c.in_channels, "the decoder takes latents with ",
+               decoder.sd->config.latent_channels, " channels, but the model samples ", c.in_channels);
+    return decoder;
+  } catch (const tim::Error& e) {
+    tim::fail("--vae '", path, "': ", e.what());
+  }
+}
+
 void run_sample(const SampleOptions& options) {
   apply_threads(options.compute);
   check_compute_options(options.compute);
@@ -1132,6 +1180,8 @@ void run_sample(const SampleOptions& options) {
   const bool text = !cuda && loaded->text_to_image();
   const auto metadata = tim::io::SafetensorsFile::open(model_path).metadata();
   const SamplingDefaults settings = sampling_defaults(options, metadata);
+  // The decoder, loaded (and checked against the model) before anything is sampled.
+  const VaeDecoder vae_decoder = options.vae_path.empty() ? VaeDecoder{} : load_vae(options.vae_path, c);
   const double load_seconds = seconds_since(start);
 
   // A class-conditional model samples labels, a text-to-image one captions.
@@ -1179,12 +1229,12 @@ void run_sample(const SampleOptions& options) {
   }
   const int steps = static_cast<int>(times.size()) - 1;
 
-  // Images need 1 or 3 channels: anything else is a latent for a decoder tim does not have yet.
+  // Images: the latents themselves (1 or 3 channels), or what --vae decodes them into.
   const bool images = !options.png_dir.empty() || !options.grid_path.empty();
-  tim::check(!images || c.in_channels == 1 || c.in_channels == 3, "PNG output (--png-dir, --grid) needs latents with 1 "
-             "(gray) or 3 (RGB) channels; this model's have ", c.in_channels,
-             ", which need a VAE decoder to become images (tim sample does not decode yet); write --out "
-             "OUT.safetensors and decode it with examples/decode_sd_vae (docs/vae.md)");
+  tim::check(!images || !vae_decoder.empty() || c.in_channels == 1 || c.in_channels == 3,
+             "PNG output (--png-dir, --grid) needs latents with 1 (gray) or 3 (RGB) channels; this model's have ",
+             c.in_channels, ", which need a VAE decoder to become images: give --vae "
+             "diffusion_pytorch_model.safetensors (docs/vae.md)");
 
   const std::optional<std::int64_t> caption_count =
       captions ? std::optional<std::int64_t>(captions->cap_feats.dim(0)) : std::nullopt;
@@ -1223,6 +1273,10 @@ void run_sample(const SampleOptions& options) {
   if (!options.model.config_path.empty())
     parameters.insert(parameters.begin() + 1, {"config", options.model.config_path});
   if (text) parameters.insert(parameters.begin() + 1, {"captions", options.captions_path});
+  if (!vae_decoder.empty()) {
+    parameters.insert(parameters.begin() + 1, {"vae", options.vae_path});
+    parameters.insert(parameters.begin() + 2, {"vae_config", vae_decoder.describe()});
+  }
 
   if (!options.png_dir.empty()) {  // before sampling, so a bad folder fails fast
     std::error_code error;
@@ -1263,10 +1317,14 @@ void run_sample(const SampleOptions& options) {
       transport);
   const double sample_seconds = seconds_since(sample_start);
   const tim::Tensor<float> latents = to_float(result.x);
+  const auto decode_start = Clock::now();
+  const tim::Tensor<float> decoded = vae_decoder.empty() ? tim::Tensor<float>{} : vae_decoder.decode(latents);
+  const double decode_seconds = seconds_since(decode_start);
 
   if (!options.out_path.empty()) {
     tim::io::SafetensorsWriter writer;
     writer.add("latents", latents);
+    if (!vae_decoder.empty()) writer.add("images", decoded);
     if (!text) writer.add("labels", labels);
     if (options.trajectory) {
       writer.add("trajectory", to_float(result.trajectory));
@@ -1277,7 +1335,7 @@ void run_sample(const SampleOptions& options) {
     writer.write(options.out_path);
   }
   if (images)
-    write_images(options, latents, batch, text ? std::vector<std::string>{} : class_names_of(metadata, num_classes),
+    write_images(options, vae_decoder.empty() ? latents : decoded, batch, text ? std::vector<std::string>{} : class_names_of(metadata, num_classes),
                  num_classes, captions ? captions->texts : std::vector<std::string>{}, parameters);
 
   if (options.compute.verbose)
@@ -1286,8 +1344,12 @@ void run_sample(const SampleOptions& options) {
               << ", " << steps << " steps on "
               << (cuda ? gpu->device() + " in " + options.compute.precision
                        : std::to_string(tim::num_threads()) + " threads")
-              << " in " << sample_seconds << " s; total "
-              << seconds_since(start) << " s\n";
+              << " in " << sample_seconds << " s"
+              << (vae_decoder.empty() ? std::string()
+                                      : "; decoded to " + std::to_string(decoded.dim(2)) + " x " +
+                                            std::to_string(decoded.dim(3)) + " images on the CPU in " +
+                                            decimal(std::round(decode_seconds * 1000) / 1000) + " s")
+              << "; total " << seconds_since(start) << " s\n";
 }
 
 Subcommand add_sample(CLI::App& app, SampleOptions& options) {
@@ -1337,6 +1399,11 @@ Subcommand add_sample(CLI::App& app, SampleOptions& options) {
                       "in __metadata__");
   command->add_flag("--trajectory", options.trajectory,
                     "Also store trajectory [N+1,B,C,H,W] F32 and times [N+1] F64 in --out");
+  command->add_option("--vae", options.vae_path,
+                      "Decode the latents into images with this VAE before writing --png-dir/--grid (and 'images' "
+                      "into --out): an SD VAE (AutoencoderKL) diffusion_pytorch_model.safetensors; a config.json "
+                      "beside it gives norm_num_groups and scaling_factor (default: sd-vae-ft-ema's 32 and 0.18215). "
+                      "Decodes on the CPU in float");
   command->add_option("--png-dir", options.png_dir,
                       "Write one PNG per sample and a labelled grid.png into this folder");
   command->add_option("--grid", options.grid_path,

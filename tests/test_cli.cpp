@@ -975,6 +975,146 @@ TEST_CASE("cli sample: --png-dir writes SPEC 8 pixels, the parameters and a labe
   CHECK(std::count(grid.pixels.begin(), grid.pixels.end(), 0) > 0);
 }
 
+namespace {
+
+// The decoder tensors of the `sd_layout` VAE golden case (widths 16/16/32/32, 8 GroupNorm groups)
+// as F32 in DIR/vae/diffusion_pytorch_model.safetensors, with `config_json` beside it as
+// config.json unless empty: a released VAE folder in miniature.
+std::string make_vae_folder(const TempDir& dir, const std::string& config_json) {
+  const auto file = tim::io::SafetensorsFile::open(std::string(TIM_TEST_DATA_DIR) + "/vae_golden/sd_layout.safetensors");
+  fs::create_directories(dir.path / "vae");
+  const std::string path = (dir.path / "vae" / "diffusion_pytorch_model.safetensors").string();
+  tim::io::SafetensorsWriter writer;
+  for (const auto& info : file.tensors())
+    if (!is_io(info.name)) writer.add(info.name, file.load<float>(info.name));
+  writer.write(path);
+  if (!config_json.empty()) write_text((dir.path / "vae" / "config.json").string(), config_json);
+  return path;
+}
+
+}  // namespace
+
+TEST_CASE("cli sample: --vae decodes the latents into PNGs and --out images, config.json read beside the weights") {
+  TempDir dir;
+  const std::string model = make_model(dir, std::string(TIM_TEST_DATA_DIR) + "/golden/square.safetensors", "c2i4", {});
+  const std::string vae = make_vae_folder(dir, R"({"_class_name": "AutoencoderKL", "norm_num_groups": 8,
+                                                   "scaling_factor": 0.18215, "latent_channels": 4})");
+  const std::string out = dir.file("out.safetensors"), pngs = dir.file("pngs");
+  const auto result = run_tim(dir, "sample --model " + quote(model) + " --labels 2,0 --height 8 --width 6 --steps 2 "
+                                       "--seed 4 --vae " + quote(vae) + " --out " + quote(out) + " --png-dir " +
+                                       quote(pngs) + " -v");
+  check_success(result);
+  CHECK(result.err.find("decoded to 64 x 48 images on the CPU") != std::string::npos);
+
+  // The program's images against the library's float64 decoder run on the latents it wrote.
+  const auto file = tim::io::SafetensorsFile::open(out);
+  REQUIRE(file.info("latents").shape == tim::Shape{2, 4, 8, 6});
+  REQUIRE(file.info("images").shape == tim::Shape{2, 3, 64, 48});
+  const auto latents = file.load<double>("latents");
+  const auto images = file.load<float>("images");
+  tim::vae::SdVaeOptions vae_options;
+  vae_options.groups = 8;
+  const auto reference = tim::vae::open_sd_vae_decoder<double>(vae, vae_options).decode(latents);
+  double largest_diff = 0, largest_ref = 0;
+  for (std::int64_t i = 0; i < reference.numel(); ++i) {
+    largest_diff = std::max(largest_diff, std::abs(static_cast<double>(images.data()[i]) - reference.data()[i]));
+    largest_ref = std::max(largest_ref, std::abs(reference.data()[i]));
+  }
+  REQUIRE(largest_ref > 0.1);
+  CHECK(largest_diff / largest_ref < 1e-4);
+
+  const std::vector<std::string> names{"sample_0000_class_2.png", "sample_0001_class_0.png"};
+  const std::int64_t pixels = 64 * 48;
+  for (std::size_t b = 0; b < names.size(); ++b) {
+    CAPTURE(names[b]);
+    const auto image = tim::io::read_png((fs::path(pngs) / names[b]).string());
+    REQUIRE(image.channels == 3);
+    REQUIRE(image.width == 48);
+    REQUIRE(image.height == 64);
+    std::set<int> values;
+    for (std::int64_t c = 0; c < 3; ++c)
+      for (std::int64_t p = 0; p < pixels; ++p) {
+        const float x = images.data()[(static_cast<std::int64_t>(b) * 3 + c) * pixels + p];
+        REQUIRE(image.pixels[static_cast<std::size_t>(p * 3 + c)] == expected_pixel(x));
+        values.insert(image.pixels[static_cast<std::size_t>(p * 3 + c)]);
+      }
+    CHECK(values.size() > 50);  // a real image, not a constant
+    const std::string* parameters = image.find_text("parameters");
+    REQUIRE(parameters != nullptr);
+    CHECK(parameters->find("vae: " + vae + "\n") != std::string::npos);
+    CHECK(parameters->find("G 8, eps 1e-06, scaling_factor 0.18215") != std::string::npos);
+    CHECK(parameters->find("steps: 2\n") != std::string::npos);
+    CHECK(parameters->find("seed: 4\n") != std::string::npos);
+  }
+  const auto grid = tim::io::read_png((fs::path(pngs) / "grid.png").string());
+  CHECK(grid.channels == 3);
+  CHECK(grid.width > 2 * 48);
+  REQUIRE(grid.find_text("parameters") != nullptr);
+  CHECK(grid.find_text("parameters")->find("vae: ") != std::string::npos);
+
+  // scaling_factor from config.json: 2x the factor decodes latents / 2, i.e. other images.
+  TempDir other;
+  const std::string scaled = make_vae_folder(other, R"({"norm_num_groups": 8, "scaling_factor": 0.3643})");
+  const std::string out2 = other.file("out.safetensors");
+  check_success(run_tim(other, "sample --model " + quote(model) + " --labels 2,0 --height 8 --width 6 --steps 2 "
+                                   "--seed 4 --vae " + quote(scaled) + " --out " + quote(out2)));
+  vae_options.scaling_factor = 0.3643;
+  const auto halved = tim::vae::open_sd_vae_decoder<double>(scaled, vae_options).decode(latents);
+  const auto images2 = tim::io::SafetensorsFile::open(out2).load<float>("images");
+  double diff_to_halved = 0, diff_to_first = 0;
+  for (std::int64_t i = 0; i < halved.numel(); ++i) {
+    diff_to_halved = std::max(diff_to_halved, std::abs(static_cast<double>(images2.data()[i]) - halved.data()[i]));
+    diff_to_first = std::max(diff_to_first, std::abs(static_cast<double>(images2.data()[i]) - reference.data()[i]));
+  }
+  CHECK(diff_to_halved / largest_ref < 1e-4);
+  CHECK(diff_to_first / largest_ref > 1e-2);
+}
+
+TEST_CASE("cli sample: --vae errors name the file and what is wrong") {
+  TempDir dir;
+  const std::string model = make_model(dir, std::string(TIM_TEST_DATA_DIR) + "/golden/square.safetensors", "c2i4", {});
+  const std::string base = "sample --model " + quote(model) + " --labels 1 --height 8 --width 8 --steps 1 --png-dir " +
+                           quote(dir.file("pngs")) + " --vae ";
+  SUBCASE("no --vae for a 4-channel model") {
+    check_user_error(run_tim(dir, "sample --model " + quote(model) + " --labels 1 --height 8 --width 8 --png-dir " +
+                                      quote(dir.file("pngs"))),
+                     {"needs latents with 1 (gray) or 3 (RGB) channels", "give --vae"});
+  }
+  SUBCASE("a missing file") {
+    check_user_error(run_tim(dir, base + quote(dir.file("none.safetensors"))), {"--vae '", "none.safetensors"});
+  }
+  SUBCASE("a TiM checkpoint instead of a VAE") {
+    check_user_error(run_tim(dir, base + quote(model)), {"--vae '", "post_quant_conv.weight", "AutoencoderKL"});
+  }
+  SUBCASE("without config.json the default 32 groups do not fit the widths") {
+    const std::string vae = make_vae_folder(dir, "");
+    check_user_error(run_tim(dir, base + quote(vae)), {"--vae '", "not divisible by norm_num_groups 32"});
+  }
+  SUBCASE("config.json: not JSON, wrong types, another class, a shift") {
+    const std::vector<std::pair<std::string, std::string>> cases{
+        {"{\"norm_num_groups\": 8,", "config.json: not valid JSON"},
+        {"[8]", "expected a JSON object"},
+        {R"({"norm_num_groups": "8"})", "'norm_num_groups' must be an integer >= 1, got \"8\""},
+        {R"({"norm_num_groups": 0})", "'norm_num_groups' must be an integer >= 1, got 0"},
+        {R"({"norm_num_groups": 8, "scaling_factor": -1})", "'scaling_factor' must be a positive finite number"},
+        {R"({"_class_name": "AutoencoderDC", "norm_num_groups": 8})", "describes a AutoencoderDC"},
+        {R"({"norm_num_groups": 8, "shift_factor": 0.1})", "shift_factor 0.1"},
+    };
+    for (const auto& [json, message] : cases) {
+      CAPTURE(json);
+      const std::string vae = make_vae_folder(dir, json);
+      check_user_error(run_tim(dir, base + quote(vae)), {"--vae '", message});
+    }
+  }
+  SUBCASE("a decoder for other latents than the model's") {
+    const std::string vae = make_vae_folder(dir, R"({"norm_num_groups": 8})");
+    const std::string gray = make_model(dir, std::string(TIM_TEST_DATA_DIR) + "/golden/patch4.safetensors", "gray", {});
+    check_user_error(run_tim(dir, "sample --model " + quote(gray) + " --labels 1 --height 16 --width 16 --png-dir " +
+                                      quote(dir.file("pngs")) + " --vae " + quote(vae)),
+                     {"--vae '", "takes latents with 4 channels, but the model samples 1"});
+  }
+}
+
 TEST_CASE("cli sample: RGB PNGs from a 3-channel model keep the channel order, names from class_names") {
   TempDir dir;
   // latent_size wins over image_size; class_names wins over dataset.
