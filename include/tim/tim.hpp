@@ -1,5 +1,5 @@
 // The one header a CPU user includes: core types, the Eigen backend, the networks (C2I and T2I),
-// the SD VAE decoder and file I/O.
+// the latent decoders (SD VAE, DC-AE, tiled decoding) and file I/O.
 #pragma once
 
 #include "tim/version.hpp"
@@ -26,3 +26,5 @@
 #include "tim/sampler/schedule.hpp"
 #include "tim/sampler/sampler.hpp"
 #include "tim/vae/sd_vae.hpp"
+#include "tim/vae/tiling.hpp"
+#include "tim/vae/dc_ae.hpp"
