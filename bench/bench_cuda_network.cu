@@ -1,7 +1,11 @@
 // One network evaluation on the GPU: C2IModel<T, tim::cuda>::forward at TiM-XL/2 on a 4 x 32 x 32
 // latent (256 px SD-VAE latents), batch 1, 16 and 64, float32 and bfloat16, random weights
 // (bench/random_checkpoint.hpp); a whole 4-step guided sampling run (BM_CudaSample, images/s);
-// plus cuBLAS's rate on the network's GEMM shapes and the attention kernel's alone. Each result
+// plus cuBLAS's rate on the network's GEMM shapes and the attention kernel's alone, and the SD VAE
+// decoder (tim/vae/cuda_sd_vae.cuh, float, released widths, random weights from
+// bench/random_vae_checkpoint.hpp) on 32x32 and 64x64 latents (BM_CudaSdVaeDecode), and the DC-AE
+// f32c32 decoder (tim/vae/cuda_dc_ae.cuh, float, released shapes, random weights from
+// bench/random_dc_ae_checkpoint.hpp) on 16x16 latents, 512 px (BM_CudaDcAeDecode). Each result
 // carries the floor time a perfect implementation could not beat on this device,
 //   floor = max(FLOPs / peak FLOP/s, bytes / peak bandwidth),
 // beside the measured time.
@@ -41,9 +45,14 @@
 #include <cstdlib>
 #include <random>
 #include <string>
+#include <utility>
 
 #include "random_checkpoint.hpp"
+#include "random_dc_ae_checkpoint.hpp"
+#include "random_vae_checkpoint.hpp"
 #include "tim/cuda/tim.cuh"
+#include "tim/vae/cuda_dc_ae.cuh"
+#include "tim/vae/cuda_sd_vae.cuh"
 
 namespace {
 
@@ -217,6 +226,132 @@ void BM_CudaAttention(benchmark::State& state) {
                                                 benchmark::Counter::kIsRate);
 }
 
+//! FLOPs of one SD VAE decode of an h x w latent, per sample: the matrix products only, every
+//! convolution 2 P Co k^2 Ci (P its output pixels) and the mid attention's four projections
+//! 2 P C^2 each plus its two products 2 P^2 C each (GroupNorm, SiLU, softmax, upsampling and
+//! layout passes not counted).
+double sd_vae_decode_flops(const tim::vae::SdVaeDecoder<float>& vae, std::int64_t height, std::int64_t width) {
+  double flops = 0, pixels = static_cast<double>(height * width);
+  const auto conv = [&](const tim::vae::Conv2d<float>& c) {
+    flops += 2.0 * pixels * static_cast<double>(c.out_channels * c.kernel * c.kernel * c.in_channels);
+  };
+  const auto resnet = [&](const tim::vae::ResnetBlock<float>& r) {
+    conv(r.conv1);
+    conv(r.conv2);
+    if (r.conv_shortcut.kernel) conv(r.conv_shortcut);
+  };
+  conv(vae.post_quant_conv);
+  conv(vae.conv_in);
+  resnet(vae.mid_resnet_0);
+  const double C = static_cast<double>(vae.mid_attention.group_norm.channels);
+  flops += 4 * 2.0 * pixels * C * C + 2 * 2.0 * pixels * pixels * C;
+  resnet(vae.mid_resnet_1);
+  for (const auto& block : vae.up_blocks) {
+    for (const auto& r : block.resnets) resnet(r);
+    if (!block.upsamples()) continue;
+    pixels *= 4;
+    conv(block.upsampler);
+  }
+  conv(vae.conv_out);
+  return flops;
+}
+
+//! One SD VAE decode on the GPU (float, sd-vae-ft-ema's shapes, random weights): B latents of
+//! 4 x latent x latent to B images of 8x the size. Counters: GFLOP per decode (sd_vae_decode_flops),
+//! floor_ms at the float32 peak (no TF32), FLOP/s and images/s.
+void BM_CudaSdVaeDecode(benchmark::State& state, std::int64_t batch, std::int64_t latent, const Peaks& peaks) {
+  static const auto host = tim::vae::load_sd_vae_decoder<float>(tim_bench::RandomSdVaeCheckpoint({128, 256, 512, 512}));
+  static const tim::vae::CudaSdVaeDecoder gpu(host);
+  std::mt19937 engine(5);
+  const auto latents = random_device_tensor<float>({batch, 4, latent, latent}, engine, 0, 0, true);
+  benchmark::DoNotOptimize(gpu.decode_device(latents).data());  // warm-up: cuBLAS heuristics
+  tim::cuda::synchronize();
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(gpu.decode_device(latents).data());
+    tim::cuda::synchronize();
+  }
+  const double flops = static_cast<double>(batch) * sd_vae_decode_flops(host, latent, latent);
+  state.counters["GFLOP"] = flops * 1e-9;
+  state.counters["floor_ms"] = peaks.float32_flops > 0 ? flops / peaks.float32_flops * 1e3 : 0;
+  state.counters["FLOP/s"] = benchmark::Counter(flops * static_cast<double>(state.iterations()),
+                                                benchmark::Counter::kIsRate);
+  state.counters["images/s"] = benchmark::Counter(static_cast<double>(batch * state.iterations()),
+                                                  benchmark::Counter::kIsRate);
+}
+
+//! FLOPs of one DC-AE decode of an h x w latent, per sample, mirroring DcAeDecoder::decode: every
+//! convolution 2 P Co k^2 Ci (P its output pixels; a pixel-shuffle upsampling's conv counts the
+//! same), every 1x1 / linear 2 P in out, depthwise 2 P C k^2, the grouped 1x1 2 P 3 inner hd, and
+//! each linear attention branch 4 P nh hd (hd + 1) (the sums V^T K, ksum and their products with
+//! q). RMSNorm, SiLU, ReLU, upsampling, shortcuts and layout passes are not counted.
+double dc_ae_decode_flops(const tim::vae::DcAeDecoder<float>& vae, std::int64_t height, std::int64_t width) {
+  double flops = 0, pixels = static_cast<double>(height * width);
+  const auto conv = [&](const tim::vae::dc_ae::Conv2d<float>& c) {
+    flops += 2.0 * pixels * static_cast<double>(c.out_channels * c.kernel * c.kernel * c.in_channels);
+  };
+  const auto linear = [&](const tim::nn::Linear<float, tim::cpu>& l) {
+    flops += 2.0 * pixels * static_cast<double>(l.in_features * l.out_features);
+  };
+  const auto depthwise = [&](const tim::vae::dc_ae::DepthwiseConv2d<float>& c) {
+    flops += 2.0 * pixels * static_cast<double>(c.channels * c.kernel * c.kernel);
+  };
+  conv(vae.conv_in);
+  for (auto stage = vae.up_blocks.rbegin(); stage != vae.up_blocks.rend(); ++stage) {
+    if (stage->upsample.present()) {
+      pixels *= 4;
+      const auto& c = stage->upsample.conv;
+      flops += 2.0 * pixels *
+               static_cast<double>(stage->upsample.out_channels * c.kernel * c.kernel * stage->upsample.in_channels);
+    }
+    for (const auto& block : stage->res_blocks) {
+      conv(block.conv1);
+      conv(block.conv2);
+    }
+    for (const auto& block : stage->vit_blocks) {
+      const auto& a = block.attn;
+      const double attention = 4.0 * pixels * static_cast<double>(a.heads * a.head_dim * (a.head_dim + 1));
+      linear(a.to_qkv);
+      flops += attention;
+      for (const auto& branch : a.to_qkv_multiscale) {
+        depthwise(branch.proj_in);
+        flops += 2.0 * pixels * static_cast<double>(branch.groups * branch.head_dim * branch.head_dim);
+        flops += attention;
+      }
+      linear(a.to_out);
+      linear(block.conv_out.conv_inverted);
+      depthwise(block.conv_out.conv_depth);
+      linear(block.conv_out.conv_point);
+    }
+  }
+  conv(vae.conv_out);
+  return flops;
+}
+
+//! One DC-AE decode on the GPU (float, dc-ae-f32c32-sana-1.1's shapes, random weights): B latents
+//! of 32 x latent x latent to B images of 32x the size. Counters: GFLOP per decode
+//! (dc_ae_decode_flops), floor_ms at the float32 peak (no TF32), FLOP/s and images/s.
+void BM_CudaDcAeDecode(benchmark::State& state, std::int64_t batch, std::int64_t latent, const Peaks& peaks) {
+  static const auto host =
+      tim::vae::load_dc_ae_decoder<float>(tim_bench::RandomDcAeCheckpoint({128, 256, 512, 512, 1024, 1024}));
+  static const tim::vae::CudaDcAeDecoder gpu(host);
+  std::mt19937 engine(6);
+  const auto latents =
+      random_device_tensor<float>({batch, host.config.latent_channels, latent, latent}, engine, 0, 0, true);
+  benchmark::DoNotOptimize(gpu.decode_device(latents).data());  // warm-up: cuBLAS heuristics
+  tim::cuda::synchronize();
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(gpu.decode_device(latents).data());
+    tim::cuda::synchronize();
+  }
+  const double flops = static_cast<double>(batch) * dc_ae_decode_flops(host, latent, latent);
+  state.counters["GFLOP"] = flops * 1e-9;
+  state.counters["floor_ms"] = peaks.float32_flops > 0 ? flops / peaks.float32_flops * 1e3 : 0;
+  state.counters["FLOP/s"] = benchmark::Counter(flops * static_cast<double>(state.iterations()),
+                                                benchmark::Counter::kIsRate);
+  state.counters["images/s"] = benchmark::Counter(static_cast<double>(batch * state.iterations()),
+                                                  benchmark::Counter::kIsRate);
+}
+
 void register_benchmarks(const Peaks& peaks) {
   for (std::int64_t batch : {1, 16, 64}) {
     benchmark::RegisterBenchmark(("BM_CudaForward/TiM-XL2/float32/batch:" + std::to_string(batch)).c_str(),
@@ -251,6 +386,20 @@ void register_benchmarks(const Peaks& peaks) {
                            benchmark::RegisterBenchmark("BM_CudaAttention/TiM-XL2/bfloat16",
                                                         BM_CudaAttention<tim::bfloat16>)})
     registered->ArgName("batch")->Arg(1)->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
+  for (const auto& [batch, latent] : {std::pair<std::int64_t, std::int64_t>{1, 32}, {4, 32}, {1, 64}})
+    benchmark::RegisterBenchmark(("BM_CudaSdVaeDecode/float32/latent:" + std::to_string(latent) + "x" +
+                                  std::to_string(latent) + "/batch:" + std::to_string(batch))
+                                     .c_str(),
+                                 [batch, latent, peaks](benchmark::State& s) { BM_CudaSdVaeDecode(s, batch, latent, peaks); })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime()
+        ->MinTime(1.0);
+  for (const std::int64_t batch : {1, 4})
+    benchmark::RegisterBenchmark(("BM_CudaDcAeDecode/float32/latent:16x16/batch:" + std::to_string(batch)).c_str(),
+                                 [batch, peaks](benchmark::State& s) { BM_CudaDcAeDecode(s, batch, 16, peaks); })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime()
+        ->MinTime(1.0);
 }
 
 }  // namespace

@@ -1,0 +1,217 @@
+// The SD VAE decoder on the GPU (tim/vae/cuda_sd_vae.cuh).
+// Suite "cuda-host" (runs everywhere): the element-wise functors of its kernels run on the host
+// against the CPU decoder's operations (tim/vae/ops.hpp), which test their index arithmetic.
+// Suite "cuda" (needs a GPU): every golden case of tests/data/vae_golden against the float64
+// reference within 1e-4 and against the CPU float decoder, small im2col and score blocks giving
+// the same images, and the shape error.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "compare.hpp"
+#include "device_helpers.cuh"
+#include "golden_source.hpp"
+#include "tim/vae/cuda_sd_vae.cuh"
+
+namespace {
+
+using tim_test::random_vector;
+using tim_test::to_device;
+using tim_test::to_host;
+namespace detail = tim::vae::cuda_vae_detail;
+
+template <class Op>
+void run_on_host(std::int64_t n, const Op& op) {
+  for (std::int64_t i = 0; i < n; ++i) op(i);
+}
+
+//! What for_each_row does on the device, on the host.
+template <class Op>
+void run_rows_on_host(std::int64_t rows, std::int64_t cols, const Op& op) {
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const auto at = op.row(r);
+    for (std::int64_t j = 0; j < cols; ++j) op(at, r, static_cast<int>(j));
+  }
+}
+
+std::vector<std::string> vae_cases() {
+  std::vector<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator(std::string(TIM_TEST_DATA_DIR) + "/vae_golden"))
+    if (entry.path().extension() == ".safetensors") names.push_back(entry.path().stem().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+template <class Source>
+tim::vae::SdVaeOptions options_of(const Source& file) {
+  tim::vae::SdVaeOptions options;
+  options.groups = std::stoll(file.metadata().at("norm_num_groups"));
+  options.eps = std::stod(file.metadata().at("eps"));
+  options.scaling_factor = std::stod(file.metadata().at("scaling_factor"));
+  return options;
+}
+
+}  // namespace
+
+TEST_SUITE("cuda-host") {
+
+TEST_CASE("cuda sd vae functors: layouts, scaling and upsampling equal the CPU decoder's operations") {
+  const std::int64_t B = 2, C = 3, H = 5, W = 7, P = H * W;
+  const auto in = random_vector<float>(static_cast<std::size_t>(B * C * P), 11);
+
+  std::vector<float> expected(in.size()), actual(in.size());
+  tim::vae::nchw_to_nhwc_forward(expected.data(), in.data(), B, C, H, W);
+  const float inverse = 1.0f / 0.18215f;
+  for (auto& x : expected) x *= inverse;
+  run_on_host(B * P * C, detail::ToChannelsLastScaled{actual.data(), in.data(), C, P, inverse});
+  CHECK(actual == expected);
+
+  tim::vae::nhwc_to_nchw_forward(expected.data(), in.data(), B, C, H, W);
+  run_on_host(B * P * C, detail::ToChannelsFirst{actual.data(), in.data(), C, P});
+  CHECK(actual == expected);
+
+  std::vector<float> up_expected(in.size() * 4), up_actual(in.size() * 4);
+  tim::vae::upsample_nearest2x_forward(up_expected.data(), in.data(), B, H, W, C);
+  run_rows_on_host(B * 4 * P, C, detail::UpsampleNearest2x{up_actual.data(), in.data(), H, W, static_cast<int>(C)});
+  CHECK(up_actual == up_expected);
+}
+
+TEST_CASE("cuda sd vae functors: im2col blocks times the weights equal the CPU convolution") {
+  const std::int64_t B = 2, H = 4, W = 6, Ci = 3, Co = 5, k = 3, P = B * H * W, K = k * k * Ci;
+  const auto x = random_vector<float>(static_cast<std::size_t>(P * Ci), 21);
+  const auto weight = random_vector<float>(static_cast<std::size_t>(Co * K), 22);
+  const auto bias = random_vector<float>(static_cast<std::size_t>(Co), 23);
+  // The CPU convolution in double on the same values.
+  const std::vector<double> xd(x.begin(), x.end()), wd(weight.begin(), weight.end()), bd(bias.begin(), bias.end());
+  std::vector<double> expected(static_cast<std::size_t>(P * Co));
+  std::vector<double> scratch;
+  tim::vae::conv2d_forward(expected.data(), xd.data(), wd.data(), bd.data(), B, H, W, Ci, Co, k, false, scratch);
+  // The functor's columns, built in two blocks of rows as the GPU decoder does with small blocks.
+  std::vector<float> columns(static_cast<std::size_t>(P * K));
+  const std::int64_t first_rows = 17;
+  run_rows_on_host(first_rows, K, detail::Im2col{columns.data(), x.data(), 0, H, W, static_cast<int>(Ci), static_cast<int>(k)});
+  run_rows_on_host(P - first_rows, K, detail::Im2col{columns.data() + first_rows * K, x.data(), first_rows, H, W,
+                                                    static_cast<int>(Ci), static_cast<int>(k)});
+  std::vector<double> actual(expected.size());
+  for (std::int64_t p = 0; p < P; ++p)
+    for (std::int64_t o = 0; o < Co; ++o) {
+      double sum = bd[static_cast<std::size_t>(o)];
+      for (std::int64_t j = 0; j < K; ++j)
+        sum += static_cast<double>(columns[static_cast<std::size_t>(p * K + j)]) * wd[static_cast<std::size_t>(o * K + j)];
+      actual[static_cast<std::size_t>(p * Co + o)] = sum;
+    }
+  TIM_CHECK_CLOSE(actual.data(), expected.data(), actual.size(), 1e-12, 1e-12);
+}
+
+TEST_CASE("cuda sd vae functors: GroupNorm (and SiLU) with double statistics equal the CPU GroupNorm") {
+  const std::int64_t B = 2, P = 9, C = 12, G = 3, per = C / G;
+  const auto x = random_vector<float>(static_cast<std::size_t>(B * P * C), 31, 2.0);
+  const auto weight = random_vector<float>(static_cast<std::size_t>(C), 32);
+  const auto bias = random_vector<float>(static_cast<std::size_t>(C), 33);
+  // The statistics as the GPU computes them: two passes in double.
+  std::vector<float> mean(static_cast<std::size_t>(B * G)), rstd(mean.size());
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t g = 0; g < G; ++g) {
+      double sum = 0, squares = 0;
+      for (std::int64_t p = 0; p < P; ++p)
+        for (std::int64_t c = g * per; c < (g + 1) * per; ++c) sum += x[static_cast<std::size_t>((b * P + p) * C + c)];
+      const double m = sum / static_cast<double>(P * per);
+      for (std::int64_t p = 0; p < P; ++p)
+        for (std::int64_t c = g * per; c < (g + 1) * per; ++c) {
+          const double d = x[static_cast<std::size_t>((b * P + p) * C + c)] - m;
+          squares += d * d;
+        }
+      mean[static_cast<std::size_t>(b * G + g)] = static_cast<float>(m);
+      rstd[static_cast<std::size_t>(b * G + g)] =
+          static_cast<float>(tim::math::layernorm_rstd(squares / static_cast<double>(P * per), 1e-6));
+    }
+  for (const bool silu : {false, true}) {
+    CAPTURE(silu);
+    std::vector<float> expected(x.size()), actual(x.size());
+    tim::vae::group_norm_forward(expected.data(), x.data(), weight.data(), bias.data(), B, P, C, G, 1e-6, silu);
+    run_rows_on_host(B * P, C, detail::GroupNormApply{actual.data(), x.data(), weight.data(), bias.data(), mean.data(),
+                                                      rstd.data(), P, static_cast<int>(C), static_cast<int>(G), silu});
+    TIM_CHECK_CLOSE(actual.data(), expected.data(), actual.size(), 1e-6, 1e-6);
+  }
+}
+
+}  // TEST_SUITE("cuda-host")
+
+TEST_SUITE("cuda") {
+
+TEST_CASE("cuda sd vae: every golden case within 1e-4 of the float64 reference and of the CPU decoder") {
+  const auto names = vae_cases();
+  REQUIRE(names.size() >= 3);
+  for (const auto& name : names) {
+    CAPTURE(name);
+    auto file = tim::io::SafetensorsFile::open(tim_test::golden_path(name, "vae_golden"));
+    tim_test::ParametersOnly parameters(file);
+    const auto host = tim::vae::load_sd_vae_decoder<float>(parameters, options_of(file));
+    const tim::vae::CudaSdVaeDecoder gpu(host);
+    const auto latents = file.load<float>("input.latents");
+    const auto expected = file.load<double>("output.images");
+    const auto images = gpu.decode(latents);
+    REQUIRE(images.shape() == expected.shape());
+    const auto n = static_cast<std::size_t>(images.numel());
+    const double error = tim_test::relative_error(images.data(), expected.data(), n);
+    const auto cpu_images = host.decode(latents);
+    const double against_cpu = tim_test::relative_error(images.data(), cpu_images.data(), n);
+    MESSAGE(name, ": GPU float vs float64 reference ", error, ", vs the CPU float decoder ", against_cpu);
+    CHECK(error <= 1e-4);
+    CHECK(against_cpu <= 1e-4);
+  }
+}
+
+TEST_CASE("cuda sd vae: GroupNorm statistics over many pixel slices equal the CPU GroupNorm") {
+  // 3 x 700 pixels and 2 samples x 4 groups: several slices of >= 256 pixels, the last partial.
+  const std::int64_t B = 2, P = 2100, C = 16, G = 4;
+  const auto x = random_vector<float>(static_cast<std::size_t>(B * P * C), 41, 3.0);
+  std::vector<float> shifted(x);
+  for (auto& v : shifted) v += 5.0f;  // a mean far from 0: the two-pass variance must not cancel
+  const auto weight = random_vector<float>(static_cast<std::size_t>(C), 42);
+  const auto bias = random_vector<float>(static_cast<std::size_t>(C), 43);
+  for (const auto& input : {x, shifted}) {
+    std::vector<float> expected(input.size());
+    tim::vae::group_norm_forward(expected.data(), input.data(), weight.data(), bias.data(), B, P, C, G, 1e-6, true);
+    const auto x_device = to_device<float>(input), w_device = to_device<float>(weight), b_device = to_device<float>(bias);
+    auto y_device = tim::Tensor<float, tim::cuda>::empty({B * P * C});
+    tim::vae::cuda_vae_detail::group_norm(y_device.data(), x_device.data(), w_device.data(), b_device.data(), B, P, C,
+                                          G, 1e-6, true);
+    const auto actual = to_host(y_device.data(), input.size());
+    TIM_CHECK_CLOSE(actual.data(), expected.data(), actual.size(), 1e-5, 1e-6);
+  }
+  CHECK(tim::vae::cuda_vae_detail::group_norm_slices(8, 2100, 132) == 8);  // 2100 / 256 pixels caps the 66 wanted
+  CHECK(tim::vae::cuda_vae_detail::group_norm_slices(8, 65536, 132) == 66);
+  CHECK(tim::vae::cuda_vae_detail::group_norm_slices(1024, 65536, 132) == 1);
+}
+
+TEST_CASE("cuda sd vae: small im2col and attention-score blocks give the same images") {
+  auto file = tim::io::SafetensorsFile::open(tim_test::golden_path("nonsquare", "vae_golden"));
+  tim_test::ParametersOnly parameters(file);
+  const auto host = tim::vae::load_sd_vae_decoder<float>(parameters, options_of(file));
+  tim::vae::CudaSdVaeDecoder gpu(host);
+  const auto latents = file.load<float>("input.latents");
+  const auto whole = gpu.decode(latents);
+  gpu.im2col_block_elements = 1000;  // a few dozen pixels per block, with a partial last block
+  gpu.score_block_elements = 40;     // 2 query rows of the 15 per sample, the last block 1 row
+  const auto blocked = gpu.decode(latents);
+  REQUIRE(blocked.shape() == whole.shape());
+  CHECK(tim_test::relative_error(blocked.data(), whole.data(), static_cast<std::size_t>(whole.numel())) <= 1e-6);
+  const auto expected = file.load<double>("output.images");
+  CHECK(tim_test::relative_error(blocked.data(), expected.data(), static_cast<std::size_t>(whole.numel())) <= 1e-4);
+}
+
+TEST_CASE("cuda sd vae: latents of the wrong shape are a tim::Error") {
+  auto file = tim::io::SafetensorsFile::open(tim_test::golden_path("sd_layout", "vae_golden"));
+  tim_test::ParametersOnly parameters(file);
+  const tim::vae::CudaSdVaeDecoder gpu(tim::vae::load_sd_vae_decoder<float>(parameters, options_of(file)));
+  const std::string message = tim_test::error_of([&] { gpu.decode(tim::Tensor<float>::zeros({1, 3, 4, 4})); });
+  CHECK(message.find("SD VAE decode (CUDA): latents must have shape [B, 4, h, w]") != std::string::npos);
+}
+
+}  // TEST_SUITE("cuda")
