@@ -3,6 +3,8 @@
 #include "cuda_backend.hpp"
 
 #include <tim/cuda/tim.cuh>
+#include <tim/vae/cuda_dc_ae.cuh>
+#include <tim/vae/cuda_sd_vae.cuh>
 
 #include <memory>
 #include <variant>
@@ -91,5 +93,37 @@ DoubleFlow CudaC2IModel::flow(const tim::AnyTransport& transport, std::int64_t r
                               std::int64_t width) const {
   return impl_->flow(transport, rows, height, width);
 }
+
+struct CudaVaeDecoder::Impl {
+  virtual ~Impl() = default;
+  virtual tim::Tensor<float> decode(const tim::Tensor<float>& latents) const = 0;
+};
+
+namespace {
+
+template <class Decoder>
+struct TypedVae final : CudaVaeDecoder::Impl {
+  Decoder decoder;
+  explicit TypedVae(Decoder d) : decoder(std::move(d)) {}
+  tim::Tensor<float> decode(const tim::Tensor<float>& latents) const override { return decoder.decode(latents); }
+};
+
+}  // namespace
+
+CudaVaeDecoder CudaVaeDecoder::upload(const tim::vae::SdVaeDecoder<float>& host) {
+  tim::check(tim::cuda::available(), "--device cuda: ", tim::cuda::device_description());
+  CudaVaeDecoder uploaded;
+  uploaded.impl_ = std::make_shared<TypedVae<tim::vae::CudaSdVaeDecoder>>(tim::vae::CudaSdVaeDecoder(host));
+  return uploaded;
+}
+
+CudaVaeDecoder CudaVaeDecoder::upload(const tim::vae::DcAeDecoder<float>& host) {
+  tim::check(tim::cuda::available(), "--device cuda: ", tim::cuda::device_description());
+  CudaVaeDecoder uploaded;
+  uploaded.impl_ = std::make_shared<TypedVae<tim::vae::CudaDcAeDecoder>>(tim::vae::CudaDcAeDecoder(host));
+  return uploaded;
+}
+
+tim::Tensor<float> CudaVaeDecoder::decode(const tim::Tensor<float>& latents) const { return impl_->decode(latents); }
 
 }  // namespace tim_cli

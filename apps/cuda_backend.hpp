@@ -18,6 +18,8 @@
 #include "tim/core/tensor.hpp"
 #include "tim/nn/config.hpp"
 #include "tim/transport/transports.hpp"
+#include "tim/vae/dc_ae.hpp"
+#include "tim/vae/sd_vae.hpp"
 
 namespace tim_cli {
 
@@ -47,6 +49,22 @@ class CudaC2IModel {
   //! its buffers reserved for up to `rows` samples of H x W (2B for a guided run).
   DoubleFlow flow(const tim::AnyTransport& transport, std::int64_t rows, std::int64_t height,
                   std::int64_t width) const;
+
+  struct Impl;  // in cuda_backend.cu
+
+ private:
+  std::shared_ptr<Impl> impl_;
+};
+
+//! A latent decoder on the current GPU in float (tim/vae/cuda_sd_vae.cuh, tim/vae/cuda_dc_ae.cuh):
+//! `tim sample --vae` with --device cuda. Copies share the decoder.
+class CudaVaeDecoder {
+ public:
+  //! Copies a loaded decoder's weights to the GPU. Throws tim::Error when there is no usable device.
+  static CudaVaeDecoder upload(const tim::vae::SdVaeDecoder<float>& host);
+  static CudaVaeDecoder upload(const tim::vae::DcAeDecoder<float>& host);
+  //! images (B, 3, H, W) from latents (B, L, h, w), host tensors.
+  tim::Tensor<float> decode(const tim::Tensor<float>& latents) const;
 
   struct Impl;  // in cuda_backend.cu
 

@@ -27,4 +27,8 @@ DoubleFlow CudaC2IModel::flow(const tim::AnyTransport&, std::int64_t, std::int64
   not_built();
 }
 
+CudaVaeDecoder CudaVaeDecoder::upload(const tim::vae::SdVaeDecoder<float>&) { not_built(); }
+CudaVaeDecoder CudaVaeDecoder::upload(const tim::vae::DcAeDecoder<float>&) { not_built(); }
+tim::Tensor<float> CudaVaeDecoder::decode(const tim::Tensor<float>&) const { not_built(); }
+
 }  // namespace tim_cli

@@ -16,16 +16,20 @@
 
 namespace tim::cli {
 
-//! One latent value in [-1, 1] to a byte as the released C2I script does (SPEC 8):
-//! clamp(255 (x + 1) / 2, 0, 255) in float, truncated to uint8. NaN maps to 0.
-inline std::uint8_t pixel_from_latent(float x) {
-  const float value = 255.0f * (x + 1.0f) / 2.0f;
+//! How values in [-1, 1] become bytes (SPEC 8): the released C2I script's clamp(255 (x + 1) / 2,
+//! 0, 255), or the T2I scripts' clamp(127.5 x + 128, 0, 255); both in float, truncated to uint8.
+enum class PixelMapping { c2i, t2i };
+
+//! One latent value to a byte by `mapping`. NaN maps to 0.
+inline std::uint8_t pixel_from_latent(float x, PixelMapping mapping = PixelMapping::c2i) {
+  const float value = mapping == PixelMapping::c2i ? 255.0f * (x + 1.0f) / 2.0f : 127.5f * x + 128.0f;
   if (!(value > 0.0f)) return 0;  // also NaN
   return static_cast<std::uint8_t>(std::min(value, 255.0f));
 }
 
 //! The image of one sample (C, H, W) of float latents: gray for C = 1, RGB for C = 3.
-inline io::PngImage latent_image(const float* sample, int channels, int height, int width) {
+inline io::PngImage latent_image(const float* sample, int channels, int height, int width,
+                                 PixelMapping mapping = PixelMapping::c2i) {
   check(channels == 1 || channels == 3, "an image needs 1 or 3 channels, got ", channels);
   io::PngImage image{width, height, channels, {}, {}};
   image.pixels.resize(static_cast<std::size_t>(width) * height * channels);
@@ -33,7 +37,7 @@ inline io::PngImage latent_image(const float* sample, int channels, int height, 
     for (int y = 0; y < height; ++y)
       for (int x = 0; x < width; ++x)
         image.pixels[(static_cast<std::size_t>(y) * width + x) * channels + c] =
-            pixel_from_latent(sample[(static_cast<std::size_t>(c) * height + y) * width + x]);
+            pixel_from_latent(sample[(static_cast<std::size_t>(c) * height + y) * width + x], mapping);
   return image;
 }
 

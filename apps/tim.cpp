@@ -587,6 +587,8 @@ struct SampleOptions {
   std::string png_dir;
   std::string grid_path;
   std::string vae_path;  // decode the latents with this VAE before writing images
+  std::int64_t vae_tile = 0;     // > 0: decode in tiles of this many latent pixels (tim::vae::decode_tiled)
+  std::int64_t vae_overlap = 8;  // latent pixels neighbouring tiles share
   std::int64_t per_class = default_per_class;
   // To tell "not given" from a value.
   CLI::Option *steps_option = nullptr, *labels_option = nullptr, *class_option = nullptr, *num_option = nullptr,
@@ -891,6 +893,10 @@ void check_sample_options(const SampleOptions& o) {
              "--stochasticity must be a finite number >= 0, got ", o.stochasticity);
   tim::check(!given(o.height_option) || o.height >= 1, "--height must be at least 1, got ", o.height);
   tim::check(!given(o.width_option) || o.width >= 1, "--width must be at least 1, got ", o.width);
+  tim::check(o.vae_tile >= 0, "--vae-tile must be >= 0 latent pixels (0: untiled), got ", o.vae_tile);
+  tim::check(o.vae_tile == 0 || !o.vae_path.empty(), "--vae-tile needs --vae");
+  tim::check(o.vae_tile == 0 || (o.vae_overlap >= 0 && o.vae_overlap < o.vae_tile), "--vae-overlap must be in [0, ",
+             "--vae-tile) = [0, ", o.vae_tile, "), got ", o.vae_overlap);
   if (!o.mode.empty()) choose_mode(o, {});  // spelling only; the model may choose later
   if (!o.transport.empty()) choose_transport(o, {});
   // What to sample: labels or classes (class-conditional models), captions (text-to-image models).
@@ -1063,9 +1069,13 @@ void write_images(const SampleOptions& options, const tim::Tensor<float>& latent
   const auto B = latents.dim(0);
   const auto C = static_cast<int>(latents.dim(1));
   const auto H = static_cast<int>(latents.dim(2)), W = static_cast<int>(latents.dim(3));
-  auto image_of = [&](std::int64_t b) { return tim::cli::latent_image(latents.data() + b * C * H * W, C, H, W); };
-  auto label_of = [&](std::int64_t b) { return batch.labels[static_cast<std::size_t>(b)]; };
   const bool by_class = !batch.labels.empty();
+  // Pixels as the released scripts write them: the C2I mapping, or the T2I one for a T2I model.
+  const auto mapping = by_class ? tim::cli::PixelMapping::c2i : tim::cli::PixelMapping::t2i;
+  auto image_of = [&](std::int64_t b) {
+    return tim::cli::latent_image(latents.data() + b * C * H * W, C, H, W, mapping);
+  };
+  auto label_of = [&](std::int64_t b) { return batch.labels[static_cast<std::size_t>(b)]; };
 
   std::vector<tim::cli::GridRow> rows;
   if (by_class) {
@@ -1108,13 +1118,42 @@ void write_images(const SampleOptions& options, const tim::Tensor<float>& latent
   tim::io::write_png((fs::path(options.png_dir) / "grid.png").string(), grid, grid_text);
 }
 
-//! The latent decoder of --vae: the SD VAE (AutoencoderKL) in float on the CPU. Decodes one
-//! sample at a time, so memory stays that of one image whatever the batch.
+//! The latent decoder of --vae, in float: the SD VAE (AutoencoderKL, C2I-256 latents) or the DC-AE
+//! (AutoencoderDC, C2I-512 and T2I latents), on the CPU or (SD VAE with --device cuda) on the GPU.
+//! Decodes one sample at a time, so memory stays that of one image whatever the batch.
 struct VaeDecoder {
   std::optional<tim::vae::SdVaeDecoder<float>> sd;
+  std::optional<tim::vae::DcAeDecoder<float>> dc;
+  std::optional<tim_cli::CudaVaeDecoder> gpu;  // with --device cuda: the weights on the GPU
+  tim::vae::TileOptions tiles{.tile = 0};       // tile 0: untiled
 
-  bool empty() const { return !sd.has_value(); }
-  std::string describe() const { return sd->config.describe(); }
+  //! The GPU decoder as tim::vae::decode_tiled sees a decoder.
+  struct GpuTiles {
+    struct {
+      std::int64_t latent_channels = 0, scale = 1;
+      std::int64_t upscale() const { return scale; }
+    } config;
+    const tim_cli::CudaVaeDecoder* gpu = nullptr;
+    tim::Tensor<float> decode(const tim::Tensor<float>& latents) const { return gpu->decode(latents); }
+  };
+
+  bool empty() const { return !sd && !dc; }
+  bool on_gpu() const { return gpu.has_value(); }
+  std::string describe() const { return sd ? sd->config.describe() : dc->config.describe(); }
+  std::int64_t latent_channels() const { return sd ? sd->config.latent_channels : dc->config.latent_channels; }
+  std::int64_t upscale() const { return sd ? sd->config.upscale() : dc->config.upscale(); }
+  //! One sample's images, tiled when tiles.tile > 0.
+  tim::Tensor<float> decode_one(const tim::Tensor<float>& latent) const {
+    if (tiles.tile == 0) return gpu ? gpu->decode(latent) : sd ? sd->decode(latent) : dc->decode(latent);
+    if (gpu) {
+      GpuTiles adapter;
+      adapter.config.latent_channels = latent_channels();
+      adapter.config.scale = upscale();
+      adapter.gpu = &*gpu;
+      return tim::vae::decode_tiled(adapter, latent, tiles);
+    }
+    return sd ? tim::vae::decode_tiled(*sd, latent, tiles) : tim::vae::decode_tiled(*dc, latent, tiles);
+  }
   //! images (B, 3, H, W) from latents (B, L, h, w).
   tim::Tensor<float> decode(const tim::Tensor<float>& latents) const {
     const std::int64_t B = latents.dim(0), per_latent = latents.numel() / B;
@@ -1122,7 +1161,7 @@ struct VaeDecoder {
     for (std::int64_t b = 0; b < B; ++b) {
       auto one = tim::Tensor<float>::empty({1, latents.dim(1), latents.dim(2), latents.dim(3)});
       std::copy_n(latents.data() + b * per_latent, per_latent, one.data());
-      const auto image = sd->decode(one);
+      const auto image = decode_one(one);
       if (b == 0) images = tim::Tensor<float>::empty({B, image.dim(1), image.dim(2), image.dim(3)});
       std::copy_n(image.data(), image.numel(), images.data() + b * image.numel());
     }
@@ -1130,24 +1169,42 @@ struct VaeDecoder {
   }
 };
 
-//! Loads --vae: the safetensors weights, plus norm_num_groups and scaling_factor from the
-//! config.json beside them when there is one (the diffusers layout); checks that the decoder
-//! takes the model's latents.
-VaeDecoder load_vae(const std::string& path, const tim::nn::BackboneConfig& c) {
+//! Loads --vae: the safetensors weights, an SD VAE (it has post_quant_conv.weight) or a DC-AE
+//! (decoder.conv_in.weight without it), plus what the config.json beside them says when there is
+//! one (the diffusers layout): its class must match, its norm_num_groups / attention_head_dim /
+//! decoder_in_shortcut / scaling_factor are used. Checks that the decoder takes the model's latents.
+VaeDecoder load_vae(const std::string& path, const tim::nn::BackboneConfig& c, bool cuda,
+                    const tim::vae::TileOptions& tiles) {
   try {
-    tim::vae::SdVaeOptions vae_options;  // sd-vae-ft-ema's values unless config.json says otherwise
-    if (const auto config = tim::vae::read_diffusers_vae_config_beside(path)) {
-      tim::check(config->class_name.empty() || config->class_name == "AutoencoderKL", "the config.json beside it "
-                 "describes a ", config->class_name, "; tim sample decodes AutoencoderKL (SD VAE) latents");
+    const auto file = tim::io::SafetensorsFile::open(path);
+    const bool sd_vae = file.contains("post_quant_conv.weight");
+    tim::check(sd_vae || file.contains("decoder.conv_in.weight"), "not a VAE decoder: it has neither "
+               "'post_quant_conv.weight' (an SD VAE, AutoencoderKL) nor 'decoder.conv_in.weight' (a DC-AE, AutoencoderDC)");
+    const char* kind = sd_vae ? "AutoencoderKL" : "AutoencoderDC";
+    const auto config = tim::vae::read_diffusers_vae_config_beside(path);
+    if (config) {
+      tim::check(config->class_name.empty() || config->class_name == kind, "the config.json beside it describes a ",
+                 config->class_name, " but the weights are an ", kind, sd_vae ? " (SD VAE)" : " (DC-AE)");
       tim::check(!config->shift_factor || *config->shift_factor == 0, "the config.json beside it has shift_factor ",
                  decimal(*config->shift_factor), "; tim decodes latents with zero shift only (SPEC 8)");
-      if (config->norm_num_groups) vae_options.groups = *config->norm_num_groups;
-      if (config->scaling_factor) vae_options.scaling_factor = *config->scaling_factor;
     }
     VaeDecoder decoder;
-    decoder.sd.emplace(tim::vae::open_sd_vae_decoder<float>(path, vae_options));
-    tim::check(decoder.sd->config.latent_channels == c.in_channels, "the decoder takes latents with ",
-               decoder.sd->config.latent_channels, " channels, but the model samples ", c.in_channels);
+    decoder.tiles = tiles;
+    if (sd_vae) {
+      tim::vae::SdVaeOptions vae_options;  // sd-vae-ft-ema's values unless config.json says otherwise
+      if (config && config->norm_num_groups) vae_options.groups = *config->norm_num_groups;
+      if (config && config->scaling_factor) vae_options.scaling_factor = *config->scaling_factor;
+      decoder.sd.emplace(tim::vae::load_sd_vae_decoder<float>(file, vae_options));
+    } else {
+      tim::vae::DcAeOptions vae_options;  // dc-ae-f32c32-sana-1.1's values unless config.json says otherwise
+      if (config && config->attention_head_dim) vae_options.attention_head_dim = *config->attention_head_dim;
+      if (config && config->decoder_in_shortcut) vae_options.in_shortcut = *config->decoder_in_shortcut;
+      if (config && config->scaling_factor) vae_options.scaling_factor = *config->scaling_factor;
+      decoder.dc.emplace(tim::vae::load_dc_ae_decoder<float>(file, vae_options));
+    }
+    tim::check(decoder.latent_channels() == c.in_channels, "the decoder takes latents with ",
+               decoder.latent_channels(), " channels, but the model samples ", c.in_channels);
+    if (cuda) decoder.gpu = sd_vae ? tim_cli::CudaVaeDecoder::upload(*decoder.sd) : tim_cli::CudaVaeDecoder::upload(*decoder.dc);
     return decoder;
   } catch (const tim::Error& e) {
     tim::fail("--vae '", path, "': ", e.what());
@@ -1181,7 +1238,10 @@ void run_sample(const SampleOptions& options) {
   const auto metadata = tim::io::SafetensorsFile::open(model_path).metadata();
   const SamplingDefaults settings = sampling_defaults(options, metadata);
   // The decoder, loaded (and checked against the model) before anything is sampled.
-  const VaeDecoder vae_decoder = options.vae_path.empty() ? VaeDecoder{} : load_vae(options.vae_path, c);
+  const VaeDecoder vae_decoder = options.vae_path.empty()
+                                    ? VaeDecoder{}
+                                    : load_vae(options.vae_path, c, cuda,
+                                               {.tile = options.vae_tile, .overlap = options.vae_overlap});
   const double load_seconds = seconds_since(start);
 
   // A class-conditional model samples labels, a text-to-image one captions.
@@ -1347,7 +1407,7 @@ void run_sample(const SampleOptions& options) {
               << " in " << sample_seconds << " s"
               << (vae_decoder.empty() ? std::string()
                                       : "; decoded to " + std::to_string(decoded.dim(2)) + " x " +
-                                            std::to_string(decoded.dim(3)) + " images on the CPU in " +
+                                            std::to_string(decoded.dim(3)) + " images on the " + (vae_decoder.on_gpu() ? "GPU" : "CPU") + " in " +
                                             decimal(std::round(decode_seconds * 1000) / 1000) + " s")
               << "; total " << seconds_since(start) << " s\n";
 }
@@ -1401,9 +1461,16 @@ Subcommand add_sample(CLI::App& app, SampleOptions& options) {
                     "Also store trajectory [N+1,B,C,H,W] F32 and times [N+1] F64 in --out");
   command->add_option("--vae", options.vae_path,
                       "Decode the latents into images with this VAE before writing --png-dir/--grid (and 'images' "
-                      "into --out): an SD VAE (AutoencoderKL) diffusion_pytorch_model.safetensors; a config.json "
-                      "beside it gives norm_num_groups and scaling_factor (default: sd-vae-ft-ema's 32 and 0.18215). "
-                      "Decodes on the CPU in float");
+                      "into --out): a diffusion_pytorch_model.safetensors of an SD VAE (AutoencoderKL, e.g. "
+                      "sd-vae-ft-ema) or a DC-AE (AutoencoderDC, e.g. dc-ae-f32c32-sana-1.1); a config.json beside "
+                      "it gives norm_num_groups, attention_head_dim, decoder_in_shortcut and scaling_factor "
+                      "(default: the released decoders' values). Decodes in float, on the GPU with --device cuda");
+  command->add_option("--vae-tile", options.vae_tile,
+                      "Decode in tiles of this many latent pixels with blended seams (bounded memory for large "
+                      "images; tiles see only themselves, so the image differs slightly; docs/vae.md). Default 0: "
+                      "untiled");
+  command->add_option("--vae-overlap", options.vae_overlap,
+                      "With --vae-tile: latent pixels neighbouring tiles share, in [0, tile) (default 8)");
   command->add_option("--png-dir", options.png_dir,
                       "Write one PNG per sample and a labelled grid.png into this folder");
   command->add_option("--grid", options.grid_path,

@@ -629,6 +629,11 @@ std::uint8_t expected_pixel(float x) {
   return static_cast<std::uint8_t>(std::clamp(255.0f * (x + 1.0f) / 2.0f, 0.0f, 255.0f));
 }
 
+// The T2I scripts' mapping (SPEC 8): clamp(127.5 x + 128, 0, 255), truncated.
+std::uint8_t expected_t2i_pixel(float x) {
+  return static_cast<std::uint8_t>(std::clamp(127.5f * x + 128.0f, 0.0f, 255.0f));
+}
+
 // A model file made from the parameters of `source` (as F32) with `metadata` added; with
 // `channels` set, the channel-dependent tensors (x_embedder.proj [D, C, p, p] and the final
 // linear layer [p p C, D]) are cut to that many channels, giving a valid network of C channels.
@@ -980,8 +985,9 @@ namespace {
 // The decoder tensors of the `sd_layout` VAE golden case (widths 16/16/32/32, 8 GroupNorm groups)
 // as F32 in DIR/vae/diffusion_pytorch_model.safetensors, with `config_json` beside it as
 // config.json unless empty: a released VAE folder in miniature.
-std::string make_vae_folder(const TempDir& dir, const std::string& config_json) {
-  const auto file = tim::io::SafetensorsFile::open(std::string(TIM_TEST_DATA_DIR) + "/vae_golden/sd_layout.safetensors");
+std::string make_vae_folder(const TempDir& dir, const std::string& config_json,
+                            const std::string& golden = "vae_golden/sd_layout") {
+  const auto file = tim::io::SafetensorsFile::open(std::string(TIM_TEST_DATA_DIR) + "/" + golden + ".safetensors");
   fs::create_directories(dir.path / "vae");
   const std::string path = (dir.path / "vae" / "diffusion_pytorch_model.safetensors").string();
   tim::io::SafetensorsWriter writer;
@@ -990,6 +996,17 @@ std::string make_vae_folder(const TempDir& dir, const std::string& config_json) 
   writer.write(path);
   if (!config_json.empty()) write_text((dir.path / "vae" / "config.json").string(), config_json);
   return path;
+}
+
+double tim_test_relative_error(const tim::Tensor<float>& actual, const tim::Tensor<double>& expected) {
+  REQUIRE(actual.shape() == expected.shape());
+  double diff = 0, scale = 0;
+  for (std::int64_t i = 0; i < expected.numel(); ++i) {
+    diff = std::max(diff, std::abs(static_cast<double>(actual.data()[i]) - expected.data()[i]));
+    scale = std::max(scale, std::abs(expected.data()[i]));
+  }
+  REQUIRE(scale > 0.1);
+  return diff / scale;
 }
 
 }  // namespace
@@ -1070,6 +1087,75 @@ TEST_CASE("cli sample: --vae decodes the latents into PNGs and --out images, con
   CHECK(diff_to_first / largest_ref > 1e-2);
 }
 
+TEST_CASE("cli sample: --vae with a DC-AE decoder, attention_head_dim and decoder_in_shortcut from config.json") {
+  TempDir dir;
+  const std::string model = make_model(dir, std::string(TIM_TEST_DATA_DIR) + "/golden/square.safetensors", "c2i4", {});
+  // The `variants` DC-AE golden case: 4 latent channels, 2 stages (2x), head dim 3, no input shortcut.
+  const std::string vae = make_vae_folder(
+      dir, R"({"_class_name": "AutoencoderDC", "attention_head_dim": 3, "decoder_in_shortcut": false})",
+      "dc_ae_golden/variants");
+  const std::string out = dir.file("out.safetensors"), pngs = dir.file("pngs");
+  const auto result = run_tim(dir, "sample --model " + quote(model) + " --labels 1,3 --height 8 --width 6 --steps 2 "
+                                       "--vae " + quote(vae) + " --out " + quote(out) + " --png-dir " + quote(pngs) + " -v");
+  check_success(result);
+  CHECK(result.err.find("decoded to 16 x 12 images on the CPU") != std::string::npos);
+  const auto file = tim::io::SafetensorsFile::open(out);
+  const auto latents = file.load<double>("latents");
+  const auto images = file.load<float>("images");
+  REQUIRE(images.shape() == tim::Shape{2, 3, 16, 12});
+  tim::vae::DcAeOptions vae_options;
+  vae_options.attention_head_dim = 3;
+  vae_options.in_shortcut = false;
+  const auto reference = tim::vae::open_dc_ae_decoder<double>(vae, vae_options).decode(latents);
+  CHECK(tim_test_relative_error(images, reference) < 1e-4);
+  const auto image = tim::io::read_png((fs::path(pngs) / "sample_0001_class_3.png").string());
+  REQUIRE(image.channels == 3);
+  for (std::int64_t c = 0; c < 3; ++c)
+    for (std::int64_t p = 0; p < 16 * 12; ++p)
+      REQUIRE(image.pixels[static_cast<std::size_t>(p * 3 + c)] == expected_pixel(images.data()[(3 + c) * 16 * 12 + p]));
+  REQUIRE(image.find_text("parameters") != nullptr);
+  CHECK(image.find_text("parameters")->find("vae_config: DC-AE decoder") != std::string::npos);
+
+  // Without config.json the released head width (32) does not fit this decoder's shapes.
+  TempDir bare;
+  const std::string plain = make_vae_folder(bare, "", "dc_ae_golden/variants");
+  check_user_error(run_tim(bare, "sample --model " + quote(model) + " --labels 1 --height 8 --width 8 --png-dir " +
+                                     quote(bare.file("pngs")) + " --vae " + quote(plain)),
+                   {"--vae '", "32"});
+  // A config.json naming the other class.
+  TempDir wrong;
+  const std::string mislabelled = make_vae_folder(wrong, R"({"_class_name": "AutoencoderKL"})", "dc_ae_golden/variants");
+  check_user_error(run_tim(wrong, "sample --model " + quote(model) + " --labels 1 --height 8 --width 8 --png-dir " +
+                                      quote(wrong.file("pngs")) + " --vae " + quote(mislabelled)),
+                   {"--vae '", "describes a AutoencoderKL but the weights are an AutoencoderDC"});
+}
+
+TEST_CASE("cli sample: --vae-tile decodes in blended tiles as tim::vae::decode_tiled does") {
+  TempDir dir;
+  const std::string model = make_model(dir, std::string(TIM_TEST_DATA_DIR) + "/golden/square.safetensors", "c2i4", {});
+  const std::string vae = make_vae_folder(dir, R"({"norm_num_groups": 8})");
+  const std::string out = dir.file("out.safetensors");
+  check_success(run_tim(dir, "sample --model " + quote(model) + " --labels 2,4 --height 8 --width 10 --steps 2 --vae " +
+                                 quote(vae) + " --vae-tile 4 --vae-overlap 2 --out " + quote(out)));
+  const auto file = tim::io::SafetensorsFile::open(out);
+  const auto latents = file.load<double>("latents");
+  const auto images = file.load<float>("images");
+  tim::vae::SdVaeOptions vae_options;
+  vae_options.groups = 8;
+  const auto decoder = tim::vae::open_sd_vae_decoder<double>(vae, vae_options);
+  const auto tiled = tim::vae::decode_tiled(decoder, latents, {.tile = 4, .overlap = 2});
+  CHECK(tim_test_relative_error(images, tiled) < 1e-4);
+  // Tiles of 4 out of 8 x 10 latent pixels see only themselves: far from the untiled images.
+  CHECK(tim_test_relative_error(images, decoder.decode(latents)) > 1e-2);
+
+  const std::string base = "sample --model " + quote(model) + " --labels 1 --height 8 --width 8 --out " +
+                           quote(dir.file("x.safetensors"));
+  check_user_error(run_tim(dir, base + " --vae " + quote(vae) + " --vae-tile -1"), {"--vae-tile must be >= 0"});
+  check_user_error(run_tim(dir, base + " --vae " + quote(vae) + " --vae-tile 4 --vae-overlap 4"),
+                   {"--vae-overlap must be in [0, --vae-tile) = [0, 4), got 4"});
+  check_user_error(run_tim(dir, base + " --vae-tile 4"), {"--vae-tile needs --vae"});
+}
+
 TEST_CASE("cli sample: --vae errors name the file and what is wrong") {
   TempDir dir;
   const std::string model = make_model(dir, std::string(TIM_TEST_DATA_DIR) + "/golden/square.safetensors", "c2i4", {});
@@ -1084,7 +1170,8 @@ TEST_CASE("cli sample: --vae errors name the file and what is wrong") {
     check_user_error(run_tim(dir, base + quote(dir.file("none.safetensors"))), {"--vae '", "none.safetensors"});
   }
   SUBCASE("a TiM checkpoint instead of a VAE") {
-    check_user_error(run_tim(dir, base + quote(model)), {"--vae '", "post_quant_conv.weight", "AutoencoderKL"});
+    check_user_error(run_tim(dir, base + quote(model)),
+                     {"--vae '", "not a VAE decoder", "post_quant_conv.weight", "decoder.conv_in.weight"});
   }
   SUBCASE("without config.json the default 32 groups do not fit the widths") {
     const std::string vae = make_vae_folder(dir, "");
@@ -1097,7 +1184,9 @@ TEST_CASE("cli sample: --vae errors name the file and what is wrong") {
         {R"({"norm_num_groups": "8"})", "'norm_num_groups' must be an integer >= 1, got \"8\""},
         {R"({"norm_num_groups": 0})", "'norm_num_groups' must be an integer >= 1, got 0"},
         {R"({"norm_num_groups": 8, "scaling_factor": -1})", "'scaling_factor' must be a positive finite number"},
-        {R"({"_class_name": "AutoencoderDC", "norm_num_groups": 8})", "describes a AutoencoderDC"},
+        {R"({"_class_name": "AutoencoderDC", "norm_num_groups": 8})", "describes a AutoencoderDC but the weights are an AutoencoderKL"},
+        {R"({"norm_num_groups": 8, "attention_head_dim": -2})", "'attention_head_dim' must be an integer >= 1, got -2"},
+        {R"({"norm_num_groups": 8, "decoder_in_shortcut": 1})", "'decoder_in_shortcut' must be true or false, got 1"},
         {R"({"norm_num_groups": 8, "shift_factor": 0.1})", "shift_factor 0.1"},
     };
     for (const auto& [json, message] : cases) {
@@ -1392,8 +1481,13 @@ TEST_CASE("cli sample: a 1-channel T2I model, generated noise, --png-dir and --g
     REQUIRE(image.channels == 1);
     REQUIRE(image.width == 8);
     REQUIRE(image.height == 8);
-    for (std::int64_t i = 0; i < 64; ++i)
-      REQUIRE(image.pixels[static_cast<std::size_t>(i)] == expected_pixel(latents.data()[b * 64 + i]));
+    int differs_from_c2i = 0;
+    for (std::int64_t i = 0; i < 64; ++i) {
+      const float x = latents.data()[b * 64 + i];
+      REQUIRE(image.pixels[static_cast<std::size_t>(i)] == expected_t2i_pixel(x));
+      differs_from_c2i += expected_t2i_pixel(x) != expected_pixel(x);
+    }
+    CHECK(differs_from_c2i > 0);  // the two mappings are told apart here
     const std::string* parameters = image.find_text("parameters");
     REQUIRE(parameters != nullptr);
     CHECK(parameters->find("captions: " + captions + "\n") != std::string::npos);

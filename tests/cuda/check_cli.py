@@ -2,7 +2,13 @@
 """Checks `tim forward` and `tim sample` with --device cuda against the same commands on the CPU,
 on a machine with a GPU (scripts/device-run.sh runs it). Needs numpy and safetensors.
 
-  python3 tests/cuda/check_cli.py build-device/apps/tim models/tim-fmnist.safetensors [--grid OUT.png]
+  python3 tests/cuda/check_cli.py build-device/apps/tim models/tim-fmnist.safetensors [--grid OUT.png] \
+      [--vae-case tests/data/vae_golden/sd_layout.safetensors --vae-case tests/data/dc_ae_golden/variants.safetensors
+       --c2i-case tests/data/golden/square.safetensors]
+
+With --vae-case (repeatable) and --c2i-case, also `tim sample --vae` with the decoder of each golden
+file (an SD VAE or a DC-AE with 4 latent channels, and a config.json from the file's metadata)
+decoding on the GPU against the same command on the CPU.
 
 Relative error ||gpu - cpu|| / ||cpu|| must stay under 1e-4 for float32 and 5e-2 for bfloat16
 (bfloat16 storage rounds every activation to 8 significant bits). Exit status 1 on any failure.
@@ -34,11 +40,50 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a.astype(np.float64) - b) / np.linalg.norm(b.astype(np.float64)))
 
 
+def without_io(path: str) -> dict:
+    return {k: v.astype(np.float32) for k, v in load_file(path).items() if not k.startswith(("input.", "output."))}
+
+
+def check_vae(args: argparse.Namespace, case: str, d: Path) -> int:
+    """tim sample --vae on the GPU (decoder included) against the CPU; returns the failure count."""
+    import json
+    from safetensors import safe_open
+    with safe_open(case, "np") as f:
+        meta = f.metadata()
+    if "norm_num_groups" in meta:
+        config = {"_class_name": "AutoencoderKL", "norm_num_groups": int(meta["norm_num_groups"])}
+    else:
+        config = {"_class_name": "AutoencoderDC", "attention_head_dim": int(meta["attention_head_dim"]),
+                  "decoder_in_shortcut": meta["in_shortcut"] == "true"}
+    folder = d / ("vae-" + Path(case).parent.name + "-" + Path(case).stem)
+    folder.mkdir()
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    save_file(without_io(case), str(weights))
+    (folder / "config.json").write_text(json.dumps(config))
+    with safe_open(args.c2i_case, "np") as f:
+        metadata = f.metadata()
+    save_file(without_io(args.c2i_case), str(d / "c2i.safetensors"), metadata=metadata)
+    common = ["sample", "--model", str(d / "c2i.safetensors"), "--labels", "0,1,2", "--height", "8", "--width", "8",
+              "--steps", "2", "--seed", "3", "--vae", str(weights)]
+    run(args.tim, *common, "--out", str(folder / "cpu.st"), "-v")
+    run(args.tim, *common, "--device", "cuda", "--out", str(folder / "gpu.st"), "--png-dir", str(folder / "png"), "-v")
+    cpu, gpu = load_file(str(folder / "cpu.st")), load_file(str(folder / "gpu.st"))
+    error = relative_error(gpu["images"], cpu["images"])
+    ok = gpu["images"].shape == cpu["images"].shape and error <= TOLERANCE["float32"]
+    print(f"sample --vae {config['_class_name']} ({Path(case).name}), decoded on the GPU: images "
+          f"{gpu['images'].shape}, relative error {error:.3g} (limit {TOLERANCE['float32']:g}) "
+          f"{'ok' if ok else 'FAILED'}", flush=True)
+    return 0 if ok else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("tim")
     ap.add_argument("model")
     ap.add_argument("--grid", help="also write a class grid sampled on the GPU here")
+    ap.add_argument("--vae-case", action="append", default=[],
+                    help="a 4-latent-channel tests/data/vae_golden or dc_ae_golden file: its decoder for tim sample --vae")
+    ap.add_argument("--c2i-case", help="a 4-channel tests/data/golden file: the model for --vae")
     args = ap.parse_args()
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,6 +116,9 @@ def main() -> int:
             failures += not ok
             print(f"sample (4 steps, guided, stochastic) {precision}: relative error {error:.3g} "
                   f"(limit {TOLERANCE[precision]:g}) {'ok' if ok else 'FAILED'}", flush=True)
+        if args.vae_case and args.c2i_case:
+            for case in args.vae_case:
+                failures += check_vae(args, case, d)
         if args.grid:
             run(args.tim, "sample", "--model", args.model, "--device", "cuda", "--grid", args.grid, "-v")
     print(f"check_cli: {'all passed' if failures == 0 else f'{failures} FAILED'}")

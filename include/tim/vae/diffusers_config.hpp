@@ -1,5 +1,6 @@
 // The values of a diffusers autoencoder `config.json` that tensor shapes cannot tell: the class
-// name, GroupNorm groups and the latent scaling and shift. A released VAE folder holds
+// name, GroupNorm groups (AutoencoderKL), the attention head width and input shortcut
+// (AutoencoderDC), and the latent scaling and shift. A released VAE folder holds
 // `diffusion_pytorch_model.safetensors` beside its `config.json`; tim reads the weights from the
 // first and, when present, these few values from the second (tim sample --vae, docs/vae.md).
 // Parsed with nlohmann-json; every other key is ignored.
@@ -24,13 +25,16 @@ namespace tim::vae {
 struct DiffusersVaeConfig {
   std::string class_name;                       // _class_name, e.g. "AutoencoderKL", "AutoencoderDC"
   std::optional<std::int64_t> norm_num_groups;  // AutoencoderKL's GroupNorm groups
+  std::optional<std::int64_t> attention_head_dim;  // AutoencoderDC's linear-attention head width
+  std::optional<bool> decoder_in_shortcut;         // AutoencoderDC: conv_in(z) + z (channels repeated)
   std::optional<double> scaling_factor;         // decode divides the latents by it
   std::optional<double> shift_factor;           // ... and adds it (0 or absent for the VAEs TiM uses)
 };
 
 //! Parses the text of a config.json; `where` names the file in messages. Throws tim::Error for
 //! text that is not a JSON object, and for a known key of the wrong type or out of range
-//! (norm_num_groups >= 1, scaling_factor > 0 and finite, shift_factor finite).
+//! (norm_num_groups and attention_head_dim >= 1, decoder_in_shortcut a boolean, scaling_factor > 0
+//! and finite, shift_factor finite).
 inline DiffusersVaeConfig parse_diffusers_vae_config(std::string_view text, const std::string& where) {
   const nlohmann::json json = nlohmann::json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
   check(!json.is_discarded(), where, ": not valid JSON (expected a diffusers config.json object)");
@@ -42,11 +46,19 @@ inline DiffusersVaeConfig parse_diffusers_vae_config(std::string_view text, cons
           json.at("_class_name").dump());
     config.class_name = json.at("_class_name").get<std::string>();
   }
-  if (present("norm_num_groups")) {
-    const auto& value = json.at("norm_num_groups");
-    check(value.is_number_integer() && value.get<std::int64_t>() >= 1, where,
-          ": 'norm_num_groups' must be an integer >= 1, got ", value.dump());
-    config.norm_num_groups = value.get<std::int64_t>();
+  const auto positive_integer = [&](const char* key) -> std::optional<std::int64_t> {
+    if (!present(key)) return std::nullopt;
+    const auto& value = json.at(key);
+    check(value.is_number_integer() && value.get<std::int64_t>() >= 1, where, ": '", key,
+          "' must be an integer >= 1, got ", value.dump());
+    return value.get<std::int64_t>();
+  };
+  config.norm_num_groups = positive_integer("norm_num_groups");
+  config.attention_head_dim = positive_integer("attention_head_dim");
+  if (present("decoder_in_shortcut")) {
+    const auto& value = json.at("decoder_in_shortcut");
+    check(value.is_boolean(), where, ": 'decoder_in_shortcut' must be true or false, got ", value.dump());
+    config.decoder_in_shortcut = value.get<bool>();
   }
   const auto real = [&](const char* key, bool positive) -> std::optional<double> {
     if (!present(key)) return std::nullopt;
