@@ -594,7 +594,7 @@ struct SampleOptions {
   CLI::Option *steps_option = nullptr, *labels_option = nullptr, *class_option = nullptr, *num_option = nullptr,
               *t_max_option = nullptr, *t_min_option = nullptr, *height_option = nullptr, *width_option = nullptr,
               *per_class_option = nullptr, *cfg_option = nullptr, *guidance_low_option = nullptr,
-              *guidance_high_option = nullptr;
+              *guidance_high_option = nullptr, *vae_overlap_option = nullptr;
 };
 
 bool given(const CLI::Option* option) { return option != nullptr && option->count() > 0; }
@@ -895,6 +895,7 @@ void check_sample_options(const SampleOptions& o) {
   tim::check(!given(o.width_option) || o.width >= 1, "--width must be at least 1, got ", o.width);
   tim::check(o.vae_tile >= 0, "--vae-tile must be >= 0 latent pixels (0: untiled), got ", o.vae_tile);
   tim::check(o.vae_tile == 0 || !o.vae_path.empty(), "--vae-tile needs --vae");
+  tim::check(!given(o.vae_overlap_option) || o.vae_tile > 0, "--vae-overlap needs --vae-tile");
   tim::check(o.vae_tile == 0 || (o.vae_overlap >= 0 && o.vae_overlap < o.vae_tile), "--vae-overlap must be in [0, ",
              "--vae-tile) = [0, ", o.vae_tile, "), got ", o.vae_overlap);
   if (!o.mode.empty()) choose_mode(o, {});  // spelling only; the model may choose later
@@ -1119,13 +1120,15 @@ void write_images(const SampleOptions& options, const tim::Tensor<float>& latent
 }
 
 //! The latent decoder of --vae, in float: the SD VAE (AutoencoderKL, C2I-256 latents) or the DC-AE
-//! (AutoencoderDC, C2I-512 and T2I latents), on the CPU or (SD VAE with --device cuda) on the GPU.
+//! (AutoencoderDC, C2I-512 and T2I latents), on the CPU or (with --device cuda) on the GPU.
 //! Decodes one sample at a time, so memory stays that of one image whatever the batch.
 struct VaeDecoder {
   std::optional<tim::vae::SdVaeDecoder<float>> sd;
   std::optional<tim::vae::DcAeDecoder<float>> dc;
-  std::optional<tim_cli::CudaVaeDecoder> gpu;  // with --device cuda: the weights on the GPU
+  std::optional<tim_cli::CudaVaeDecoder> gpu;  // with --device cuda: the weights on the GPU (sd, dc dropped)
   tim::vae::TileOptions tiles{.tile = 0};       // tile 0: untiled
+  std::string description;                     // the decoder's describe(); empty: no decoder
+  std::int64_t channels = 0, scale = 1;         // latent channels, image size per latent size
 
   //! The GPU decoder as tim::vae::decode_tiled sees a decoder.
   struct GpuTiles {
@@ -1137,11 +1140,11 @@ struct VaeDecoder {
     tim::Tensor<float> decode(const tim::Tensor<float>& latents) const { return gpu->decode(latents); }
   };
 
-  bool empty() const { return !sd && !dc; }
+  bool empty() const { return description.empty(); }
   bool on_gpu() const { return gpu.has_value(); }
-  std::string describe() const { return sd ? sd->config.describe() : dc->config.describe(); }
-  std::int64_t latent_channels() const { return sd ? sd->config.latent_channels : dc->config.latent_channels; }
-  std::int64_t upscale() const { return sd ? sd->config.upscale() : dc->config.upscale(); }
+  const std::string& describe() const { return description; }
+  std::int64_t latent_channels() const { return channels; }
+  std::int64_t upscale() const { return scale; }
   //! One sample's images, tiled when tiles.tile > 0.
   tim::Tensor<float> decode_one(const tim::Tensor<float>& latent) const {
     if (tiles.tile == 0) return gpu ? gpu->decode(latent) : sd ? sd->decode(latent) : dc->decode(latent);
@@ -1195,16 +1198,26 @@ VaeDecoder load_vae(const std::string& path, const tim::nn::BackboneConfig& c, b
       if (config && config->norm_num_groups) vae_options.groups = *config->norm_num_groups;
       if (config && config->scaling_factor) vae_options.scaling_factor = *config->scaling_factor;
       decoder.sd.emplace(tim::vae::load_sd_vae_decoder<float>(file, vae_options));
+      decoder.description = decoder.sd->config.describe();
+      decoder.channels = decoder.sd->config.latent_channels;
+      decoder.scale = decoder.sd->config.upscale();
     } else {
       tim::vae::DcAeOptions vae_options;  // dc-ae-f32c32-sana-1.1's values unless config.json says otherwise
       if (config && config->attention_head_dim) vae_options.attention_head_dim = *config->attention_head_dim;
       if (config && config->decoder_in_shortcut) vae_options.in_shortcut = *config->decoder_in_shortcut;
       if (config && config->scaling_factor) vae_options.scaling_factor = *config->scaling_factor;
       decoder.dc.emplace(tim::vae::load_dc_ae_decoder<float>(file, vae_options));
+      decoder.description = decoder.dc->config.describe();
+      decoder.channels = decoder.dc->config.latent_channels;
+      decoder.scale = decoder.dc->config.upscale();
     }
     tim::check(decoder.latent_channels() == c.in_channels, "the decoder takes latents with ",
                decoder.latent_channels(), " channels, but the model samples ", c.in_channels);
-    if (cuda) decoder.gpu = sd_vae ? tim_cli::CudaVaeDecoder::upload(*decoder.sd) : tim_cli::CudaVaeDecoder::upload(*decoder.dc);
+    if (cuda) {  // the weights now live on the GPU: drop the host copy (637 MB for the DC-AE)
+      decoder.gpu = sd_vae ? tim_cli::CudaVaeDecoder::upload(*decoder.sd) : tim_cli::CudaVaeDecoder::upload(*decoder.dc);
+      decoder.sd.reset();
+      decoder.dc.reset();
+    }
     return decoder;
   } catch (const tim::Error& e) {
     tim::fail("--vae '", path, "': ", e.what());
@@ -1469,7 +1482,7 @@ Subcommand add_sample(CLI::App& app, SampleOptions& options) {
                       "Decode in tiles of this many latent pixels with blended seams (bounded memory for large "
                       "images; tiles see only themselves, so the image differs slightly; docs/vae.md). Default 0: "
                       "untiled");
-  command->add_option("--vae-overlap", options.vae_overlap,
+  options.vae_overlap_option = command->add_option("--vae-overlap", options.vae_overlap,
                       "With --vae-tile: latent pixels neighbouring tiles share, in [0, tile) (default 8)");
   command->add_option("--png-dir", options.png_dir,
                       "Write one PNG per sample and a labelled grid.png into this folder");

@@ -15,7 +15,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         std::string_view(reinterpret_cast<const char*>(data), size), "config.json");
     if (config.norm_num_groups && *config.norm_num_groups < 1) std::abort();
     if (config.attention_head_dim && *config.attention_head_dim < 1) std::abort();
-    if (config.scaling_factor && !(std::isfinite(*config.scaling_factor) && *config.scaling_factor > 0)) std::abort();
+    if (config.scaling_factor && !(*config.scaling_factor >= 1e-6 && *config.scaling_factor <= 1e6)) std::abort();
     if (config.shift_factor && !std::isfinite(*config.shift_factor)) std::abort();
   } catch (const tim::Error&) {
   }

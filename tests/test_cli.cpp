@@ -998,15 +998,10 @@ std::string make_vae_folder(const TempDir& dir, const std::string& config_json,
   return path;
 }
 
-double tim_test_relative_error(const tim::Tensor<float>& actual, const tim::Tensor<double>& expected) {
+// relative_error over two whole tensors of the same shape.
+double tensor_error(const tim::Tensor<float>& actual, const tim::Tensor<double>& expected) {
   REQUIRE(actual.shape() == expected.shape());
-  double diff = 0, scale = 0;
-  for (std::int64_t i = 0; i < expected.numel(); ++i) {
-    diff = std::max(diff, std::abs(static_cast<double>(actual.data()[i]) - expected.data()[i]));
-    scale = std::max(scale, std::abs(expected.data()[i]));
-  }
-  REQUIRE(scale > 0.1);
-  return diff / scale;
+  return relative_error(actual.data(), expected.data(), expected.numel());
 }
 
 }  // namespace
@@ -1032,13 +1027,7 @@ TEST_CASE("cli sample: --vae decodes the latents into PNGs and --out images, con
   tim::vae::SdVaeOptions vae_options;
   vae_options.groups = 8;
   const auto reference = tim::vae::open_sd_vae_decoder<double>(vae, vae_options).decode(latents);
-  double largest_diff = 0, largest_ref = 0;
-  for (std::int64_t i = 0; i < reference.numel(); ++i) {
-    largest_diff = std::max(largest_diff, std::abs(static_cast<double>(images.data()[i]) - reference.data()[i]));
-    largest_ref = std::max(largest_ref, std::abs(reference.data()[i]));
-  }
-  REQUIRE(largest_ref > 0.1);
-  CHECK(largest_diff / largest_ref < 1e-4);
+  CHECK(tensor_error(images, reference) < 1e-4);
 
   const std::vector<std::string> names{"sample_0000_class_2.png", "sample_0001_class_0.png"};
   const std::int64_t pixels = 64 * 48;
@@ -1078,13 +1067,8 @@ TEST_CASE("cli sample: --vae decodes the latents into PNGs and --out images, con
   vae_options.scaling_factor = 0.3643;
   const auto halved = tim::vae::open_sd_vae_decoder<double>(scaled, vae_options).decode(latents);
   const auto images2 = tim::io::SafetensorsFile::open(out2).load<float>("images");
-  double diff_to_halved = 0, diff_to_first = 0;
-  for (std::int64_t i = 0; i < halved.numel(); ++i) {
-    diff_to_halved = std::max(diff_to_halved, std::abs(static_cast<double>(images2.data()[i]) - halved.data()[i]));
-    diff_to_first = std::max(diff_to_first, std::abs(static_cast<double>(images2.data()[i]) - reference.data()[i]));
-  }
-  CHECK(diff_to_halved / largest_ref < 1e-4);
-  CHECK(diff_to_first / largest_ref > 1e-2);
+  CHECK(tensor_error(images2, halved) < 1e-4);
+  CHECK(tensor_error(images2, reference) > 1e-2);
 }
 
 TEST_CASE("cli sample: --vae with a DC-AE decoder, attention_head_dim and decoder_in_shortcut from config.json") {
@@ -1107,7 +1091,7 @@ TEST_CASE("cli sample: --vae with a DC-AE decoder, attention_head_dim and decode
   vae_options.attention_head_dim = 3;
   vae_options.in_shortcut = false;
   const auto reference = tim::vae::open_dc_ae_decoder<double>(vae, vae_options).decode(latents);
-  CHECK(tim_test_relative_error(images, reference) < 1e-4);
+  CHECK(tensor_error(images, reference) < 1e-4);
   const auto image = tim::io::read_png((fs::path(pngs) / "sample_0001_class_3.png").string());
   REQUIRE(image.channels == 3);
   for (std::int64_t c = 0; c < 3; ++c)
@@ -1144,9 +1128,9 @@ TEST_CASE("cli sample: --vae-tile decodes in blended tiles as tim::vae::decode_t
   vae_options.groups = 8;
   const auto decoder = tim::vae::open_sd_vae_decoder<double>(vae, vae_options);
   const auto tiled = tim::vae::decode_tiled(decoder, latents, {.tile = 4, .overlap = 2});
-  CHECK(tim_test_relative_error(images, tiled) < 1e-4);
+  CHECK(tensor_error(images, tiled) < 1e-4);
   // Tiles of 4 out of 8 x 10 latent pixels see only themselves: far from the untiled images.
-  CHECK(tim_test_relative_error(images, decoder.decode(latents)) > 1e-2);
+  CHECK(tensor_error(images, decoder.decode(latents)) > 1e-2);
 
   const std::string base = "sample --model " + quote(model) + " --labels 1 --height 8 --width 8 --out " +
                            quote(dir.file("x.safetensors"));
@@ -1154,6 +1138,7 @@ TEST_CASE("cli sample: --vae-tile decodes in blended tiles as tim::vae::decode_t
   check_user_error(run_tim(dir, base + " --vae " + quote(vae) + " --vae-tile 4 --vae-overlap 4"),
                    {"--vae-overlap must be in [0, --vae-tile) = [0, 4), got 4"});
   check_user_error(run_tim(dir, base + " --vae-tile 4"), {"--vae-tile needs --vae"});
+  check_user_error(run_tim(dir, base + " --vae " + quote(vae) + " --vae-overlap -3"), {"--vae-overlap needs --vae-tile"});
 }
 
 TEST_CASE("cli sample: --vae errors name the file and what is wrong") {
@@ -1184,6 +1169,7 @@ TEST_CASE("cli sample: --vae errors name the file and what is wrong") {
         {R"({"norm_num_groups": "8"})", "'norm_num_groups' must be an integer >= 1, got \"8\""},
         {R"({"norm_num_groups": 0})", "'norm_num_groups' must be an integer >= 1, got 0"},
         {R"({"norm_num_groups": 8, "scaling_factor": -1})", "'scaling_factor' must be a positive finite number"},
+        {R"({"norm_num_groups": 8, "scaling_factor": 1e9})", "'scaling_factor' must be in [1e-6, 1e6]"},
         {R"({"_class_name": "AutoencoderDC", "norm_num_groups": 8})", "describes a AutoencoderDC but the weights are an AutoencoderKL"},
         {R"({"norm_num_groups": 8, "attention_head_dim": -2})", "'attention_head_dim' must be an integer >= 1, got -2"},
         {R"({"norm_num_groups": 8, "decoder_in_shortcut": 1})", "'decoder_in_shortcut' must be true or false, got 1"},

@@ -12,39 +12,22 @@
 
 #include "compare.hpp"
 #include "golden_source.hpp"
+#include "vae_golden.hpp"
 #include "tim/tim.hpp"
 
 namespace {
 
 const std::string folder = "dc_ae_golden";
 
-std::vector<std::string> dc_ae_cases() {
-  std::vector<std::string> names;
-  for (const auto& entry : std::filesystem::directory_iterator(std::string(TIM_TEST_DATA_DIR) + "/" + folder))
-    if (entry.path().extension() == ".safetensors") names.push_back(entry.path().stem().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-//! The options a golden file was written with (its __metadata__).
-template <class Source>
-tim::vae::DcAeOptions options_of(const Source& file) {
-  tim::vae::DcAeOptions options;
-  options.attention_head_dim = std::stoll(file.metadata().at("attention_head_dim"));
-  options.in_shortcut = file.metadata().at("in_shortcut") == "true";
-  options.scaling_factor = std::stod(file.metadata().at("scaling_factor"));
-  return options;
-}
-
 tim::vae::DcAeOptions options_named(const std::string& name) {
-  return options_of(tim::io::SafetensorsFile::open(tim_test::golden_path(name, folder)));
+  return tim_test::dc_ae_options_of(tim::io::SafetensorsFile::open(tim_test::golden_path(name, folder)));
 }
 
 template <class T>
 double golden_error(const std::string& name) {
   auto file = tim::io::SafetensorsFile::open(tim_test::golden_path(name, folder));
   tim_test::ParametersOnly parameters(file);
-  auto vae = tim::vae::load_dc_ae_decoder<T>(parameters, options_of(file));
+  auto vae = tim::vae::load_dc_ae_decoder<T>(parameters, tim_test::dc_ae_options_of(file));
   auto latents = file.load<T>("input.latents");
   auto expected = file.load<double>("output.images");
   auto images = vae.decode(latents);
@@ -77,7 +60,7 @@ bool contains(const std::string& text, const std::string& part) {
 }  // namespace
 
 TEST_CASE("dc ae golden: every case in double within 1e-9") {
-  const auto names = dc_ae_cases();
+  const auto names = tim_test::golden_cases(folder);
   REQUIRE(names.size() >= 3);
   for (const auto& name : names) {
     CAPTURE(name);
@@ -86,7 +69,7 @@ TEST_CASE("dc ae golden: every case in double within 1e-9") {
 }
 
 TEST_CASE("dc ae golden: every case in float within 1e-4") {
-  for (const auto& name : dc_ae_cases()) {
+  for (const auto& name : tim_test::golden_cases(folder)) {
     CAPTURE(name);
     CHECK(golden_error<float>(name) <= 1e-4);
   }
@@ -95,7 +78,7 @@ TEST_CASE("dc ae golden: every case in float within 1e-4") {
 TEST_CASE("dc ae: configuration from names and shapes") {
   auto file = tim::io::SafetensorsFile::open(tim_test::golden_path("sana_layout", folder));
   tim_test::ParametersOnly parameters(file);
-  auto vae = tim::vae::load_dc_ae_decoder<float>(parameters, options_of(file));
+  auto vae = tim::vae::load_dc_ae_decoder<float>(parameters, tim_test::dc_ae_options_of(file));
   const auto& c = vae.config;
   CHECK(c.latent_channels == 8);
   CHECK(c.out_channels == 3);
@@ -121,7 +104,7 @@ TEST_CASE("dc ae: configuration from names and shapes") {
 
   auto other = tim::io::SafetensorsFile::open(tim_test::golden_path("variants", folder));
   tim_test::ParametersOnly other_parameters(other);
-  auto variants = tim::vae::load_dc_ae_decoder<double>(other_parameters, options_of(other));
+  auto variants = tim::vae::load_dc_ae_decoder<double>(other_parameters, tim_test::dc_ae_options_of(other));
   CHECK(variants.config.upsample_block_type == "pixel_shuffle");
   CHECK(!variants.config.in_shortcut);
   CHECK(variants.config.qkv_multiscales[0] == std::vector<std::int64_t>{3, 5});
@@ -204,7 +187,7 @@ TEST_CASE("dc ae: missing tensors and wrong shapes name the tensor and what was 
 TEST_CASE("dc ae: decode refuses latents of the wrong shape") {
   auto file = tim::io::SafetensorsFile::open(tim_test::golden_path("nonsquare", folder));
   tim_test::ParametersOnly parameters(file);
-  auto vae = tim::vae::load_dc_ae_decoder<float>(parameters, options_of(file));
+  auto vae = tim::vae::load_dc_ae_decoder<float>(parameters, tim_test::dc_ae_options_of(file));
   auto wrong = tim::Tensor<float>::zeros({1, 4, 2, 2});
   const std::string message = tim_test::error_of([&] { vae.decode(wrong); });
   CHECK(contains(message, "latents must have shape [B, 8, h, w]"));

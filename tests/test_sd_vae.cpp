@@ -10,35 +10,18 @@
 
 #include "compare.hpp"
 #include "golden_source.hpp"
+#include "vae_golden.hpp"
 #include "tim/tim.hpp"
 
 namespace {
 
 const std::string folder = "vae_golden";
 
-std::vector<std::string> vae_cases() {
-  std::vector<std::string> names;
-  for (const auto& entry : std::filesystem::directory_iterator(std::string(TIM_TEST_DATA_DIR) + "/" + folder))
-    if (entry.path().extension() == ".safetensors") names.push_back(entry.path().stem().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-//! The options a golden file was written with (its __metadata__).
-template <class Source>
-tim::vae::SdVaeOptions options_of(const Source& file) {
-  tim::vae::SdVaeOptions options;
-  options.groups = std::stoll(file.metadata().at("norm_num_groups"));
-  options.eps = std::stod(file.metadata().at("eps"));
-  options.scaling_factor = std::stod(file.metadata().at("scaling_factor"));
-  return options;
-}
-
 template <class T>
 double golden_error(const std::string& name) {
   auto file = tim::io::SafetensorsFile::open(tim_test::golden_path(name, folder));
   tim_test::ParametersOnly parameters(file);
-  auto vae = tim::vae::load_sd_vae_decoder<T>(parameters, options_of(file));
+  auto vae = tim::vae::load_sd_vae_decoder<T>(parameters, tim_test::sd_vae_options_of(file));
   auto latents = file.load<T>("input.latents");
   auto expected = file.load<double>("output.images");
   auto images = vae.decode(latents);
@@ -59,7 +42,7 @@ std::string load_error(const tim::io::SafetensorsFile& file, const tim::vae::SdV
 }  // namespace
 
 TEST_CASE("sd vae golden: every case in double within 1e-9") {
-  const auto names = vae_cases();
+  const auto names = tim_test::golden_cases(folder);
   REQUIRE(names.size() >= 3);
   for (const auto& name : names) {
     CAPTURE(name);
@@ -68,7 +51,7 @@ TEST_CASE("sd vae golden: every case in double within 1e-9") {
 }
 
 TEST_CASE("sd vae golden: every case in float within 1e-4") {
-  for (const auto& name : vae_cases()) {
+  for (const auto& name : tim_test::golden_cases(folder)) {
     CAPTURE(name);
     CHECK(golden_error<float>(name) <= 1e-4);
   }
@@ -77,7 +60,7 @@ TEST_CASE("sd vae golden: every case in float within 1e-4") {
 TEST_CASE("sd vae: configuration from shapes") {
   auto file = tim::io::SafetensorsFile::open(tim_test::golden_path("sd_layout", folder));
   tim_test::ParametersOnly parameters(file);
-  auto vae = tim::vae::load_sd_vae_decoder<float>(parameters, options_of(file));
+  auto vae = tim::vae::load_sd_vae_decoder<float>(parameters, tim_test::sd_vae_options_of(file));
   CHECK(vae.config.latent_channels == 4);
   CHECK(vae.config.out_channels == 3);
   CHECK(vae.config.block_out_channels == std::vector<std::int64_t>{16, 16, 32, 32});
@@ -91,14 +74,14 @@ TEST_CASE("sd vae: configuration from shapes") {
 
   auto old = tim::io::SafetensorsFile::open(tim_test::golden_path("old_names", folder));
   tim_test::ParametersOnly old_parameters(old);
-  auto old_vae = tim::vae::load_sd_vae_decoder<double>(old_parameters, options_of(old));
+  auto old_vae = tim::vae::load_sd_vae_decoder<double>(old_parameters, tim_test::sd_vae_options_of(old));
   CHECK(old_vae.mid_attention.older_names);
   CHECK(old_vae.config.upscale() == 2);
   CHECK(old_vae.config.resnets_per_block == 2);
 }
 
 TEST_CASE("sd vae: the encoder is ignored and listed, other unknown tensors are errors") {
-  auto options = options_of(tim::io::SafetensorsFile::open(tim_test::golden_path("nonsquare", folder)));
+  auto options = tim_test::sd_vae_options_of(tim::io::SafetensorsFile::open(tim_test::golden_path("nonsquare", folder)));
   auto with_encoder = tim_test::rewritten(
       "nonsquare", {.extra = {{"encoder.conv_in.weight", {8, 3, 3, 3}}, {"quant_conv.weight", {8, 8, 1, 1}}}}, folder);
   auto vae = tim::vae::load_sd_vae_decoder<float>(with_encoder, options);
@@ -110,7 +93,7 @@ TEST_CASE("sd vae: the encoder is ignored and listed, other unknown tensors are 
 }
 
 TEST_CASE("sd vae: missing tensors and wrong shapes name the tensor and what was expected") {
-  auto options = options_of(tim::io::SafetensorsFile::open(tim_test::golden_path("nonsquare", folder)));
+  auto options = tim_test::sd_vae_options_of(tim::io::SafetensorsFile::open(tim_test::golden_path("nonsquare", folder)));
   {
     const std::string name = "decoder.up_blocks.1.resnets.2.conv2.bias";
     auto file = tim_test::rewritten("nonsquare", {.drop = [&](const std::string& n) { return n == name; }}, folder);
@@ -162,7 +145,7 @@ TEST_CASE("sd vae: missing tensors and wrong shapes name the tensor and what was
 TEST_CASE("sd vae: decode refuses latents of the wrong shape") {
   auto file = tim::io::SafetensorsFile::open(tim_test::golden_path("old_names", folder));
   tim_test::ParametersOnly parameters(file);
-  auto vae = tim::vae::load_sd_vae_decoder<float>(parameters, options_of(file));
+  auto vae = tim::vae::load_sd_vae_decoder<float>(parameters, tim_test::sd_vae_options_of(file));
   auto wrong = tim::Tensor<float>::zeros({1, 3, 4, 4});
   const std::string message = tim_test::error_of([&] { vae.decode(wrong); });
   CHECK(message.find("latents must have shape [B, 4, h, w]") != std::string::npos);

@@ -13,25 +13,17 @@
 #include "golden_source.hpp"
 #include "tim/tim.hpp"
 #include "tim/vae/tiling.hpp"
+#include "vae_golden.hpp"
 
 namespace {
 
 const std::string weights_folder = "vae_golden", tiling_folder = "vae_tiling_golden";
 
-//! The options the weights' golden file was written with (its __metadata__).
-tim::vae::SdVaeOptions options_of(const tim::io::SafetensorsFile& file) {
-  tim::vae::SdVaeOptions options;
-  options.groups = std::stoll(file.metadata().at("norm_num_groups"));
-  options.eps = std::stod(file.metadata().at("eps"));
-  options.scaling_factor = std::stod(file.metadata().at("scaling_factor"));
-  return options;
-}
-
 template <class T>
 tim::vae::SdVaeDecoder<T> golden_decoder(const std::string& weights_case) {
   auto file = tim::io::SafetensorsFile::open(tim_test::golden_path(weights_case, weights_folder));
   tim_test::ParametersOnly parameters(file);
-  return tim::vae::load_sd_vae_decoder<T>(parameters, options_of(file));
+  return tim::vae::load_sd_vae_decoder<T>(parameters, tim_test::sd_vae_options_of(file));
 }
 
 //! Relative error of decode_tiled on golden case `name` (tiles_per_call k) against the stored output.

@@ -65,15 +65,21 @@ def check_vae(args: argparse.Namespace, case: str, d: Path) -> int:
     save_file(without_io(args.c2i_case), str(d / "c2i.safetensors"), metadata=metadata)
     common = ["sample", "--model", str(d / "c2i.safetensors"), "--labels", "0,1,2", "--height", "8", "--width", "8",
               "--steps", "2", "--seed", "3", "--vae", str(weights)]
-    run(args.tim, *common, "--out", str(folder / "cpu.st"), "-v")
-    run(args.tim, *common, "--device", "cuda", "--out", str(folder / "gpu.st"), "--png-dir", str(folder / "png"), "-v")
-    cpu, gpu = load_file(str(folder / "cpu.st")), load_file(str(folder / "gpu.st"))
-    error = relative_error(gpu["images"], cpu["images"])
-    ok = gpu["images"].shape == cpu["images"].shape and error <= TOLERANCE["float32"]
-    print(f"sample --vae {config['_class_name']} ({Path(case).name}), decoded on the GPU: images "
-          f"{gpu['images'].shape}, relative error {error:.3g} (limit {TOLERANCE['float32']:g}) "
-          f"{'ok' if ok else 'FAILED'}", flush=True)
-    return 0 if ok else 1
+    failures = 0
+    for tiled in (False, True):
+        extra = ["--vae-tile", "4", "--vae-overlap", "2"] if tiled else []
+        tag = "tiled-" if tiled else ""
+        run(args.tim, *common, *extra, "--out", str(folder / f"{tag}cpu.st"), "-v")
+        run(args.tim, *common, *extra, "--device", "cuda", "--out", str(folder / f"{tag}gpu.st"),
+            "--png-dir", str(folder / f"{tag}png"), "-v")
+        cpu, gpu = load_file(str(folder / f"{tag}cpu.st")), load_file(str(folder / f"{tag}gpu.st"))
+        error = relative_error(gpu["images"], cpu["images"])
+        ok = gpu["images"].shape == cpu["images"].shape and error <= TOLERANCE["float32"]
+        failures += not ok
+        print(f"sample --vae {config['_class_name']} ({Path(case).name}){' --vae-tile 4' if tiled else ''}, decoded on "
+              f"the GPU: images {gpu['images'].shape}, relative error {error:.3g} (limit {TOLERANCE['float32']:g}) "
+              f"{'ok' if ok else 'FAILED'}", flush=True)
+    return failures
 
 
 def main() -> int:

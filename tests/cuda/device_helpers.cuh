@@ -14,6 +14,22 @@
 
 namespace tim_test {
 
+//! What for_each does on the device, on the host: op(i) for i in [0, n).
+template <class Op>
+void run_on_host(std::int64_t n, const Op& op) {
+  for (std::int64_t i = 0; i < n; ++i) op(i);
+}
+
+//! What the decoders' for_each_row does on the device, on the host: op(op.row(r), r, j) for every
+//! row r and column j.
+template <class Op>
+void run_rows_on_host(std::int64_t rows, std::int64_t cols, const Op& op) {
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const auto at = op.row(r);
+    for (std::int64_t j = 0; j < cols; ++j) op(at, r, static_cast<int>(j));
+  }
+}
+
 //! `host` converted to T on a new device tensor of shape (n).
 template <class T>
 tim::Tensor<T, tim::cuda> to_device(const std::vector<float>& host) {

@@ -19,30 +19,19 @@
 #include "compare.hpp"
 #include "device_helpers.cuh"
 #include "golden_source.hpp"
+#include "vae_golden.hpp"
 #include "tim/vae/cuda_dc_ae.cuh"
 
 namespace {
 
 using tim_test::random_vector;
+using tim_test::run_on_host;
+using tim_test::run_rows_on_host;
 using tim_test::to_device;
 using tim_test::to_host;
 namespace detail = tim::vae::cuda_dc_ae_detail;
 
 const std::string folder = "dc_ae_golden";
-
-template <class Op>
-void run_on_host(std::int64_t n, const Op& op) {
-  for (std::int64_t i = 0; i < n; ++i) op(i);
-}
-
-//! What for_each_row does on the device, on the host.
-template <class Op>
-void run_rows_on_host(std::int64_t rows, std::int64_t cols, const Op& op) {
-  for (std::int64_t r = 0; r < rows; ++r) {
-    const auto at = op.row(r);
-    for (std::int64_t j = 0; j < cols; ++j) op(at, r, static_cast<int>(j));
-  }
-}
 
 //! What rms_norm_kernel does on the device, on the host: per row the double sum of squares,
 //! the float rstd, then the values.
@@ -74,24 +63,6 @@ void run_partial_sums_on_host(const detail::LinearAttentionPartial& op, std::int
       }
       std::copy(sums.begin(), sums.end(), op.partial + (bh * slices + slice) * entries);
     }
-}
-
-std::vector<std::string> dc_ae_cases() {
-  std::vector<std::string> names;
-  for (const auto& entry : std::filesystem::directory_iterator(std::string(TIM_TEST_DATA_DIR) + "/" + folder))
-    if (entry.path().extension() == ".safetensors") names.push_back(entry.path().stem().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-//! The options a golden file was written with (its __metadata__), as tests/test_dc_ae.cpp reads them.
-template <class Source>
-tim::vae::DcAeOptions options_of(const Source& file) {
-  tim::vae::DcAeOptions options;
-  options.attention_head_dim = std::stoll(file.metadata().at("attention_head_dim"));
-  options.in_shortcut = file.metadata().at("in_shortcut") == "true";
-  options.scaling_factor = std::stod(file.metadata().at("scaling_factor"));
-  return options;
 }
 
 }  // namespace
@@ -250,18 +221,27 @@ TEST_CASE("cuda dc ae ops: unsupported shapes are refused before any launch") {
   CHECK(shortcut.find("3 input channels do not divide 4 x 2 output channels") != std::string::npos);
 }
 
+TEST_CASE("cuda dc ae (host): a head dim over 64 is refused when the GPU decoder is built") {
+  auto file = tim::io::SafetensorsFile::open(tim_test::golden_path("nonsquare", folder));
+  tim_test::ParametersOnly parameters(file);
+  auto host = tim::vae::load_dc_ae_decoder<float>(parameters, tim_test::dc_ae_options_of(file));
+  host.config.attention_head_dim = 65;
+  const std::string message = tim_test::error_of([&] { tim::vae::CudaDcAeDecoder gpu(host); });
+  CHECK(message.find("attention_head_dim 65 must be in [1, 64] on the GPU") != std::string::npos);
+}
+
 }  // TEST_SUITE("cuda-host")
 
 TEST_SUITE("cuda") {
 
 TEST_CASE("cuda dc ae: every golden case within 1e-4 of the float64 reference and of the CPU decoder") {
-  const auto names = dc_ae_cases();
+  const auto names = tim_test::golden_cases(folder);
   REQUIRE(names.size() >= 3);
   for (const auto& name : names) {
     CAPTURE(name);
     auto file = tim::io::SafetensorsFile::open(tim_test::golden_path(name, folder));
     tim_test::ParametersOnly parameters(file);
-    const auto host = tim::vae::load_dc_ae_decoder<float>(parameters, options_of(file));
+    const auto host = tim::vae::load_dc_ae_decoder<float>(parameters, tim_test::dc_ae_options_of(file));
     const tim::vae::CudaDcAeDecoder gpu(host);
     const auto latents = file.load<float>("input.latents");
     const auto expected = file.load<double>("output.images");
@@ -282,7 +262,7 @@ TEST_CASE("cuda dc ae: small attention slices and im2col blocks give the same im
     CAPTURE(name);
     auto file = tim::io::SafetensorsFile::open(tim_test::golden_path(name, folder));
     tim_test::ParametersOnly parameters(file);
-    tim::vae::CudaDcAeDecoder gpu(tim::vae::load_dc_ae_decoder<float>(parameters, options_of(file)));
+    tim::vae::CudaDcAeDecoder gpu(tim::vae::load_dc_ae_decoder<float>(parameters, tim_test::dc_ae_options_of(file)));
     const auto latents = file.load<float>("input.latents");
     const auto whole = gpu.decode(latents);
     gpu.attention_slice_pixels = 5;   // several slices per head at every attention stage, the last partial
@@ -297,6 +277,22 @@ TEST_CASE("cuda dc ae: small attention slices and im2col blocks give the same im
     CHECK(tim_test::relative_error(sliced.data(), expected.data(), n) <= 1e-4);
   }
 }
+
+TEST_CASE("cuda dc ae: tim::vae::decode_tiled over the GPU decoder equals it over the CPU decoder") {
+  auto file = tim::io::SafetensorsFile::open(tim_test::golden_path("nonsquare", folder));
+  tim_test::ParametersOnly parameters(file);
+  const auto host = tim::vae::load_dc_ae_decoder<float>(parameters, tim_test::dc_ae_options_of(file));
+  const tim::vae::CudaDcAeDecoder gpu(host);
+  auto latents = tim::Tensor<float>::empty({1, host.config.latent_channels, 5, 7});
+  const auto values = random_vector<float>(static_cast<std::size_t>(latents.numel()), 61);
+  std::copy(values.begin(), values.end(), latents.data());
+  const tim::vae::TileOptions options{.tile = 3, .overlap = 1, .tiles_per_call = 2};
+  const auto on_gpu = tim::vae::decode_tiled(gpu, latents, options);
+  const auto on_cpu = tim::vae::decode_tiled(host, latents, options);
+  REQUIRE(on_gpu.shape() == on_cpu.shape());
+  CHECK(tim_test::relative_error(on_gpu.data(), on_cpu.data(), static_cast<std::size_t>(on_cpu.numel())) <= 1e-4);
+}
+
 
 TEST_CASE("cuda dc ae ops: linear attention and RMSNorm kernels at released widths equal the CPU operations") {
   // Linear attention: 3000 pixels (several 64-pixel tiles per slice, a partial last tile), head
@@ -337,7 +333,7 @@ TEST_CASE("cuda dc ae ops: linear attention and RMSNorm kernels at released widt
 TEST_CASE("cuda dc ae: latents of the wrong shape are a tim::Error") {
   auto file = tim::io::SafetensorsFile::open(tim_test::golden_path("nonsquare", folder));
   tim_test::ParametersOnly parameters(file);
-  const tim::vae::CudaDcAeDecoder gpu(tim::vae::load_dc_ae_decoder<float>(parameters, options_of(file)));
+  const tim::vae::CudaDcAeDecoder gpu(tim::vae::load_dc_ae_decoder<float>(parameters, tim_test::dc_ae_options_of(file)));
   const std::string message = tim_test::error_of([&] { gpu.decode(tim::Tensor<float>::zeros({1, 4, 2, 2})); });
   CHECK(message.find("DC-AE decode (CUDA): latents must have shape [B, 8, h, w]") != std::string::npos);
   CHECK(message.find("[1, 4, 2, 2]") != std::string::npos);

@@ -9,17 +9,13 @@
 #include <vector>
 
 #include "compare.hpp"
+#include "device_helpers.cuh"
 #include "tim/cuda/tim.cuh"
 
 namespace {
 
 using tim_test::random_vector;
-
-//! What for_each does on the device, on the host.
-template <class Op>
-void run_on_host(std::int64_t n, const Op& op) {
-  for (std::int64_t i = 0; i < n; ++i) op(i);
-}
+using tim_test::run_on_host;
 
 template <class T>
 void check_equal(const std::vector<T>& actual, const std::vector<T>& expected) {

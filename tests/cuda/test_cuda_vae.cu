@@ -16,45 +16,17 @@
 #include "compare.hpp"
 #include "device_helpers.cuh"
 #include "golden_source.hpp"
+#include "vae_golden.hpp"
 #include "tim/vae/cuda_sd_vae.cuh"
 
 namespace {
 
 using tim_test::random_vector;
+using tim_test::run_on_host;
+using tim_test::run_rows_on_host;
 using tim_test::to_device;
 using tim_test::to_host;
 namespace detail = tim::vae::cuda_vae_detail;
-
-template <class Op>
-void run_on_host(std::int64_t n, const Op& op) {
-  for (std::int64_t i = 0; i < n; ++i) op(i);
-}
-
-//! What for_each_row does on the device, on the host.
-template <class Op>
-void run_rows_on_host(std::int64_t rows, std::int64_t cols, const Op& op) {
-  for (std::int64_t r = 0; r < rows; ++r) {
-    const auto at = op.row(r);
-    for (std::int64_t j = 0; j < cols; ++j) op(at, r, static_cast<int>(j));
-  }
-}
-
-std::vector<std::string> vae_cases() {
-  std::vector<std::string> names;
-  for (const auto& entry : std::filesystem::directory_iterator(std::string(TIM_TEST_DATA_DIR) + "/vae_golden"))
-    if (entry.path().extension() == ".safetensors") names.push_back(entry.path().stem().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-template <class Source>
-tim::vae::SdVaeOptions options_of(const Source& file) {
-  tim::vae::SdVaeOptions options;
-  options.groups = std::stoll(file.metadata().at("norm_num_groups"));
-  options.eps = std::stod(file.metadata().at("eps"));
-  options.scaling_factor = std::stod(file.metadata().at("scaling_factor"));
-  return options;
-}
 
 }  // namespace
 
@@ -145,13 +117,13 @@ TEST_CASE("cuda sd vae functors: GroupNorm (and SiLU) with double statistics equ
 TEST_SUITE("cuda") {
 
 TEST_CASE("cuda sd vae: every golden case within 1e-4 of the float64 reference and of the CPU decoder") {
-  const auto names = vae_cases();
+  const auto names = tim_test::golden_cases("vae_golden");
   REQUIRE(names.size() >= 3);
   for (const auto& name : names) {
     CAPTURE(name);
     auto file = tim::io::SafetensorsFile::open(tim_test::golden_path(name, "vae_golden"));
     tim_test::ParametersOnly parameters(file);
-    const auto host = tim::vae::load_sd_vae_decoder<float>(parameters, options_of(file));
+    const auto host = tim::vae::load_sd_vae_decoder<float>(parameters, tim_test::sd_vae_options_of(file));
     const tim::vae::CudaSdVaeDecoder gpu(host);
     const auto latents = file.load<float>("input.latents");
     const auto expected = file.load<double>("output.images");
@@ -193,7 +165,7 @@ TEST_CASE("cuda sd vae: GroupNorm statistics over many pixel slices equal the CP
 TEST_CASE("cuda sd vae: small im2col and attention-score blocks give the same images") {
   auto file = tim::io::SafetensorsFile::open(tim_test::golden_path("nonsquare", "vae_golden"));
   tim_test::ParametersOnly parameters(file);
-  const auto host = tim::vae::load_sd_vae_decoder<float>(parameters, options_of(file));
+  const auto host = tim::vae::load_sd_vae_decoder<float>(parameters, tim_test::sd_vae_options_of(file));
   tim::vae::CudaSdVaeDecoder gpu(host);
   const auto latents = file.load<float>("input.latents");
   const auto whole = gpu.decode(latents);
@@ -206,10 +178,46 @@ TEST_CASE("cuda sd vae: small im2col and attention-score blocks give the same im
   CHECK(tim_test::relative_error(blocked.data(), expected.data(), static_cast<std::size_t>(whole.numel())) <= 1e-4);
 }
 
+TEST_CASE("cuda sd vae: the row softmax over more keys than threads equals a double softmax") {
+  const std::int64_t rows = 3, cols = 1000;  // 4 strided passes of 256 threads, the last partial
+  auto scores = random_vector<float>(static_cast<std::size_t>(rows * cols), 51, 4.0);
+  scores[7] = 40.0f;  // one dominant score: the max subtraction matters
+  auto device = to_device<float>(scores);
+  tim::vae::cuda_vae_detail::softmax_rows_kernel<tim::vae::cuda_vae_detail::softmax_threads>
+      <<<static_cast<unsigned>(rows), tim::vae::cuda_vae_detail::softmax_threads>>>(device.data(), cols);
+  const auto actual = to_host(device.data(), scores.size());
+  std::vector<double> expected(scores.size());
+  for (std::int64_t r = 0; r < rows; ++r) {
+    double largest = -1e300, sum = 0;
+    for (std::int64_t j = 0; j < cols; ++j) largest = std::max(largest, double(scores[r * cols + j]));
+    for (std::int64_t j = 0; j < cols; ++j) sum += std::exp(double(scores[r * cols + j]) - largest);
+    for (std::int64_t j = 0; j < cols; ++j) expected[r * cols + j] = std::exp(double(scores[r * cols + j]) - largest) / sum;
+  }
+  TIM_CHECK_CLOSE(actual.data(), expected.data(), actual.size(), 1e-5, 1e-9);
+}
+
+TEST_CASE("cuda sd vae: tim::vae::decode_tiled over the GPU decoder equals it over the CPU decoder") {
+  auto file = tim::io::SafetensorsFile::open(tim_test::golden_path("nonsquare", "vae_golden"));
+  tim_test::ParametersOnly parameters(file);
+  const auto host = tim::vae::load_sd_vae_decoder<float>(parameters, tim_test::sd_vae_options_of(file));
+  const tim::vae::CudaSdVaeDecoder gpu(host);
+  auto latents = tim::Tensor<float>::empty({2, 4, 7, 9});
+  const auto values = random_vector<float>(static_cast<std::size_t>(latents.numel()), 52);
+  std::copy(values.begin(), values.end(), latents.data());
+  for (const std::int64_t per_call : {1, 3}) {
+    CAPTURE(per_call);
+    const tim::vae::TileOptions options{.tile = 4, .overlap = 2, .tiles_per_call = per_call};
+    const auto on_gpu = tim::vae::decode_tiled(gpu, latents, options);
+    const auto on_cpu = tim::vae::decode_tiled(host, latents, options);
+    REQUIRE(on_gpu.shape() == on_cpu.shape());
+    CHECK(tim_test::relative_error(on_gpu.data(), on_cpu.data(), static_cast<std::size_t>(on_cpu.numel())) <= 1e-4);
+  }
+}
+
 TEST_CASE("cuda sd vae: latents of the wrong shape are a tim::Error") {
   auto file = tim::io::SafetensorsFile::open(tim_test::golden_path("sd_layout", "vae_golden"));
   tim_test::ParametersOnly parameters(file);
-  const tim::vae::CudaSdVaeDecoder gpu(tim::vae::load_sd_vae_decoder<float>(parameters, options_of(file)));
+  const tim::vae::CudaSdVaeDecoder gpu(tim::vae::load_sd_vae_decoder<float>(parameters, tim_test::sd_vae_options_of(file)));
   const std::string message = tim_test::error_of([&] { gpu.decode(tim::Tensor<float>::zeros({1, 3, 4, 4})); });
   CHECK(message.find("SD VAE decode (CUDA): latents must have shape [B, 4, h, w]") != std::string::npos);
 }

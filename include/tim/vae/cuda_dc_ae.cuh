@@ -31,7 +31,12 @@ class CudaDcAeDecoder {
  public:
   using Device = Tensor<float, cuda>;
 
+  //! Throws tim::Error for a head dim the linear-attention kernel cannot hold (at most
+  //! cuda_dc_ae_detail::linear_attention_max_head_dim, 64; the released decoder's is 32).
   explicit CudaDcAeDecoder(const DcAeDecoder<float>& host) : config(host.config) {
+    check(config.attention_head_dim >= 1 && config.attention_head_dim <= cuda_dc_ae_detail::linear_attention_max_head_dim,
+          "tim::cuda DC-AE: attention_head_dim ", config.attention_head_dim, " must be in [1, ",
+          cuda_dc_ae_detail::linear_attention_max_head_dim, "] on the GPU");
     conv_in_ = upload(host.conv_in);
     for (const auto& stage : host.up_blocks) {
       StageD d;

@@ -3,8 +3,9 @@
 // depthwise and grouped 1x1 convolutions, the ReLU linear attention (its sums over pixels in
 // double, over slices of pixels added in a fixed order), pixel shuffle and the channel-repeat
 // shortcuts. Each is the device twin of a CPU operation of tim/vae/dc_ae_ops.hpp with the same
-// order of arithmetic per value; the math is in host-and-device (TIM_HD) functors that
-// tests/cuda/test_cuda_dc_ae.cu runs on the host against those CPU operations.
+// formulas; the sums run in double, in another fixed order (warp lanes, pixel slices), so
+// results agree to float rounding, not bit for bit. The math is in host-and-device (TIM_HD)
+// functors that tests/cuda/test_cuda_dc_ae.cu runs on the host against those CPU operations.
 // Include from a .cu file compiled by nvcc.
 //
 // Shape legend: B batch, H, W spatial size, P pixels (rows), C channels (Ci in, Co out), k kernel

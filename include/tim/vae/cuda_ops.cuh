@@ -32,8 +32,8 @@ using cuda_detail::for_each;
 //! Device scratch memory for the decoders' activations and work buffers: stream-ordered
 //! (cudaMallocAsync / cudaFreeAsync on the current stream, from the device's default memory pool),
 //! so neither the allocation nor the free waits for the device, as cudaMalloc and cudaFree do
-//! (cudaFree synchronises the device: ~100 of them per decode left the GPU idle between
-//! kernels). Only for tensors that never leave the call that made them, on this host thread: the
+//! (cudaFree synchronises the device: ~150 of them per SD VAE decode left the GPU idle
+//! between kernels). Only for tensors that never leave the call that made them, on this host thread: the
 //! free is ordered on the stream that was current at allocation. Devices without memory pools
 //! get ordinary allocations.
 template <class T>
@@ -73,10 +73,10 @@ __global__ void __launch_bounds__(row_threads) for_each_row_kernel(std::int64_t 
 template <class Op>
 void for_each_row(std::int64_t rows, std::int64_t cols, const Op& op) {
   if (rows <= 0 || cols <= 0) return;
-  check(cols <= std::numeric_limits<int>::max(), "tim::cuda SD VAE: row width ", cols, " too large");
+  check(cols <= std::numeric_limits<int>::max(), "tim::cuda VAE: row width ", cols, " too large");
   const auto blocks = static_cast<unsigned>(std::min<std::int64_t>(rows, cuda_detail::elementwise_max_blocks));
   for_each_row_kernel<<<blocks, row_threads, 0, cuda_detail::current_stream()>>>(rows, static_cast<int>(cols), op);
-  cuda_detail::check_launch("tim::cuda SD VAE row kernel");
+  cuda_detail::check_launch("tim::cuda VAE row kernel");
 }
 
 //! out (B, P, L) = in (B, L, P) * scale: the latents to channels-last, divided by the scaling factor.
@@ -269,10 +269,10 @@ inline void group_norm(float* y, const float* x, const float* weight, const floa
     group_partial_sums_kernel<group_norm_threads><<<grid, group_norm_threads, 0, cuda_detail::current_stream()>>>(
         partial.data(), x, variance_pass ? mean : nullptr, pixels, static_cast<int>(channels), static_cast<int>(groups),
         slice_pixels);
-    cuda_detail::check_launch("tim::cuda SD VAE group partial sums");
+    cuda_detail::check_launch("tim::cuda VAE group partial sums");
     group_finish_kernel<128><<<finish_blocks, 128, 0, cuda_detail::current_stream()>>>(
         mean, mean_float, rstd, partial.data(), bgs, slices, count, eps, variance_pass);
-    cuda_detail::check_launch("tim::cuda SD VAE group statistics");
+    cuda_detail::check_launch("tim::cuda VAE group statistics");
   }
   for_each_row(batch * pixels, channels,
                GroupNormApply{y, x, weight, bias, mean_float, rstd, pixels, static_cast<int>(channels),
@@ -285,7 +285,7 @@ inline constexpr std::int64_t im2col_chunk_elements = std::int64_t{1} << 25;
 inline constexpr std::int64_t score_chunk_elements = std::int64_t{1} << 26;
 
 inline int as_int(std::int64_t value, const char* what) {
-  check(value > 0 && value <= std::numeric_limits<int>::max(), "tim::cuda SD VAE: ", what, " ", value,
+  check(value > 0 && value <= std::numeric_limits<int>::max(), "tim::cuda VAE: ", what, " ", value,
         " does not fit cuBLAS's int");
   return static_cast<int>(value);
 }

@@ -33,8 +33,8 @@ struct DiffusersVaeConfig {
 
 //! Parses the text of a config.json; `where` names the file in messages. Throws tim::Error for
 //! text that is not a JSON object, and for a known key of the wrong type or out of range
-//! (norm_num_groups and attention_head_dim >= 1, decoder_in_shortcut a boolean, scaling_factor > 0
-//! and finite, shift_factor finite).
+//! (norm_num_groups and attention_head_dim >= 1, decoder_in_shortcut a boolean, scaling_factor in
+//! [1e-6, 1e6], shift_factor finite).
 inline DiffusersVaeConfig parse_diffusers_vae_config(std::string_view text, const std::string& where) {
   const nlohmann::json json = nlohmann::json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
   check(!json.is_discarded(), where, ": not valid JSON (expected a diffusers config.json object)");
@@ -70,6 +70,10 @@ inline DiffusersVaeConfig parse_diffusers_vae_config(std::string_view text, cons
     return number;
   };
   config.scaling_factor = real("scaling_factor", true);
+  // Decoders divide by it in float: keep 1 / scaling_factor a normal float (released: 0.18215, 0.41407).
+  if (config.scaling_factor)
+    check(*config.scaling_factor >= 1e-6 && *config.scaling_factor <= 1e6, where,
+          ": 'scaling_factor' must be in [1e-6, 1e6], got ", json.at("scaling_factor").dump());
   config.shift_factor = real("shift_factor", false);
   return config;
 }
