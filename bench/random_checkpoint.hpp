@@ -4,10 +4,8 @@
 // (SPEC 3), and generates each tensor's values only when load() asks for it, so nothing but the
 // loaded model itself is held in memory (TiM-XL/2 in float32 is about 2.6 GB).
 //
-// Values: weights and biases ~ N(0, 0.02^2); LayerNorm weights (attn.q_norm/k_norm) 1 + N(0, 0.02^2).
-// They are deterministic per (seed, tensor name): each tensor is cut into chunks of 2^16
-// values, and chunk i is drawn from std::mt19937 seeded by (FNV-1a of the name, i, seed), so the
-// chunks can be generated in parallel and the result does not depend on the thread count.
+// Values: weights and biases ~ N(0, 0.02^2); LayerNorm weights (attn.q_norm/k_norm) 1 + N(0, 0.02^2),
+// deterministic per (seed, tensor name) as bench/random_source.hpp generates them.
 //
 // Example:
 //   tim_bench::RandomCheckpoint source(tim_bench::tim_xl2_config());
@@ -15,17 +13,13 @@
 #pragma once
 
 #include <cstdint>
-#include <map>
 #include <random>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
+#include "random_source.hpp"
 #include "tim/core/error.hpp"
-#include "tim/core/tensor.hpp"
-#include "tim/cpu/backend.hpp"
-#include "tim/io/safetensors.hpp"
 #include "tim/math/embedding.hpp"
 #include "tim/nn/config.hpp"
 
@@ -59,12 +53,10 @@ inline tim::nn::C2IConfig tim_b4_config() { return released_style_config(768, 12
 //! TiM-XL/2 (256 px): D 1152, depth 28, 16 heads, p 2, L 384, C 4, 1000 classes.
 inline tim::nn::C2IConfig tim_xl2_config() { return released_style_config(1152, 28, 16, 2, 384); }
 
-class RandomCheckpoint {
+class RandomCheckpoint : public RandomSource {
  public:
-  static constexpr std::int64_t chunk = std::int64_t{1} << 16;
-
   explicit RandomCheckpoint(const tim::nn::C2IConfig& config, std::uint64_t seed = 0, float stddev = 0.02f)
-      : seed_(seed), stddev_(stddev) {
+      : RandomSource("random checkpoint", seed), stddev_(stddev) {
     const auto& c = config;
     tim::check(c.hidden > 0 && c.depth > 0 && c.num_heads > 0 && c.hidden % c.num_heads == 0 && c.patch > 0 &&
                    c.in_channels > 0 && c.out_channels > 0 && c.adaln_hidden > 0 && c.mlp_hidden > 0 &&
@@ -110,77 +102,14 @@ class RandomCheckpoint {
     metadata_["new_condition"] = std::string(tim::nn::new_condition_name(c.new_condition));
   }
 
-  bool contains(std::string_view name) const { return index_.find(std::string(name)) != index_.end(); }
-  const tim::io::TensorInfo& info(std::string_view name) const {
-    const auto found = index_.find(std::string(name));
-    if (found == index_.end()) tim::fail("tensor '", name, "' not found in the random checkpoint");
-    return tensors_[found->second];
-  }
-  const std::vector<tim::io::TensorInfo>& tensors() const { return tensors_; }
-  const std::map<std::string, std::string>& metadata() const { return metadata_; }
-
-  //! Total number of values over all tensors.
-  std::int64_t parameter_count() const {
-    std::int64_t n = 0;
-    for (const auto& t : tensors_) n += t.shape.numel();
-    return n;
-  }
-
   //! A freshly generated owning tensor of `name`; throws when `expected` is not its shape.
   template <class T>
   tim::Tensor<T, tim::cpu> load(std::string_view name, const tim::Shape& expected) const {
-    const tim::io::TensorInfo& t = info(name);
-    tim::check(t.shape == expected, "tensor '", name, "': expected shape ", expected, ", got ", t.shape,
-               " (in the random checkpoint)");
-    auto out = tim::Tensor<T, tim::cpu>::empty(t.shape);
-    const std::int64_t n = t.shape.numel();
-    const bool norm_weight = ends_with(t.name, "_norm.weight");
-    const std::uint64_t h = fnv1a(t.name);
-    T* data = out.data();
-    const float stddev = stddev_;
-    const std::uint64_t seed = seed_;
-    tim::cpu::parallel_for((n + chunk - 1) / chunk, [&](std::int64_t i) {
-      std::seed_seq sequence{static_cast<std::uint32_t>(h), static_cast<std::uint32_t>(h >> 32),
-                             static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(seed),
-                             static_cast<std::uint32_t>(seed >> 32)};
-      std::mt19937 engine(sequence);
-      std::normal_distribution<float> normal(0.0f, stddev);
-      const std::int64_t end = std::min(n, (i + 1) * chunk);
-      for (std::int64_t j = i * chunk; j < end; ++j)
-        data[j] = static_cast<T>((norm_weight ? 1.0f : 0.0f) + normal(engine));
-    });
-    return out;
+    const bool norm_weight = ends_with(name, "_norm.weight");
+    return generate<T>(name, expected, std::normal_distribution<float>(0.0f, stddev_), norm_weight ? 1.0f : 0.0f);
   }
 
  private:
-  void add(std::string name, tim::Shape shape) {
-    tim::io::TensorInfo t;
-    t.name = name;
-    t.dtype = tim::DType::F32;
-    t.shape = std::move(shape);
-    t.begin = offset_;
-    offset_ += static_cast<std::size_t>(t.shape.numel()) * sizeof(float);
-    t.end = offset_;
-    index_.emplace(std::move(name), tensors_.size());
-    tensors_.push_back(std::move(t));
-  }
-  static bool ends_with(const std::string& s, std::string_view suffix) {
-    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-  }
-  static std::uint64_t fnv1a(std::string_view s) {
-    std::uint64_t h = 14695981039346656037ull;
-    for (unsigned char ch : s) {
-      h ^= ch;
-      h *= 1099511628211ull;
-    }
-    return h;
-  }
-
-  std::vector<tim::io::TensorInfo> tensors_;
-  std::unordered_map<std::string, std::size_t> index_;
-  std::map<std::string, std::string> metadata_;
-  std::size_t offset_ = 0;
-  std::uint64_t seed_;
   float stddev_;
 };
 

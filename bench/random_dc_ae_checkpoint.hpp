@@ -14,26 +14,20 @@
 //   auto vae = tim::vae::load_dc_ae_decoder<float>(source);                    // default DcAeOptions
 #pragma once
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
+#include "random_source.hpp"
 #include "tim/core/error.hpp"
-#include "tim/core/tensor.hpp"
-#include "tim/cpu/backend.hpp"
-#include "tim/io/safetensors.hpp"
 
 namespace tim_bench {
 
-class RandomDcAeCheckpoint {
+class RandomDcAeCheckpoint : public RandomSource {
  public:
-  static constexpr std::int64_t chunk = std::int64_t{1} << 16;
-
   //! `block_out_channels` per stage, full resolution first (the released (128, 256, 512, 512,
   //! 1024, 1024)); stages from `first_vit_stage` on are EfficientViT stages (3 released), the
   //! others ResBlock stages; every stage holds `layers_per_block` blocks (3 released); the
@@ -41,7 +35,7 @@ class RandomDcAeCheckpoint {
   explicit RandomDcAeCheckpoint(const std::vector<std::int64_t>& block_out_channels, std::size_t first_vit_stage = 3,
                                 std::int64_t layers_per_block = 3, std::int64_t latent_channels = 32,
                                 std::int64_t head_dim = 32, std::int64_t multiscale_kernel = 5, std::uint64_t seed = 0)
-      : seed_(seed) {
+      : RandomSource("random DC-AE checkpoint", seed) {
     tim::check(!block_out_channels.empty() && layers_per_block >= 1 && latent_channels >= 1 && head_dim >= 1,
                "RandomDcAeCheckpoint: need widths, layers_per_block >= 1, latent_channels >= 1 and head_dim >= 1");
     const auto& widths = block_out_channels;
@@ -85,73 +79,20 @@ class RandomDcAeCheckpoint {
     conv("decoder.conv_out", 3, widths.front(), 3, true);
   }
 
-  bool contains(std::string_view name) const { return index_.find(std::string(name)) != index_.end(); }
-  const tim::io::TensorInfo& info(std::string_view name) const {
-    const auto found = index_.find(std::string(name));
-    if (found == index_.end()) tim::fail("tensor '", name, "' not found in the random DC-AE checkpoint");
-    return tensors_[found->second];
-  }
-  const std::vector<tim::io::TensorInfo>& tensors() const { return tensors_; }
-
   //! A freshly generated owning tensor of `name`; throws when `expected` is not its shape.
   template <class T>
   tim::Tensor<T, tim::cpu> load(std::string_view name, const tim::Shape& expected) const {
-    const tim::io::TensorInfo& t = info(name);
-    tim::check(t.shape == expected, "tensor '", name, "': expected shape ", expected, ", got ", t.shape,
-               " (in the random DC-AE checkpoint)");
-    auto out = tim::Tensor<T, tim::cpu>::empty(t.shape);
-    const std::int64_t n = t.shape.numel();
-    const auto ends_with = [&](std::string_view suffix) {
-      return t.name.size() >= suffix.size() && t.name.compare(t.name.size() - suffix.size(), suffix.size(), suffix) == 0;
-    };
     double mean = 0, stddev = 0.1;  // biases
-    if (ends_with("norm.weight") || ends_with("norm_out.weight")) {
+    if (ends_with(name, "norm.weight") || ends_with(name, "norm_out.weight")) {
       mean = 1.0;
       stddev = 0.2;
-    } else if (ends_with("norm.bias") || ends_with("norm_out.bias")) {
+    } else if (ends_with(name, "norm.bias") || ends_with(name, "norm_out.bias")) {
       stddev = 0.2;
-    } else if (!ends_with("bias")) {
-      stddev = 1.0 / std::sqrt(static_cast<double>(n / t.shape[0]));  // 1 / sqrt(fan_in)
+    } else if (!ends_with(name, "bias")) {
+      stddev = fan_in_stddev(info(name).shape);
     }
-    const std::uint64_t h = fnv1a(t.name), seed = seed_;
-    T* data = out.data();
-    tim::cpu::parallel_for((n + chunk - 1) / chunk, [&](std::int64_t i) {
-      std::seed_seq sequence{static_cast<std::uint32_t>(h), static_cast<std::uint32_t>(h >> 32),
-                             static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(seed),
-                             static_cast<std::uint32_t>(seed >> 32)};
-      std::mt19937 engine(sequence);
-      std::normal_distribution<double> normal(mean, stddev);
-      const std::int64_t end = std::min(n, (i + 1) * chunk);
-      for (std::int64_t j = i * chunk; j < end; ++j) data[j] = static_cast<T>(normal(engine));
-    });
-    return out;
+    return generate<T>(name, expected, std::normal_distribution<double>(mean, stddev));
   }
-
- private:
-  void add(std::string name, tim::Shape shape) {
-    tim::io::TensorInfo t;
-    t.name = name;
-    t.dtype = tim::DType::F32;
-    t.shape = std::move(shape);
-    t.begin = offset_;
-    offset_ += static_cast<std::size_t>(t.shape.numel()) * sizeof(float);
-    t.end = offset_;
-    index_.emplace(std::move(name), tensors_.size());
-    tensors_.push_back(std::move(t));
-  }
-  static std::uint64_t fnv1a(std::string_view s) {
-    std::uint64_t h = 14695981039346656037ull;
-    for (unsigned char ch : s) {
-      h ^= ch;
-      h *= 1099511628211ull;
-    }
-    return h;
-  }
-
-  std::vector<tim::io::TensorInfo> tensors_;
-  std::unordered_map<std::string, std::size_t> index_;
-  std::size_t offset_ = 0;
-  std::uint64_t seed_;
 };
 
 }  // namespace tim_bench

@@ -6,40 +6,34 @@
 //
 // Values follow tools/reference/sd_vae_reference.randomize_ (so activations stay O(1), as with
 // trained weights): conv and linear weights N(0, 1/fan_in), biases N(0, 0.1^2), GroupNorm weights
-// 1 + N(0, 0.2^2) and biases N(0, 0.2^2). Deterministic per (seed, tensor name), chunked like
-// bench/random_checkpoint.hpp (the result does not depend on the thread count).
+// 1 + N(0, 0.2^2) and biases N(0, 0.2^2). Deterministic per (seed, tensor name), generated as
+// bench/random_source.hpp does (the result does not depend on the thread count).
 //
 // Example:
 //   tim_bench::RandomSdVaeCheckpoint source({128, 256, 512, 512});  // sd-vae-ft-ema's decoder shapes
 //   auto vae = tim::vae::load_sd_vae_decoder<float>(source);
 #pragma once
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
+#include "random_source.hpp"
 #include "tim/core/error.hpp"
-#include "tim/core/tensor.hpp"
-#include "tim/cpu/backend.hpp"
-#include "tim/io/safetensors.hpp"
 
 namespace tim_bench {
 
-class RandomSdVaeCheckpoint {
+class RandomSdVaeCheckpoint : public RandomSource {
  public:
-  static constexpr std::int64_t chunk = std::int64_t{1} << 16;
-
   //! `block_out_channels` in the encoder order (the released (128, 256, 512, 512)); the decoder's
   //! up blocks hold `resnets_per_block` resnets each (3 released).
   explicit RandomSdVaeCheckpoint(const std::vector<std::int64_t>& block_out_channels,
                                  std::int64_t resnets_per_block = 3, std::int64_t latent_channels = 4,
                                  std::uint64_t seed = 0)
-      : seed_(seed) {
+      : RandomSource("random VAE checkpoint", seed) {
     tim::check(!block_out_channels.empty() && resnets_per_block >= 1 && latent_channels >= 1,
                "RandomSdVaeCheckpoint: need widths, resnets_per_block >= 1 and latent_channels >= 1");
     const std::vector<std::int64_t> widths(block_out_channels.rbegin(), block_out_channels.rend());
@@ -78,71 +72,22 @@ class RandomSdVaeCheckpoint {
     conv("decoder.conv_out", 3, widths.back(), 3);
   }
 
-  bool contains(std::string_view name) const { return index_.find(std::string(name)) != index_.end(); }
-  const tim::io::TensorInfo& info(std::string_view name) const {
-    const auto found = index_.find(std::string(name));
-    if (found == index_.end()) tim::fail("tensor '", name, "' not found in the random VAE checkpoint");
-    return tensors_[found->second];
-  }
-  const std::vector<tim::io::TensorInfo>& tensors() const { return tensors_; }
-
   //! A freshly generated owning tensor of `name`; throws when `expected` is not its shape.
   template <class T>
   tim::Tensor<T, tim::cpu> load(std::string_view name, const tim::Shape& expected) const {
-    const tim::io::TensorInfo& t = info(name);
-    tim::check(t.shape == expected, "tensor '", name, "': expected shape ", expected, ", got ", t.shape,
-               " (in the random VAE checkpoint)");
-    auto out = tim::Tensor<T, tim::cpu>::empty(t.shape);
-    const std::int64_t n = t.shape.numel();
-    const bool is_norm = t.name.find(".norm") != std::string::npos || t.name.find("group_norm") != std::string::npos ||
-                         t.name.find("conv_norm_out") != std::string::npos;
-    const bool is_bias = t.name.size() >= 5 && t.name.compare(t.name.size() - 5, 5, ".bias") == 0;
+    const bool is_norm = name.find(".norm") != std::string_view::npos ||
+                         name.find("group_norm") != std::string_view::npos ||
+                         name.find("conv_norm_out") != std::string_view::npos;
+    const bool is_bias = ends_with(name, ".bias");
     double mean = 0, stddev = 0.1;
     if (is_norm) {
       mean = is_bias ? 0.0 : 1.0;
       stddev = 0.2;
     } else if (!is_bias) {
-      stddev = 1.0 / std::sqrt(static_cast<double>(n / t.shape[0]));  // 1 / sqrt(fan_in)
+      stddev = fan_in_stddev(info(name).shape);
     }
-    const std::uint64_t h = fnv1a(t.name), seed = seed_;
-    T* data = out.data();
-    tim::cpu::parallel_for((n + chunk - 1) / chunk, [&](std::int64_t i) {
-      std::seed_seq sequence{static_cast<std::uint32_t>(h), static_cast<std::uint32_t>(h >> 32),
-                             static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(seed),
-                             static_cast<std::uint32_t>(seed >> 32)};
-      std::mt19937 engine(sequence);
-      std::normal_distribution<double> normal(mean, stddev);
-      const std::int64_t end = std::min(n, (i + 1) * chunk);
-      for (std::int64_t j = i * chunk; j < end; ++j) data[j] = static_cast<T>(normal(engine));
-    });
-    return out;
+    return generate<T>(name, expected, std::normal_distribution<double>(mean, stddev));
   }
-
- private:
-  void add(std::string name, tim::Shape shape) {
-    tim::io::TensorInfo t;
-    t.name = name;
-    t.dtype = tim::DType::F32;
-    t.shape = std::move(shape);
-    t.begin = offset_;
-    offset_ += static_cast<std::size_t>(t.shape.numel()) * sizeof(float);
-    t.end = offset_;
-    index_.emplace(std::move(name), tensors_.size());
-    tensors_.push_back(std::move(t));
-  }
-  static std::uint64_t fnv1a(std::string_view s) {
-    std::uint64_t h = 14695981039346656037ull;
-    for (unsigned char ch : s) {
-      h ^= ch;
-      h *= 1099511628211ull;
-    }
-    return h;
-  }
-
-  std::vector<tim::io::TensorInfo> tensors_;
-  std::unordered_map<std::string, std::size_t> index_;
-  std::size_t offset_ = 0;
-  std::uint64_t seed_;
 };
 
 }  // namespace tim_bench

@@ -21,18 +21,7 @@ template <class T>
 double golden_error(const std::string& name) {
   auto file = tim::io::SafetensorsFile::open(tim_test::golden_path(name, folder));
   tim_test::ParametersOnly parameters(file);
-  auto vae = tim::vae::load_sd_vae_decoder<T>(parameters, tim_test::sd_vae_options_of(file));
-  auto latents = file.load<T>("input.latents");
-  auto expected = file.load<double>("output.images");
-  auto images = vae.decode(latents);
-  REQUIRE(images.shape() == expected.shape());
-  const double error = tim_test::relative_error(images.data(), expected.data(), static_cast<std::size_t>(images.numel()));
-  double largest = 0;
-  for (std::int64_t i = 0; i < expected.numel(); ++i) largest = std::max(largest, std::abs(expected.data()[i]));
-  CHECK(largest > 1e-1);  // not a vacuous pass
-  MESSAGE(name, " (", vae.config.describe(), ") ", std::string(sizeof(T) == 8 ? "double" : "float"),
-          ": relative error ", error);
-  return error;
+  return tim_test::decoded_golden_error<T>(tim::vae::load_sd_vae_decoder<T>(parameters, tim_test::sd_vae_options_of(file)), file, name);
 }
 
 std::string load_error(const tim::io::SafetensorsFile& file, const tim::vae::SdVaeOptions& options) {

@@ -242,18 +242,7 @@ TEST_CASE("cuda dc ae: every golden case within 1e-4 of the float64 reference an
     auto file = tim::io::SafetensorsFile::open(tim_test::golden_path(name, folder));
     tim_test::ParametersOnly parameters(file);
     const auto host = tim::vae::load_dc_ae_decoder<float>(parameters, tim_test::dc_ae_options_of(file));
-    const tim::vae::CudaDcAeDecoder gpu(host);
-    const auto latents = file.load<float>("input.latents");
-    const auto expected = file.load<double>("output.images");
-    const auto images = gpu.decode(latents);
-    REQUIRE(images.shape() == expected.shape());
-    const auto n = static_cast<std::size_t>(images.numel());
-    const double error = tim_test::relative_error(images.data(), expected.data(), n);
-    const auto cpu_images = host.decode(latents);
-    const double against_cpu = tim_test::relative_error(images.data(), cpu_images.data(), n);
-    MESSAGE(name, ": GPU float vs float64 reference ", error, ", vs the CPU float decoder ", against_cpu);
-    CHECK(error <= 1e-4);
-    CHECK(against_cpu <= 1e-4);
+    tim_test::check_gpu_decoder_golden(host, tim::vae::CudaDcAeDecoder(host), file, name);
   }
 }
 

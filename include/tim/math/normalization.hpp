@@ -26,6 +26,13 @@ TIM_HD inline T layernorm_value(T u, T mean, T rstd, const W* weight, const W* b
   return v;
 }
 
+//! One RMS-normalised value u * rstd * weight[j] + bias[j], rstd = layernorm_rstd(mean of u^2,
+//! eps) (the DC-AE decoder's RMSNorm over channels; the CPU and CUDA decoders both call it).
+template <class T>
+TIM_HD inline T rms_norm_value(T u, T rstd, const T* weight, const T* bias, std::int64_t j) {
+  return u * rstd * weight[j] + bias[j];
+}
+
 //! out[j] = (u[j] - mean) / sqrt(var + eps) * weight[j] + bias[j] over one row of `cols`
 //! values (biased variance, as PyTorch). Null `weight`/`bias` mean no affine. `out` may be `u`.
 template <class T, class W = T>

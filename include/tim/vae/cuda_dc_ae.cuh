@@ -59,13 +59,7 @@ class CudaDcAeDecoder {
   std::int64_t attention_slice_pixels = cuda_dc_ae_detail::linear_attention_slice;
 
   //! images (B, 3, H, W) on the host from latents (B, L, h, w) on the host; see decode_device.
-  Tensor<float> decode(const Tensor<float>& latents) const {
-    check_latents(latents.shape());
-    const Device images = decode_device(to_backend<cuda>(latents));
-    auto out = Tensor<float>::empty(images.shape());
-    cuda::copy(out.data(), images.data(), static_cast<std::size_t>(out.numel()));
-    return out;
-  }
+  Tensor<float> decode(const Tensor<float>& latents) const { return cuda_vae_detail::decode_on_host(*this, latents); }
 
   //! images (B, 3, H, W) from latents (B, L, h, w), both on the device, H = config.upscale() h:
   //! divides by the scaling factor and decodes, as DcAeDecoder::decode (values about [-1, 1], not

@@ -19,6 +19,7 @@
 #include <limits>
 
 #include "tim/cuda/tim.cuh"
+#include "tim/math/normalization.hpp"
 #include "tim/vae/cuda_ops.cuh"
 
 namespace tim::vae {
@@ -48,12 +49,11 @@ struct RmsNormChannels {
     return u * u;
   }
   TIM_HD float rstd(double squares) const {
-    using std::sqrt;
-    return static_cast<float>(1.0 / sqrt(squares / static_cast<double>(channels) + eps));
+    return static_cast<float>(math::layernorm_rstd(squares / static_cast<double>(channels), eps));
   }
   TIM_HD void operator()(float row_rstd, std::int64_t r, int j) const {
     const std::int64_t i = r * channels + j;
-    const float value = in[i] * row_rstd * weight[j] + bias[j];
+    const float value = math::rms_norm_value(in[i], row_rstd, weight, bias, j);
     out[i] = residual ? value + residual[i] : value;
   }
 };

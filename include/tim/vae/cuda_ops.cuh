@@ -314,6 +314,16 @@ inline void conv2d(float* y, const float* x, const float* weight, const float* b
   }
 }
 
+//! A CUDA decoder's decode on host tensors: the latents copied to the device, decode_device, the
+//! images copied back (which waits for the device).
+template <class Decoder>
+Tensor<float> decode_on_host(const Decoder& decoder, const Tensor<float>& latents) {
+  const Tensor<float, cuda> images = decoder.decode_device(to_backend<cuda>(latents));
+  auto out = Tensor<float>::empty(images.shape());
+  cuda::copy(out.data(), images.data(), static_cast<std::size_t>(out.numel()));
+  return out;
+}
+
 }  // namespace cuda_vae_detail
 
 }  // namespace tim::vae

@@ -53,13 +53,7 @@ class CudaSdVaeDecoder {
   std::int64_t score_block_elements = cuda_vae_detail::score_chunk_elements;
 
   //! images (B, 3, H, W) on the host from latents (B, L, h, w) on the host; see decode_device.
-  Tensor<float> decode(const Tensor<float>& latents) const {
-    check_latents(latents.shape());
-    const Device images = decode_device(to_backend<cuda>(latents));
-    auto out = Tensor<float>::empty(images.shape());
-    cuda::copy(out.data(), images.data(), static_cast<std::size_t>(out.numel()));
-    return out;
-  }
+  Tensor<float> decode(const Tensor<float>& latents) const { return cuda_vae_detail::decode_on_host(*this, latents); }
 
   //! images (B, 3, H, W) from latents (B, L, h, w), both on the device: divides by the scaling
   //! factor and decodes, as SdVaeDecoder::decode. Throws tim::Error on a wrong latent shape.

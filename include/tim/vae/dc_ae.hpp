@@ -456,14 +456,10 @@ struct DcAeDecoder {
 
 namespace detail {
 
-//! The shape of tensor `name`, required to have `rank` dimensions.
+//! The shape of tensor `name` of a DC-AE checkpoint, required to have `rank` dimensions.
 template <class Source>
 Shape dc_ae_shape(const Source& source, const std::string& name, int rank, const char* expected) {
-  check(source.contains(name), "checkpoint: missing tensor '", name, "' (expected shape ", expected,
-        "; is this a DC-AE (AutoencoderDC) checkpoint?)");
-  const Shape shape = source.info(name).shape;
-  check(shape.rank() == rank, "checkpoint: tensor '", name, "' has shape ", shape, ", expected ", expected);
-  return shape;
+  return checkpoint_shape(source, name, rank, expected, "a DC-AE (AutoencoderDC)");
 }
 
 //! For each stage i, the largest block index j of the tensors named decoder.up_blocks.{i}.{j}.*.

@@ -14,6 +14,7 @@
 
 #include "tim/core/error.hpp"
 #include "tim/cpu/backend.hpp"
+#include "tim/math/normalization.hpp"
 
 namespace tim::vae {
 
@@ -27,11 +28,11 @@ void rms_norm_channels_forward(T* out, const T* in, const T* weight, const T* bi
     const T* u = in + r * channels;
     double squares = 0;
     for (std::int64_t c = 0; c < channels; ++c) squares += static_cast<double>(u[c]) * static_cast<double>(u[c]);
-    const T rstd = static_cast<T>(1.0 / std::sqrt(squares / static_cast<double>(channels) + eps));
+    const T rstd = static_cast<T>(math::layernorm_rstd(squares / static_cast<double>(channels), eps));
     T* v = out + r * channels;
     const T* skip = residual ? residual + r * channels : nullptr;
     for (std::int64_t c = 0; c < channels; ++c) {
-      const T value = u[c] * rstd * weight[c] + bias[c];
+      const T value = math::rms_norm_value(u[c], rstd, weight, bias, c);
       v[c] = skip ? value + skip[c] : value;
     }
   });

@@ -10,14 +10,32 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "tim/core/error.hpp"
+#include "tim/core/shape.hpp"
 #include "tim/cpu/backend.hpp"
 #include "tim/math/activations.hpp"
 #include "tim/math/normalization.hpp"
 
 namespace tim::vae {
+
+namespace detail {
+
+//! The shape of tensor `name` in a decoder checkpoint, required to have `rank` dimensions;
+//! `kind` ("an SD VAE (AutoencoderKL)") names the checkpoint the loader expects, in messages.
+template <class Source>
+Shape checkpoint_shape(const Source& source, const std::string& name, int rank, const char* expected,
+                       const char* kind) {
+  check(source.contains(name), "checkpoint: missing tensor '", name, "' (expected shape ", expected, "; is this ",
+        kind, " checkpoint?)");
+  const Shape shape = source.info(name).shape;
+  check(shape.rank() == rank, "checkpoint: tensor '", name, "' has shape ", shape, ", expected ", expected);
+  return shape;
+}
+
+}  // namespace detail
 
 //! out (B, H, W, C) from in (B, C, H, W).
 template <class T>

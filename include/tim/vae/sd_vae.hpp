@@ -300,14 +300,10 @@ struct SdVaeDecoder {
 
 namespace detail {
 
-//! The shape of tensor `name`, required to have `rank` dimensions.
+//! The shape of tensor `name` of an SD VAE checkpoint, required to have `rank` dimensions.
 template <class Source>
 Shape vae_shape(const Source& source, const std::string& name, int rank, const char* expected) {
-  check(source.contains(name), "checkpoint: missing tensor '", name, "' (expected shape ", expected,
-        "; is this an SD VAE (AutoencoderKL) checkpoint?)");
-  const Shape shape = source.info(name).shape;
-  check(shape.rank() == rank, "checkpoint: tensor '", name, "' has shape ", shape, ", expected ", expected);
-  return shape;
+  return checkpoint_shape(source, name, rank, expected, "an SD VAE (AutoencoderKL)");
 }
 
 inline std::string up_block_name(std::size_t i) { return "decoder.up_blocks." + std::to_string(i); }
