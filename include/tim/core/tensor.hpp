@@ -7,15 +7,27 @@
 #include <type_traits>
 
 #include "tim/core/dtype.hpp"
+#include "tim/core/memory.hpp"
 #include "tim/core/shape.hpp"
 
 namespace tim {
 
 struct cpu;  // the default backend, defined in tim/cpu/backend.hpp
 
+//! Where a backend's tensors get their memory: the backend itself, except that tim::cpu's
+//! memory is HostMemory (its base), so host tensors need no CPU operations (nor Eigen).
+template <class Backend>
+struct backend_memory {
+  using type = Backend;
+};
+template <>
+struct backend_memory<cpu> {
+  using type = HostMemory;
+};
+
 //! A contiguous row-major tensor of `T` living in `Backend`'s memory.
 //!
-//! `Backend` provides `template <class T> static std::shared_ptr<T> allocate(std::size_t n)`.
+//! Memory comes from backend_memory<Backend>::type (allocate, fill, copy; tim::Backend).
 //! Copies are shallow (they share the data); use `clone()` for a deep copy.
 //! Example: `auto x = tim::Tensor<float>::zeros({2, 4, 32, 32});`
 template <class T, class Backend = cpu>
@@ -30,7 +42,7 @@ class Tensor {
   static Tensor empty(Shape shape) {
     Tensor t;
     t.shape_ = std::move(shape);
-    auto storage = Backend::template allocate<T>(static_cast<std::size_t>(t.shape_.numel()));
+    auto storage = Memory::template allocate<T>(static_cast<std::size_t>(t.shape_.numel()));
     t.data_ = storage.get();
     t.owner_ = std::move(storage);
     return t;
@@ -38,7 +50,7 @@ class Tensor {
   //! Owning tensor filled with zeros.
   static Tensor zeros(Shape shape) {
     Tensor t = empty(std::move(shape));
-    Backend::fill(t.data_, static_cast<std::size_t>(t.numel()), T{});
+    Memory::fill(t.data_, static_cast<std::size_t>(t.numel()), T{});
     return t;
   }
   //! Non-owning view of `data`; `owner` (optional) is kept alive with the view.
@@ -78,26 +90,40 @@ class Tensor {
   //! Deep copy into a new owning tensor.
   Tensor clone() const {
     Tensor t = empty(shape_);
-    Backend::copy(t.data_, data_, static_cast<std::size_t>(numel()));
+    Memory::copy(t.data_, data_, static_cast<std::size_t>(numel()));
     return t;
   }
 
  private:
+  using Memory = typename backend_memory<Backend>::type;
   T* data_ = nullptr;
   Shape shape_;
   std::shared_ptr<const void> owner_;
 };
 
 //! The same values in `Backend`'s memory: `host` itself for the CPU backend, otherwise a new
-//! owning tensor filled through Backend::copy (which accepts a host source). This is how
-//! weights read from a checkpoint (host memory) reach another backend.
+//! owning tensor filled through Backend::copy_from_host. This is how weights read from a
+//! checkpoint (host memory) reach another backend.
 template <class Backend, class T>
 Tensor<T, Backend> to_backend(const Tensor<T, cpu>& host) {
   if constexpr (std::is_same_v<Backend, cpu>) {
     return host;
   } else {
     auto out = Tensor<T, Backend>::empty(host.shape());
-    Backend::copy(out.data(), host.data(), static_cast<std::size_t>(host.numel()));
+    Backend::copy_from_host(out.data(), host.data(), static_cast<std::size_t>(host.numel()));
+    return out;
+  }
+}
+
+//! The same values in host memory: `x` itself for the CPU backend, otherwise a new host tensor
+//! filled through Backend::copy_to_host (complete on return).
+template <class T, class Backend>
+Tensor<T, cpu> to_host(const Tensor<T, Backend>& x) {
+  if constexpr (std::is_same_v<Backend, cpu>) {
+    return x;
+  } else {
+    auto out = Tensor<T, cpu>::empty(x.shape());
+    Backend::copy_to_host(out.data(), x.data(), static_cast<std::size_t>(x.numel()));
     return out;
   }
 }

@@ -19,41 +19,33 @@
 #include <type_traits>
 #include <vector>
 
+#include "tim/core/backend.hpp"
+#include "tim/core/memory.hpp"
 #include "tim/core/tensor.hpp"
 #include "tim/cpu/threads.hpp"
 #include "tim/math/activations.hpp"
 #include "tim/math/attention.hpp"
 #include "tim/math/embedding.hpp"
 #include "tim/math/normalization.hpp"
+#include "tim/math/sampling.hpp"
 
 namespace tim {
 
 //! The CPU backend type. Modules are templates over a backend; this one runs on the host.
-struct cpu {
-  static constexpr std::size_t alignment = 64;
-
-  //! Uninitialised host memory for `n` elements, 64-byte aligned.
-  template <class T>
-  static std::shared_ptr<T> allocate(std::size_t n) {
-    void* p = ::operator new(std::max<std::size_t>(n, 1) * sizeof(T), std::align_val_t{alignment});
-    return std::shared_ptr<T>(static_cast<T*>(p),
-                              [](T* q) { ::operator delete(q, std::align_val_t{alignment}); });
-  }
-  template <class T>
-  static void fill(T* data, std::size_t n, T value) {
-    std::fill(data, data + n, value);
-  }
-  template <class T>
-  static void copy(T* out, const T* in, std::size_t n) {
-    if (n) std::memcpy(out, in, n * sizeof(T));
-  }
-
+//! Memory (allocate, fill, the three copies) comes from HostMemory; see tim/core/backend.hpp
+//! for the contract.
+struct cpu : HostMemory {
   //! Runs `body(i)` for i in [0, n) on the backend's threads. The executor for math/ functors.
   template <class Body>
   static void parallel_for(std::int64_t n, Body&& body) {
     detail::ensure_default_threads();
 #pragma omp parallel for schedule(static) if (n > 1)
     for (std::int64_t i = 0; i < n; ++i) body(i);
+  }
+  //! The contract's executor: op(i) for i in [0, n) (parallel_for under its contract name).
+  template <class Op>
+  static void for_each(std::int64_t n, const Op& op) {
+    parallel_for(n, op);
   }
 
   template <class T>
@@ -365,6 +357,43 @@ struct cpu {
       }
     }
   }
+
+  // ------------------------------------------------------------------------------------------
+  // Sampling operations (state in double, SPEC 6), the same functors tim::cuda runs
+
+  //! out[i] = To(in[i]).
+  template <class To, class From>
+  static void convert(To* out, const From* in, std::size_t n) {
+    for_each(static_cast<std::int64_t>(n), math::ConvertOp<To, From>{out, in});
+  }
+  //! out (B, S) = standard normals: row b is the stream (seed, first_sample + b, step), element e
+  //! its e-th number (random::fill_normal). step = random::initial_noise_step gives tim::initial_noise.
+  static void normal_forward(double* out, std::int64_t batch, std::int64_t per_sample, std::uint64_t seed,
+                             std::uint64_t first_sample, std::uint32_t step) {
+    const std::int64_t blocks = (per_sample + 3) / 4;
+    for_each(batch * blocks, math::NormalOp{out, per_sample, blocks, seed, first_sample, step});
+  }
+  //! F (2B, S) = (F_c, F_u): F_c <- F_u + scale (F_c - F_u) over the first `half` = B S values.
+  static void guidance_forward(double* F, std::int64_t half, double scale) {
+    for_each(half, math::GuidanceOp<double>{F, half, scale});
+  }
+  //! x (n) = a x + b F: the deterministic transition with the transport's coefficients.
+  static void transition_forward(double* x, const double* F, std::int64_t n, math::TransitionCoefficients<double> c) {
+    for_each(n, math::TransitionOp<double>{x, F, c});
+  }
+  //! x (B, S) = transport.stochastic_transition(x, F, t, r, s, eps), eps of row b the stream
+  //! (seed, streams[b], step); `streams` (B) is in the backend's memory.
+  template <class Tr>
+  static void stochastic_transition_forward(double* x, const double* F, const std::uint64_t* streams,
+                                            std::int64_t batch, std::int64_t per_sample, const Tr& transport, double t,
+                                            double r, double stochasticity, std::uint64_t seed, std::uint32_t step) {
+    static_assert(Tr::has_stochastic_transition, "stochastic_transition_forward: the transport has no stochastic step");
+    const std::int64_t blocks = (per_sample + 3) / 4;
+    for_each(batch * blocks, math::StochasticTransitionOp<Tr>{x, F, streams, per_sample, blocks, transport, t, r,
+                                                              stochasticity, seed, step});
+  }
 };
+
+static_assert(Backend<cpu>, "tim::cpu must satisfy the backend contract (tim/core/backend.hpp)");
 
 }  // namespace tim

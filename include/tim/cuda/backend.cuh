@@ -3,7 +3,7 @@
 // are the CPU templates run on a GPU. Element types: float (float32 everywhere, cuBLAS without
 // TF32) and tim::bfloat16 (bfloat16 storage, float32 arithmetic and GEMM accumulation).
 // Every operation is enqueued on tim::cuda::stream() and returns without waiting; copies that
-// touch host memory wait for their own completion.
+// touch host memory (copy_from_host, copy_to_host) wait for their own completion.
 // Internal: include <tim/cuda/tim.cuh>.
 //
 // Shape legend: B batch, N tokens, D hidden, nh heads, hd head dim, R rows of a matrix.
@@ -16,13 +16,14 @@
 #include <string>
 #include <type_traits>
 
+#include "tim/core/backend.hpp"
 #include "tim/core/tensor.hpp"
 #include "tim/cuda/attention.cuh"
 #include "tim/cuda/elementwise.cuh"
 #include "tim/cuda/gemm.cuh"
 #include "tim/cuda/reduction.cuh"
 #include "tim/cuda/runtime.cuh"
-#include "tim/cuda/sampling_kernels.cuh"
+#include "tim/math/sampling.hpp"
 
 namespace tim {
 
@@ -92,19 +93,41 @@ struct cuda {
   static void fill(T* data, std::size_t n, T value) {
     cuda_detail::for_each(static_cast<std::int64_t>(n), cuda_detail::FillOp<T>{data, value});
   }
-  //! Copies n elements between any two of host and device memory (cudaMemcpyDefault). Device to
-  //! device is enqueued on stream(); a copy from or to host memory has completed on return.
+  //! n elements within device memory, enqueued on stream() (returns without waiting).
   template <class T>
   static void copy(T* out, const T* in, std::size_t n) {
     if (n == 0) return;
-    const bool touches_host = cuda_detail::is_host_pointer(out) || cuda_detail::is_host_pointer(in);
-    cuda_detail::check_cuda(cudaMemcpyAsync(out, in, n * sizeof(T), cudaMemcpyDefault, stream()), "cudaMemcpyAsync");
-    if (touches_host) synchronize();
+    cuda_detail::check_cuda(cudaMemcpyAsync(out, in, n * sizeof(T), cudaMemcpyDeviceToDevice, stream()),
+                            "cudaMemcpyAsync (device to device)");
+  }
+  //! n elements from host memory `host` to the device; complete on return (the host may reuse
+  //! `host` at once).
+  template <class T>
+  static void copy_from_host(T* out, const T* host, std::size_t n) {
+    if (n == 0) return;
+    cuda_detail::check_cuda(cudaMemcpyAsync(out, host, n * sizeof(T), cudaMemcpyHostToDevice, stream()),
+                            "cudaMemcpyAsync (host to device)");
+    synchronize();
+  }
+  //! n elements from the device to host memory `host`, after everything enqueued before;
+  //! complete on return.
+  template <class T>
+  static void copy_to_host(T* host, const T* in, std::size_t n) {
+    if (n == 0) return;
+    cuda_detail::check_cuda(cudaMemcpyAsync(host, in, n * sizeof(T), cudaMemcpyDeviceToHost, stream()),
+                            "cudaMemcpyAsync (device to host)");
+    synchronize();
+  }
+  //! The contract's executor: op(i) for i in [0, n) on the device, op a TIM_HD functor of
+  //! device pointers and values (math/, cuda/elementwise.cuh).
+  template <class Op>
+  static void for_each(std::int64_t n, const Op& op) {
+    cuda_detail::for_each(n, op);
   }
   //! out[i] = To(in[i]) on the device (e.g. the sampler's double state to the network's T).
   template <class To, class From>
   static void convert(To* out, const From* in, std::size_t n) {
-    cuda_detail::for_each(static_cast<std::int64_t>(n), cuda_detail::ConvertOp<To, From>{out, in});
+    cuda_detail::for_each(static_cast<std::int64_t>(n), math::ConvertOp<To, From>{out, in});
   }
 
   // ------------------------------------------------------------------------------------------
@@ -259,32 +282,33 @@ struct cuda {
   // ------------------------------------------------------------------------------------------
   // Sampling operations (state in double, SPEC 6; the generator of tim/core/random.hpp)
 
-  //! out (B, per_sample) = standard normals: row b is the stream (seed, first_sample + b, step),
-  //! element e its e-th number, the numbers random::fill_normal gives on the host (the Philox
-  //! words are identical; Box-Muller's log/cos/sin may differ in the last bits from the host's
-  //! libm). step = random::initial_noise_step gives tim::initial_noise.
+  //! out (B, S) = standard normals: row b is the stream (seed, first_sample + b, step), element
+  //! e its e-th number, the numbers random::fill_normal gives on the host (the Philox words are
+  //! identical; Box-Muller's log/cos/sin may differ in the last bits from the host's libm).
+  //! step = random::initial_noise_step gives tim::initial_noise.
   static void normal_forward(double* out, std::int64_t batch, std::int64_t per_sample, std::uint64_t seed,
                              std::uint64_t first_sample, std::uint32_t step) {
     const std::int64_t blocks = (per_sample + 3) / 4;
-    cuda_detail::for_each(batch * blocks, cuda_detail::NormalOp{out, per_sample, blocks, seed, first_sample, step});
+    cuda_detail::for_each(batch * blocks, math::NormalOp{out, per_sample, blocks, seed, first_sample, step});
   }
-
+  //! F (2B, S) = (F_c, F_u): F_c <- F_u + scale (F_c - F_u) over the first `half` = B S values.
+  static void guidance_forward(double* F, std::int64_t half, double scale) {
+    cuda_detail::for_each(half, math::GuidanceOp<double>{F, half, scale});
+  }
   //! x (n) = a x + b F: the deterministic transition with the transport's coefficients (t, r).
   static void transition_forward(double* x, const double* F, std::int64_t n, math::TransitionCoefficients<double> c) {
-    cuda_detail::for_each(n, cuda_detail::TransitionOp{x, F, c});
+    cuda_detail::for_each(n, math::TransitionOp<double>{x, F, c});
   }
-
-  //! x (B, per_sample) = transport.stochastic_transition(x, F, t, r, s, eps) with eps of row b
-  //! the stream (seed, first_sample + b, step): the stochastic step of the CPU sampler.
+  //! x (B, S) = transport.stochastic_transition(x, F, t, r, s, eps) with eps of row b the stream
+  //! (seed, streams[b], step); `streams` (B) is device memory. The stochastic step of tim::cpu.
   template <class Tr>
-  static void stochastic_transition_forward(double* x, const double* F, std::int64_t batch, std::int64_t per_sample,
-                                            const Tr& transport, double t, double r, double stochasticity,
-                                            std::uint64_t seed, std::uint64_t first_sample, std::uint32_t step) {
+  static void stochastic_transition_forward(double* x, const double* F, const std::uint64_t* streams,
+                                            std::int64_t batch, std::int64_t per_sample, const Tr& transport, double t,
+                                            double r, double stochasticity, std::uint64_t seed, std::uint32_t step) {
     static_assert(Tr::has_stochastic_transition, "stochastic_transition_forward: the transport has no stochastic step");
     const std::int64_t blocks = (per_sample + 3) / 4;
-    cuda_detail::for_each(batch * blocks,
-                          cuda_detail::StochasticTransitionOp<Tr>{x, F, per_sample, blocks, transport, t, r,
-                                                                  stochasticity, seed, first_sample, step});
+    cuda_detail::for_each(batch * blocks, math::StochasticTransitionOp<Tr>{x, F, streams, per_sample, blocks, transport,
+                                                                           t, r, stochasticity, seed, step});
   }
 
  private:
@@ -293,5 +317,7 @@ struct cuda {
           head_dim, " must be even and at most ", cuda_detail::max_head_dim);
   }
 };
+
+static_assert(Backend<cuda>, "tim::cuda must satisfy the backend contract (tim/core/backend.hpp)");
 
 }  // namespace tim

@@ -69,19 +69,6 @@ struct FillOp {
   TIM_HD void operator()(std::int64_t i) const { data[i] = value; }
 };
 
-//! out[i] = To(in[i]) (the sampler's double state to and from the network's precision).
-template <class To, class From>
-struct ConvertOp {
-  To* out;
-  const From* in;
-  TIM_HD void operator()(std::int64_t i) const {
-    if constexpr (std::is_same_v<To, bfloat16>)
-      out[i] = bfloat16(static_cast<float>(in[i]));
-    else
-      out[i] = static_cast<To>(static_cast<compute_t<From>>(in[i]));
-  }
-};
-
 //! y (R, out) += bias (out), after the GEMM.
 template <class T>
 struct BiasOp {

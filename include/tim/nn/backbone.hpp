@@ -91,8 +91,8 @@ struct Workspace {
           cos_host[n * (hd / 2) + pair] = static_cast<T>(std::cos(angle));
           sin_host[n * (hd / 2) + pair] = static_cast<T>(std::sin(angle));
         }
-      Backend::copy(rotary_cos.data(), cos_host.data(), cos_host.size());
-      Backend::copy(rotary_sin.data(), sin_host.data(), sin_host.size());
+      Backend::copy_from_host(rotary_cos.data(), cos_host.data(), cos_host.size());
+      Backend::copy_from_host(rotary_sin.data(), sin_host.data(), sin_host.size());
     }
     batch = B;
     height = H;

@@ -1,0 +1,102 @@
+// The backend contract: what every backend (tim::cpu, tim::cuda, a user's own) provides, written
+// as the concept tim::Backend and checked by static_assert where each backend is defined. The
+// modules of nn/ and vae/, the sampler and the decoders are templates over a type satisfying it;
+// nothing above the backends names a backend's internals.
+//
+// A backend is a struct of static functions over raw pointers plus extents (llm.c style), in
+// five groups (docs/architecture.md, "The backend contract"):
+//   memory       allocate<T>(n) -> shared_ptr<T>, fill, and three copies whose direction is in
+//                the name: copy (within the backend), copy_from_host, copy_to_host (complete on
+//                return); synchronize() waits for everything enqueued.
+//   executor     for_each(n, op): op(i) for i in [0, n), op a TIM_HD functor of math/ (on a GPU
+//                it runs on the device, so it holds device pointers and values only).
+//   GEMM         linear_forward: y (R, out) = x (R, in) W^T (+ bias) (+= with accumulate).
+//   network ops  layernorm, swiglu, silu, timestep features, modulate, gated residual,
+//                patchify/unpatchify, embedding (labels are host memory), add, difference,
+//                qkv split with qk-norm and rotary, head split, attention (self and cross).
+//   sampling ops convert (T <-> double), normal_forward (the counter-based normals of
+//                core/random.hpp), guidance_forward, transition_forward,
+//                stochastic_transition_forward (state in double, SPEC 6).
+// Each group is its own concept, so a test (or a partial backend under construction) can name
+// which group is missing.
+//
+// Shape legend: B batch, N tokens, D hidden, nh heads, hd head dim, R rows, S per-sample values.
+#pragma once
+
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "tim/core/config.hpp"
+#include "tim/math/transport.hpp"
+
+namespace tim {
+
+namespace detail {
+//! A functor the executor must accept (does nothing).
+struct ProbeOp {
+  TIM_HD void operator()(std::int64_t) const {}
+};
+//! A transport with a stochastic transition, for checking stochastic_transition_forward.
+struct ProbeTransport {
+  static constexpr bool has_stochastic_transition = true;
+  TIM_HD double stochastic_transition(double x, double, double, double, double, double) const { return x; }
+};
+}  // namespace detail
+
+//! Memory: allocation, fill, copies with the direction named, synchronisation.
+template <class B>
+concept BackendMemory = requires(float* out, const float* in, std::size_t n) {
+  { B::template allocate<float>(n) } -> std::same_as<std::shared_ptr<float>>;
+  B::fill(out, n, 0.0f);
+  B::copy(out, in, n);            // within the backend's memory
+  B::copy_from_host(out, in, n);  // in: host memory
+  B::copy_to_host(out, in, n);    // out: host memory, complete on return
+  B::synchronize();
+};
+
+//! The element-wise executor.
+template <class B>
+concept BackendExecutor = requires(std::int64_t n) { B::for_each(n, detail::ProbeOp{}); };
+
+//! GEMM and the operations of the TiM networks (nn/), as documented on tim::cpu.
+template <class B>
+concept BackendNetworkOps = requires(float* out, float* q, float* k, float* v, const float* in, const float* w,
+                                     const float* bias, const std::int64_t* labels, std::int64_t n, double eps) {
+  B::linear_forward(out, in, w, bias, n, n, n, false);
+  B::layernorm_forward(out, in, w, bias, n, n, eps);
+  B::swiglu_forward(out, in, in, n, n, n, n);
+  B::silu_forward(out, in, n);
+  B::timestep_features_forward(out, in, n);
+  B::modulate_forward(out, in, in, n, n, n, n);
+  B::gated_residual_forward(out, in, in, n, n, n, n);
+  B::patchify_forward(out, in, n, n, n, n, n);
+  B::unpatchify_forward(out, in, n, n, n, n, n);
+  B::embedding_forward(out, in, labels, n, n);
+  B::add_forward(out, in, n);
+  B::difference_forward(out, in, in, n);
+  B::qkv_split_forward(q, k, v, in, bias, w, bias, w, bias, eps, in, in, n, n, n, n, 1.0f);
+  B::split_heads_forward(out, in, n, w, bias, eps, in, in, n, n, n, n, 1.0f);
+  B::attention_forward(out, q, k, v, n, n, n, n, 1.0);     // self-attention
+  B::attention_forward(out, q, k, v, n, n, n, n, n, 1.0);  // Nq queries, Nk keys
+};
+
+//! The sampler's operations on a double state (and the conversions to and from T).
+template <class B>
+concept BackendSamplingOps = requires(double* x, const double* F, float* y, const float* cy, const std::uint64_t* streams,
+                                      std::int64_t n, std::uint64_t seed, std::uint32_t step,
+                                      math::TransitionCoefficients<double> c) {
+  B::convert(y, F, static_cast<std::size_t>(n));   // double -> float
+  B::convert(x, cy, static_cast<std::size_t>(n));  // float -> double
+  B::normal_forward(x, n, n, seed, seed, step);
+  B::guidance_forward(x, n, 2.0);
+  B::transition_forward(x, F, n, c);
+  B::stochastic_transition_forward(x, F, streams, n, n, detail::ProbeTransport{}, 0.5, 0.25, 0.1, seed, step);
+};
+
+//! Everything a backend provides: what nn/ modules, the decoders and the sampler are written against.
+template <class B>
+concept Backend = BackendMemory<B> && BackendExecutor<B> && BackendNetworkOps<B> && BackendSamplingOps<B>;
+
+}  // namespace tim
