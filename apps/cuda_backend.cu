@@ -7,59 +7,128 @@
 #include <tim/vae/cuda_sd_vae.cuh>
 
 #include <memory>
+#include <type_traits>
 #include <variant>
 
 namespace tim_cli {
 
-struct CudaC2IModel::Impl {
+struct CudaModel::Impl {
   virtual ~Impl() = default;
-  virtual const tim::nn::C2IConfig& config() const = 0;
+  virtual bool text_to_image() const = 0;
+  virtual const tim::nn::BackboneConfig& config() const = 0;
+  virtual const tim::nn::C2IConfig* c2i_config() const = 0;
+  virtual const tim::nn::T2IConfig* t2i_config() const = 0;
   virtual void forward(tim::Tensor<double>& out, const tim::Tensor<double>& x, const tim::Tensor<double>& t_in,
-                       const tim::Tensor<double>& r_in, const tim::Tensor<std::int64_t>& labels) = 0;
-  virtual DoubleFlow flow(const tim::AnyTransport& transport, std::int64_t rows, std::int64_t height,
-                          std::int64_t width) = 0;
+                       const tim::Tensor<double>& r_in, const tim::Tensor<std::int64_t>* labels,
+                       const tim::Tensor<float>* cap_feats) = 0;
+  virtual tim::SampleResult<> sample(const tim::AnyTransport& transport, const tim::AnySchedule& schedule,
+                                     const tim::Tensor<double>& noise, const tim::Tensor<std::int64_t>* labels,
+                                     const tim::Tensor<float>* cap_feats, const tim::Tensor<float>* null_cap_feats,
+                                     const tim::SamplerOptions<>& options, const Progress& progress) = 0;
 };
 
 namespace {
 
-//! A host tensor of doubles as a device tensor of T (same shape).
-template <class T>
-tim::Tensor<T, tim::cuda> upload_as(const tim::Tensor<double>& host) {
-  auto staged = tim::Tensor<double, tim::cuda>::empty(host.shape());
-  tim::cuda::copy(staged.data(), host.data(), static_cast<std::size_t>(host.numel()));
-  auto converted = tim::Tensor<T, tim::cuda>::empty(host.shape());
-  tim::cuda::convert(converted.data(), staged.data(), static_cast<std::size_t>(host.numel()));
-  return converted;
+//! A host tensor of From as a device tensor of T (same shape): uploaded, then converted there.
+template <class T, class From>
+tim::Tensor<T, tim::cuda> upload_as(const tim::Tensor<From>& host) {
+  auto staged = tim::to_backend<tim::cuda>(host);
+  if constexpr (std::is_same_v<T, From>) {
+    return staged;
+  } else {
+    auto converted = tim::Tensor<T, tim::cuda>::empty(host.shape());
+    tim::cuda::convert(converted.data(), staged.data(), static_cast<std::size_t>(host.numel()));
+    return converted;
+  }
 }
 
+//! A device tensor of T as a host tensor of double.
 template <class T>
-struct TypedModel final : CudaC2IModel::Impl {
-  std::shared_ptr<tim::nn::C2IModel<T, tim::cuda>> model;
+tim::Tensor<double> download_as_double(const tim::Tensor<T, tim::cuda>& device) {
+  auto as_double = tim::Tensor<double, tim::cuda>::empty(device.shape());
+  tim::cuda::convert(as_double.data(), device.data(), static_cast<std::size_t>(device.numel()));
+  return tim::to_host(as_double);
+}
 
-  explicit TypedModel(tim::nn::C2IModel<T, tim::cuda> m)
-      : model(std::make_shared<tim::nn::C2IModel<T, tim::cuda>>(std::move(m))) {}
+//! The sampler's options on the GPU: the host options without the host callback, plus progress.
+tim::SamplerOptions<tim::cuda> device_options(const tim::SamplerOptions<>& o, const Progress& progress) {
+  tim::check(!o.on_step, "tim_cli::CudaModel::sample: options.on_step must be empty (pass a Progress)");
+  tim::SamplerOptions<tim::cuda> d{.cfg_scale = o.cfg_scale,
+                                   .guidance_low = o.guidance_low,
+                                   .guidance_high = o.guidance_high,
+                                   .stochasticity = o.stochasticity,
+                                   .mode = o.mode,
+                                   .seed = o.seed,
+                                   .first_sample_index = o.first_sample_index,
+                                   .sample_indices = o.sample_indices,
+                                   .null_label = o.null_label,
+                                   .keep_trajectory = o.keep_trajectory};
+  if (progress)
+    d.on_step = [progress](const tim::StepInfo<tim::cuda>& info) { return progress(info.step, info.steps); };
+  return d;
+}
 
-  const tim::nn::C2IConfig& config() const override { return model->config; }
+//! The result of a GPU run on the host.
+tim::SampleResult<> to_host_result(const tim::SampleResult<tim::cuda>& r) {
+  tim::SampleResult<> host;
+  host.x = tim::to_host(r.x);
+  if (!r.trajectory.empty_tensor()) host.trajectory = tim::to_host(r.trajectory);
+  host.times = r.times;
+  host.steps_done = r.steps_done;
+  host.cancelled = r.cancelled;
+  return host;
+}
 
-  void forward(tim::Tensor<double>& out, const tim::Tensor<double>& x, const tim::Tensor<double>& t_in,
-               const tim::Tensor<double>& r_in, const tim::Tensor<std::int64_t>& labels) override {
-    tim::Tensor<T, tim::cuda> device_out;
-    model->forward(device_out, upload_as<T>(x), upload_as<T>(t_in), upload_as<T>(r_in), labels);
-    auto as_double = tim::Tensor<double, tim::cuda>::empty(device_out.shape());
-    tim::cuda::convert(as_double.data(), device_out.data(), static_cast<std::size_t>(device_out.numel()));
-    if (out.empty_tensor() || out.shape() != device_out.shape()) out = tim::Tensor<double>::empty(device_out.shape());
-    tim::cuda::copy(out.data(), as_double.data(), static_cast<std::size_t>(out.numel()));
+template <class Network>
+struct TypedModel final : CudaModel::Impl {
+  using T = typename Network::value_type;
+  static constexpr bool is_t2i = std::is_same_v<Network, tim::nn::T2IModel<T, tim::cuda>>;
+  std::shared_ptr<Network> model;
+
+  explicit TypedModel(Network m) : model(std::make_shared<Network>(std::move(m))) {}
+
+  bool text_to_image() const override { return is_t2i; }
+  const tim::nn::BackboneConfig& config() const override { return model->config; }
+  const tim::nn::C2IConfig* c2i_config() const override {
+    if constexpr (is_t2i) return nullptr; else return &model->config;
+  }
+  const tim::nn::T2IConfig* t2i_config() const override {
+    if constexpr (is_t2i) return &model->config; else return nullptr;
   }
 
-  DoubleFlow flow(const tim::AnyTransport& transport, std::int64_t rows, std::int64_t height,
-                  std::int64_t width) override {
+  void forward(tim::Tensor<double>& out, const tim::Tensor<double>& x, const tim::Tensor<double>& t_in,
+               const tim::Tensor<double>& r_in, const tim::Tensor<std::int64_t>* labels,
+               const tim::Tensor<float>* cap_feats) override {
+    tim::Tensor<T, tim::cuda> device_out;
+    if constexpr (is_t2i) {
+      tim::check(cap_feats != nullptr, "--device cuda: a text-to-image model needs caption features");
+      model->forward(device_out, upload_as<T>(x), upload_as<T>(t_in), upload_as<T>(r_in), upload_as<T>(*cap_feats));
+    } else {
+      tim::check(labels != nullptr, "--device cuda: a class-conditional model needs labels");
+      model->forward(device_out, upload_as<T>(x), upload_as<T>(t_in), upload_as<T>(r_in), *labels);
+    }
+    out = download_as_double(device_out);
+  }
+
+  tim::SampleResult<> sample(const tim::AnyTransport& transport, const tim::AnySchedule& schedule,
+                             const tim::Tensor<double>& noise, const tim::Tensor<std::int64_t>* labels,
+                             const tim::Tensor<float>* cap_feats, const tim::Tensor<float>* null_cap_feats,
+                             const tim::SamplerOptions<>& options, const Progress& progress) override {
+    const auto device_noise = tim::to_backend<tim::cuda>(noise);
+    const auto d = device_options(options, progress);
+    typename Network::Condition condition;
+    if constexpr (is_t2i) {
+      tim::check(cap_feats != nullptr, "--device cuda: a text-to-image model needs caption features");
+      condition = upload_as<T>(*cap_feats);
+      if (null_cap_feats && !null_cap_feats->empty_tensor()) model->set_null_caption(upload_as<T>(*null_cap_feats));
+    } else {
+      tim::check(labels != nullptr, "--device cuda: a class-conditional model needs labels");
+      condition = *labels;
+    }
     return std::visit(
-        [&](auto chosen) -> DoubleFlow {
-          // The flow keeps the model alive through the shared pointer it captures.
-          auto flow = std::make_shared<tim::CudaFlow<T, decltype(chosen)>>(*model, chosen);
-          flow->reserve(rows, height, width);
-          return [flow, keep = model](tim::Tensor<double>& F, const tim::Tensor<double>& x, double t, double r,
-                                      const tim::Tensor<std::int64_t>& labels) { (*flow)(F, x, t, r, labels); };
+        [&](auto chosen) {
+          tim::TransitionSampler sampler{*model, chosen, schedule};
+          return to_host_result(sampler.sample(device_noise, condition, d));
         },
         transport);
   }
@@ -67,31 +136,60 @@ struct TypedModel final : CudaC2IModel::Impl {
 
 }  // namespace
 
-CudaC2IModel CudaC2IModel::load(const std::string& path, const std::string& precision,
-                                const tim::nn::ConfigOverrides& overrides) {
+CudaModel CudaModel::load(const std::string& path, const std::string& precision,
+                          const tim::nn::ConfigOverrides& overrides) {
   tim::check(tim::cuda::available(), "--device cuda: ", tim::cuda::device_description());
-  CudaC2IModel loaded;
+  tim::check(precision == "float32" || precision == "bfloat16", "--precision: '", precision,
+             "' is not float32 or bfloat16");
+  const bool t2i = tim::detect_model_kind(path) == tim::nn::ModelKind::t2i;
+  CudaModel loaded;
+  auto load_as = [&]<class T>() {
+    if (t2i)
+      loaded.impl_ = std::make_shared<TypedModel<tim::nn::T2IModel<T, tim::cuda>>>(tim::load_t2i<T, tim::cuda>(path, overrides));
+    else
+      loaded.impl_ = std::make_shared<TypedModel<tim::nn::C2IModel<T, tim::cuda>>>(tim::load_c2i<T, tim::cuda>(path, overrides));
+  };
   if (precision == "float32")
-    loaded.impl_ = std::make_shared<TypedModel<float>>(tim::load_c2i<float, tim::cuda>(path, overrides));
-  else if (precision == "bfloat16")
-    loaded.impl_ = std::make_shared<TypedModel<tim::bfloat16>>(tim::load_c2i<tim::bfloat16, tim::cuda>(path, overrides));
+    load_as.template operator()<float>();
   else
-    tim::fail("--precision: '", precision, "' is not float32 or bfloat16");
+    load_as.template operator()<tim::bfloat16>();
   return loaded;
 }
 
-const tim::nn::C2IConfig& CudaC2IModel::config() const { return impl_->config(); }
-
-std::string CudaC2IModel::device() const { return tim::cuda::device_description(); }
-
-void CudaC2IModel::forward(tim::Tensor<double>& out, const tim::Tensor<double>& x, const tim::Tensor<double>& t_in,
-                           const tim::Tensor<double>& r_in, const tim::Tensor<std::int64_t>& labels) const {
-  impl_->forward(out, x, t_in, r_in, labels);
+bool CudaModel::text_to_image() const { return impl_->text_to_image(); }
+const tim::nn::BackboneConfig& CudaModel::config() const { return impl_->config(); }
+const tim::nn::C2IConfig& CudaModel::c2i_config() const {
+  const auto* c = impl_->c2i_config();
+  tim::check(c != nullptr, "this model is text-to-image, not class-conditional");
+  return *c;
+}
+const tim::nn::T2IConfig& CudaModel::t2i_config() const {
+  const auto* c = impl_->t2i_config();
+  tim::check(c != nullptr, "this model is class-conditional, not text-to-image");
+  return *c;
 }
 
-DoubleFlow CudaC2IModel::flow(const tim::AnyTransport& transport, std::int64_t rows, std::int64_t height,
-                              std::int64_t width) const {
-  return impl_->flow(transport, rows, height, width);
+std::string CudaModel::device() const { return tim::cuda::device_description(); }
+
+void CudaModel::forward(tim::Tensor<double>& out, const tim::Tensor<double>& x, const tim::Tensor<double>& t_in,
+                        const tim::Tensor<double>& r_in, const tim::Tensor<std::int64_t>& labels) const {
+  impl_->forward(out, x, t_in, r_in, &labels, nullptr);
+}
+void CudaModel::forward(tim::Tensor<double>& out, const tim::Tensor<double>& x, const tim::Tensor<double>& t_in,
+                        const tim::Tensor<double>& r_in, const tim::Tensor<float>& cap_feats) const {
+  impl_->forward(out, x, t_in, r_in, nullptr, &cap_feats);
+}
+
+tim::SampleResult<> CudaModel::sample(const tim::AnyTransport& transport, const tim::AnySchedule& schedule,
+                                      const tim::Tensor<double>& noise, const tim::Tensor<std::int64_t>& labels,
+                                      const tim::SamplerOptions<>& options, const Progress& progress) const {
+  return impl_->sample(transport, schedule, noise, &labels, nullptr, nullptr, options, progress);
+}
+tim::SampleResult<> CudaModel::sample(const tim::AnyTransport& transport, const tim::AnySchedule& schedule,
+                                      const tim::Tensor<double>& noise, const tim::Tensor<float>& cap_feats,
+                                      const tim::Tensor<float>& null_cap_feats, const tim::SamplerOptions<>& options,
+                                      const Progress& progress) const {
+  return impl_->sample(transport, schedule, noise, nullptr, &cap_feats, &null_cap_feats, options, progress);
 }
 
 struct CudaVaeDecoder::Impl {

@@ -1,13 +1,14 @@
-// What the `tim` program needs from the CUDA backend, behind a plain C++ interface so that
-// apps/tim.cpp stays a g++ translation unit: apps/cuda_backend.cu implements it with nvcc (the
-// static library tim_cli_cuda, built when TIM_CUDA is on). A class-conditional model loaded onto
-// the GPU in float32 or bfloat16, its forward in double on the host (`tim forward --device cuda`),
-// and its sampler model, a tim::FlowFunction (`tim sample --device cuda`). See docs/cuda.md.
+// What the `tim` program needs from the CUDA backend, behind a plain C++ interface so that the
+// g++ translation units of apps/ need no nvcc: apps/cuda_backend.cu implements it with nvcc (the
+// static library tim_cli_cuda, built when TIM_CUDA is on). A TiM (class-conditional or
+// text-to-image) loaded onto the GPU in float32 or bfloat16, its forward on host tensors
+// (`tim forward --device cuda`), and whole sampling runs on the GPU (`tim sample --device cuda`):
+// tim::TransitionSampler over the network on tim::cuda, so the state stays on the device for the
+// whole run and only the result comes back. See docs/cuda.md.
 //
 // Example (tim sample):
-//   auto gpu = tim_cli::CudaC2IModel::load(path, "bfloat16", overrides);
-//   tim::TransitionSampler sampler{gpu.flow(transport, 2 * B, H, W), transport, schedule};
-//   auto result = sampler.sample(noise, labels, {.cfg_scale = ..., .null_label = gpu.config().num_classes});
+//   auto gpu = tim_cli::CudaModel::load(path, "bfloat16", overrides);
+//   tim::SampleResult<> result = gpu.sample(transport, schedule, noise, labels, options, progress);
 #pragma once
 
 #include <cstdint>
@@ -17,26 +18,32 @@
 
 #include "tim/core/tensor.hpp"
 #include "tim/nn/config.hpp"
+#include "tim/sampler/sampler.hpp"
+#include "tim/sampler/schedule.hpp"
 #include "tim/transport/transports.hpp"
 #include "tim/vae/dc_ae.hpp"
 #include "tim/vae/sd_vae.hpp"
 
 namespace tim_cli {
 
-//! The sampler's model in transport time, as tim::FlowFunction accepts it.
-using DoubleFlow = std::function<void(tim::Tensor<double>& F, const tim::Tensor<double>& x, double t, double r,
-                                      const tim::Tensor<std::int64_t>& labels)>;
+//! Called after every step of a GPU sampling run with (step, steps); return false to stop.
+using Progress = std::function<bool(int step, int steps)>;
 
-//! A class-conditional TiM on the current GPU. Copies share the model.
-class CudaC2IModel {
+//! A TiM on the current GPU, class-conditional or text-to-image as its tensor names say. Copies
+//! share the model.
+class CudaModel {
  public:
   //! Loads the checkpoint at `path` onto the GPU in `precision` ("float32" or "bfloat16").
-  //! Throws tim::Error when there is no usable device, the file is not a C2I TiM, or the
-  //! precision is unknown.
-  static CudaC2IModel load(const std::string& path, const std::string& precision,
-                           const tim::nn::ConfigOverrides& overrides = {});
+  //! Throws tim::Error when there is no usable device, the file is not a TiM, or the precision
+  //! is unknown.
+  static CudaModel load(const std::string& path, const std::string& precision,
+                        const tim::nn::ConfigOverrides& overrides = {});
 
-  const tim::nn::C2IConfig& config() const;
+  bool text_to_image() const;
+  //! The configuration: the shared part, and each kind's whole one (tim::Error for the other kind).
+  const tim::nn::BackboneConfig& config() const;
+  const tim::nn::C2IConfig& c2i_config() const;
+  const tim::nn::T2IConfig& t2i_config() const;
   //! The device the model lives on, in words.
   std::string device() const;
 
@@ -44,11 +51,23 @@ class CudaC2IModel {
   //! network time inputs t_in, r_in (after c_noise); host tensors in double, resized as needed.
   void forward(tim::Tensor<double>& out, const tim::Tensor<double>& x, const tim::Tensor<double>& t_in,
                const tim::Tensor<double>& r_in, const tim::Tensor<std::int64_t>& labels) const;
+  //! The same for a text-to-image model with caption features (B, M, Dc).
+  void forward(tim::Tensor<double>& out, const tim::Tensor<double>& x, const tim::Tensor<double>& t_in,
+               const tim::Tensor<double>& r_in, const tim::Tensor<float>& cap_feats) const;
 
-  //! The model as the sampler's FlowFunction under `transport` (c_noise applied inside), with
-  //! its buffers reserved for up to `rows` samples of H x W (2B for a guided run).
-  DoubleFlow flow(const tim::AnyTransport& transport, std::int64_t rows, std::int64_t height,
-                  std::int64_t width) const;
+  //! A sampling run on the GPU from host noise (B, C, H, W) under labels (B): the state, guidance,
+  //! transitions, stochastic noise and trajectory stay on the device; the result (x, trajectory)
+  //! comes back to the host at the end. `options.on_step` must be empty (the state is not on the
+  //! host); `progress` is called after every step instead.
+  tim::SampleResult<> sample(const tim::AnyTransport& transport, const tim::AnySchedule& schedule,
+                             const tim::Tensor<double>& noise, const tim::Tensor<std::int64_t>& labels,
+                             const tim::SamplerOptions<>& options, const Progress& progress = {}) const;
+  //! The same for a text-to-image model: caption features (B, M, Dc) and, for guided steps, the
+  //! null caption (1, M, Dc) (may be empty when nothing is guided).
+  tim::SampleResult<> sample(const tim::AnyTransport& transport, const tim::AnySchedule& schedule,
+                             const tim::Tensor<double>& noise, const tim::Tensor<float>& cap_feats,
+                             const tim::Tensor<float>& null_cap_feats, const tim::SamplerOptions<>& options,
+                             const Progress& progress = {}) const;
 
   struct Impl;  // in cuda_backend.cu
 

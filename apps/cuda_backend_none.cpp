@@ -1,4 +1,4 @@
-// `tim` built without the CUDA backend (TIM_CUDA=OFF): CudaC2IModel::load answers --device cuda
+// `tim` built without the CUDA backend (TIM_CUDA=OFF): CudaModel::load answers --device cuda
 // with an error that says how to get a build that has it. Nothing else is reachable without a
 // loaded model. The real implementation is apps/cuda_backend.cu.
 #include "cuda_backend.hpp"
@@ -14,16 +14,28 @@ namespace {
 }
 }  // namespace
 
-CudaC2IModel CudaC2IModel::load(const std::string&, const std::string&, const tim::nn::ConfigOverrides&) {
+CudaModel CudaModel::load(const std::string&, const std::string&, const tim::nn::ConfigOverrides&) { not_built(); }
+bool CudaModel::text_to_image() const { not_built(); }
+const tim::nn::BackboneConfig& CudaModel::config() const { not_built(); }
+const tim::nn::C2IConfig& CudaModel::c2i_config() const { not_built(); }
+const tim::nn::T2IConfig& CudaModel::t2i_config() const { not_built(); }
+std::string CudaModel::device() const { not_built(); }
+void CudaModel::forward(tim::Tensor<double>&, const tim::Tensor<double>&, const tim::Tensor<double>&,
+                        const tim::Tensor<double>&, const tim::Tensor<std::int64_t>&) const {
   not_built();
 }
-const tim::nn::C2IConfig& CudaC2IModel::config() const { not_built(); }
-std::string CudaC2IModel::device() const { not_built(); }
-void CudaC2IModel::forward(tim::Tensor<double>&, const tim::Tensor<double>&, const tim::Tensor<double>&,
-                           const tim::Tensor<double>&, const tim::Tensor<std::int64_t>&) const {
+void CudaModel::forward(tim::Tensor<double>&, const tim::Tensor<double>&, const tim::Tensor<double>&,
+                        const tim::Tensor<double>&, const tim::Tensor<float>&) const {
   not_built();
 }
-DoubleFlow CudaC2IModel::flow(const tim::AnyTransport&, std::int64_t, std::int64_t, std::int64_t) const {
+tim::SampleResult<> CudaModel::sample(const tim::AnyTransport&, const tim::AnySchedule&, const tim::Tensor<double>&,
+                                      const tim::Tensor<std::int64_t>&, const tim::SamplerOptions<>&,
+                                      const Progress&) const {
+  not_built();
+}
+tim::SampleResult<> CudaModel::sample(const tim::AnyTransport&, const tim::AnySchedule&, const tim::Tensor<double>&,
+                                      const tim::Tensor<float>&, const tim::Tensor<float>&, const tim::SamplerOptions<>&,
+                                      const Progress&) const {
   not_built();
 }
 

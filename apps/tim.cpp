@@ -215,7 +215,7 @@ LoadedModel load_model(const ModelOptions& options) {
 
 //! With --device cuda: the class-conditional model on the GPU in `precision`, configured as
 //! load_model configures it (shapes, then --config, then __metadata__).
-tim_cli::CudaC2IModel load_cuda_model(const ModelOptions& options, const std::string& precision) {
+tim_cli::CudaModel load_cuda_model(const ModelOptions& options, const std::string& precision) {
   if (has_pytorch_extension(options.model_path)) fail_pytorch(options.model_path);
   std::optional<tim::io::YamlNetworkConfig> yaml;
   tim::nn::ConfigOverrides overrides;
@@ -223,16 +223,16 @@ tim_cli::CudaC2IModel load_cuda_model(const ModelOptions& options, const std::st
     yaml = tim::io::read_yaml_network_config(options.config_path);
     overrides = yaml->overrides();
   }
-  std::optional<tim_cli::CudaC2IModel> gpu;
+  std::optional<tim_cli::CudaModel> gpu;
   try {
     tim::check(tim::detect_model_kind(options.model_path) != tim::nn::ModelKind::t2i, options.model_path,
                " is a text-to-image (T2I) TiM: --device cuda runs class-conditional models only so far; run it on "
                "the CPU (drop --device cuda)");
-    gpu.emplace(tim_cli::CudaC2IModel::load(options.model_path, precision, overrides));
+    gpu.emplace(tim_cli::CudaModel::load(options.model_path, precision, overrides));
   } catch (const tim::Error& e) {
     explain_load_failure(options.model_path, e);
   }
-  if (yaml) yaml->check_against(gpu->config());
+  if (yaml) yaml->check_against(gpu->c2i_config());
   return std::move(*gpu);
 }
 
@@ -424,7 +424,7 @@ void run_forward(const ForwardOptions& options) {
   // On the CPU any TiM in float; with --device cuda a class-conditional one on the GPU.
   const bool cuda = options.compute.cuda();
   std::optional<LoadedModel> loaded;
-  std::optional<tim_cli::CudaC2IModel> gpu;
+  std::optional<tim_cli::CudaModel> gpu;
   if (cuda)
     gpu.emplace(load_cuda_model(options.model, options.compute.precision));
   else
@@ -492,7 +492,7 @@ void run_forward(const ForwardOptions& options) {
     model.forward(out, x, t, r, cap_feats);
     forward_seconds = seconds_since(forward_start);
   } else {
-    const std::int64_t num_classes = cuda ? gpu->config().num_classes : std::get<C2IModel>(loaded->model).config.num_classes;
+    const std::int64_t num_classes = cuda ? gpu->c2i_config().num_classes : std::get<C2IModel>(loaded->model).config.num_classes;
     const auto y = inputs.load<std::int64_t>("y");
     for (std::int64_t b = 0; b < B; ++b) {
       const auto label = y.data()[b];
@@ -934,11 +934,19 @@ struct Progress {
   bool enabled = ::isatty(::fileno(stderr)) != 0;
   Clock::time_point start = Clock::now();
 
-  bool operator()(const tim::StepInfo& info) const {
+  bool operator()(const tim::StepInfo<>& info) const {
     if (!enabled) return true;
     std::fprintf(stderr, "\rtim sample: step %d/%d  t %.4g -> %.4g%s  %.1f s\033[K", info.step + 1, info.steps,
                  info.t, info.r, info.guided ? " (guided)" : "", seconds_since(start));
     if (info.step + 1 == info.steps) std::fputc('\n', stderr);
+    std::fflush(stderr);
+    return true;
+  }
+  //! The same line without the step's times (a GPU run reports only its position).
+  bool operator()(int step, int steps) const {
+    if (!enabled) return true;
+    std::fprintf(stderr, "\rtim sample: step %d/%d  %.1f s\033[K", step + 1, steps, seconds_since(start));
+    if (step + 1 == steps) std::fputc('\n', stderr);
     std::fflush(stderr);
     return true;
   }
@@ -1241,7 +1249,7 @@ void run_sample(const SampleOptions& options) {
   // On the CPU any TiM in float; with --device cuda a class-conditional one on the GPU.
   const bool cuda = options.compute.cuda();
   std::optional<LoadedModel> loaded;
-  std::optional<tim_cli::CudaC2IModel> gpu;
+  std::optional<tim_cli::CudaModel> gpu;
   if (cuda)
     gpu.emplace(load_cuda_model(model_options, options.compute.precision));
   else
@@ -1278,7 +1286,7 @@ void run_sample(const SampleOptions& options) {
                "writes it: the features of the empty caption)");
   }
   const std::int64_t num_classes = text  ? 0
-                                   : cuda ? gpu->config().num_classes
+                                   : cuda ? gpu->c2i_config().num_classes
                                           : std::get<C2IModel>(loaded->model).config.num_classes;
 
   // The settings, each from its option, else the model's metadata, else the default.
@@ -1359,7 +1367,7 @@ void run_sample(const SampleOptions& options) {
   }
 
   const auto sample_start = Clock::now();
-  const tim::SamplerOptions sampler_options{.cfg_scale = settings.cfg_scale,
+  const tim::SamplerOptions<> sampler_options{.cfg_scale = settings.cfg_scale,
                                             .guidance_low = settings.guidance_low,
                                             .guidance_high = settings.guidance_high,
                                             .stochasticity = options.stochasticity,
@@ -1371,18 +1379,17 @@ void run_sample(const SampleOptions& options) {
   const tim::SampleResult result = std::visit(
       [&](auto chosen) {
         if (text) {
-          tim::TransitionSampler sampler{std::get<T2IModel>(loaded->model), chosen, schedule};
-          return sampler.sample(batch.noise, {captions->cap_feats, captions->null_cap_feats}, sampler_options);
+          auto& network = std::get<T2IModel>(loaded->model);
+          if (!captions->null_cap_feats.empty_tensor()) network.set_null_caption(captions->null_cap_feats);
+          tim::TransitionSampler sampler{network, chosen, schedule};
+          return sampler.sample(batch.noise, captions->cap_feats, sampler_options);
         }
         if (cuda) {
-          // The GPU network as the sampler's flow, its buffers sized once for the largest
-          // (guided: 2B-row) batch, so the loop allocates nothing after the first step.
-          const auto rows = settings.cfg_scale > 1 ? 2 * B : B;
-          tim::TransitionSampler sampler{gpu->flow(chosen, rows, batch.noise.dim(2), batch.noise.dim(3)), chosen,
-                                         schedule};
-          tim::SamplerOptions gpu_options = sampler_options;
-          gpu_options.null_label = num_classes;
-          return sampler.sample(batch.noise, labels, gpu_options);
+          // The whole run on the GPU (the state stays on the device); progress instead of on_step.
+          tim::SamplerOptions<> gpu_options = sampler_options;
+          gpu_options.on_step = {};
+          return gpu->sample(chosen, schedule, batch.noise, labels, gpu_options,
+                             [progress = Progress{}](int step, int steps) { return progress(step, steps); });
         }
         tim::TransitionSampler sampler{std::get<C2IModel>(loaded->model), chosen, schedule};
         return sampler.sample(batch.noise, labels, sampler_options);

@@ -157,10 +157,11 @@ void BM_CudaForward(benchmark::State& state, std::int64_t batch, const Peaks& pe
                                                 benchmark::Counter::kIsRate);
 }
 
-//! A whole sampling run on the GPU: TransitionSampler over CudaFlow (OT-FM, 4 linspace steps),
-//! guidance 2 on the whole window (every step evaluates 2B rows), batch B; the state, time grid
-//! and transition in double on the host, as `tim sample --device cuda` runs. Counters: images/s,
-//! and floor_ms = 4 forwards of 2B rows at their floor (forward_bytes / forward_flops).
+//! A whole sampling run on the GPU: TransitionSampler over the network on tim::cuda (OT-FM, 4
+//! linspace steps), guidance 2 on the whole window (every step evaluates 2B rows), batch B; the
+//! state, guidance and transitions in double on the device, as `tim sample --device cuda` runs
+//! (the result stays on the device). Counters: images/s, and floor_ms = 4 forwards of 2B rows at
+//! their floor (forward_bytes / forward_flops).
 template <class T>
 void BM_CudaSample(benchmark::State& state, std::int64_t batch, const Peaks& peaks) {
   const auto& model = shared_model<T>();
@@ -168,12 +169,16 @@ void BM_CudaSample(benchmark::State& state, std::int64_t batch, const Peaks& pea
   constexpr int steps = 4;
   auto labels = tim::Tensor<std::int64_t>::empty({batch});
   for (std::int64_t b = 0; b < batch; ++b) labels.data()[b] = b % c.num_classes;
-  const auto noise = tim::initial_noise(tim::Shape{batch, c.in_channels, latent_size, latent_size}, /*seed=*/3);
-  tim::TransitionSampler sampler{tim::cuda_flow(model, tim::OtFm{}), tim::OtFm{}, tim::linspace_schedule(steps)};
-  const tim::SamplerOptions options{.cfg_scale = 2.0, .guidance_low = 0.0, .guidance_high = 1.01,
-                                    .null_label = c.num_classes};
-  benchmark::DoNotOptimize(sampler.sample(noise, labels, options).x.data());  // warm-up: buffers sized once
-  for (auto _ : state) benchmark::DoNotOptimize(sampler.sample(noise, labels, options).x.data());
+  const auto noise =
+      tim::initial_noise<tim::cuda>(tim::Shape{batch, c.in_channels, latent_size, latent_size}, /*seed=*/3);
+  tim::TransitionSampler sampler{model, tim::OtFm{}, tim::linspace_schedule(steps)};
+  const tim::SamplerOptions<tim::cuda> options{.cfg_scale = 2.0, .guidance_low = 0.0, .guidance_high = 1.01};
+  benchmark::DoNotOptimize(sampler.sample(noise, labels, options).x.data());  // warm-up: workspace sized once
+  tim::cuda::synchronize();
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(sampler.sample(noise, labels, options).x.data());
+    tim::cuda::synchronize();
+  }
   const double flops = steps * tim::nn::forward_flops(c, 2 * batch, latent_size, latent_size);
   const double bytes = steps * forward_bytes(c, model.parameter_count(), 2 * batch, sizeof(T));
   const double peak_flops = std::is_same_v<T, float> ? peaks.float32_flops : peaks.bfloat16_flops;

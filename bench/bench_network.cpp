@@ -1,5 +1,6 @@
 // One network evaluation (C2IModel::forward) at the TiM-B/4 and TiM-XL/2 shapes, float32, on
-// a 32x32x4 latent with random weights (bench/random_checkpoint.hpp), batch 1 and 8; plus the
+// a 32x32x4 latent with random weights (bench/random_checkpoint.hpp), batch 1 and 8; a guided
+// 4-step sampling run of TiM-B/4 (BM_Sample, the sampler's cost around its forwards); plus the
 // float32 GEMM rate of the same backend (tim::cpu::linear_forward, Eigen) so the network's
 // GFLOP/s can be read against the machine's matmul rate.
 //
@@ -74,6 +75,25 @@ void BM_Forward(benchmark::State& state, Model which, std::int64_t batch) {
   state.counters["tokens"] = tokens;
 }
 
+//! A whole sampling run (tim::TransitionSampler, OT-FM, 4 linspace steps, guidance 2 on every
+//! step but the first: 1 evaluation of B rows and 3 of 2B) with the network in float on the CPU.
+//! The state, guidance and transitions are the sampler's own work around the forwards.
+void BM_Sample(benchmark::State& state, Model which, std::int64_t batch) {
+  const auto& model = shared_model(which);
+  const auto& c = model.config;
+  auto labels = tim::Tensor<std::int64_t>::empty({batch});
+  for (std::int64_t b = 0; b < batch; ++b) labels.data()[b] = b % c.num_classes;
+  const auto noise = tim::initial_noise({batch, c.in_channels, latent_size, latent_size}, /*seed=*/3);
+  tim::TransitionSampler sampler{model, tim::OtFm{}, tim::linspace_schedule(4)};
+  benchmark::DoNotOptimize(sampler.sample(noise, labels, {.cfg_scale = 2.0}).x.data());  // warm-up
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(sampler.sample(noise, labels, {.cfg_scale = 2.0}).x.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["images/s"] =
+      benchmark::Counter(static_cast<double>(batch * state.iterations()), benchmark::Counter::kIsRate);
+}
+
 //! y (M, N) = x (M, K) W^T, W (N, K): the backend's Linear GEMM, no bias.
 void BM_Gemm(benchmark::State& state) {
   const std::int64_t m = state.range(0), n = state.range(1), k = state.range(2);
@@ -106,6 +126,15 @@ void register_benchmarks() {
     const Model model = k.model;
     const std::int64_t batch = k.batch;
     benchmark::RegisterBenchmark(k.name, [model, batch](benchmark::State& s) { BM_Forward(s, model, batch); })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime()
+        ->Iterations(k.iterations);
+  }
+  for (const Case& k : {Case{"BM_Sample/TiM-B4/batch:1/steps:4", Model::b4, 1, 5},
+                        Case{"BM_Sample/TiM-B4/batch:4/steps:4", Model::b4, 4, 3}}) {
+    const Model model = k.model;
+    const std::int64_t batch = k.batch;
+    benchmark::RegisterBenchmark(k.name, [model, batch](benchmark::State& s) { BM_Sample(s, model, batch); })
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime()
         ->Iterations(k.iterations);

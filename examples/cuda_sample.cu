@@ -1,7 +1,7 @@
 // Embeds the TiM sampler with the network on a GPU: load a class-conditional checkpoint into
-// the tim::cuda backend (float32 or bfloat16), wrap it in tim::cuda_flow, and hand that to the
-// same tim::TransitionSampler the CPU uses (time grid, guidance and stochasticity on the host in
-// double; every network evaluation on the GPU).
+// the tim::cuda backend (float32 or bfloat16) and hand it to tim::TransitionSampler, the same
+// line as on the CPU. The state (double), guidance, transitions and noise stay on the GPU for the
+// whole run; only the result is copied back.
 // Usage: cuda_sample MODEL.safetensors [STEPS] [float32|bfloat16]; from the build folder:
 //   examples/cuda_sample ../models/tim-fmnist.safetensors 4 bfloat16
 #include <tim/cuda/tim.cuh>
@@ -20,28 +20,28 @@ int run(const char* path, int steps) {
   auto labels = tim::Tensor<std::int64_t>::empty({batch});
   for (std::int64_t b = 0; b < batch; ++b) labels.data()[b] = b % c.num_classes;
   const tim::Shape shape{batch, c.in_channels, side, side};
-  const auto noise = tim::initial_noise(shape, /*seed=*/42);
+  const auto noise = tim::initial_noise<tim::cuda>(shape, /*seed=*/42);  // generated on the GPU
 
-  // The network on the GPU as the sampler's model. Its first evaluation sizes every device buffer
-  // for 2B rows (a guided step), so the loop allocates nothing after the first step.
-  auto flow = tim::cuda_flow(model, tim::OtFm{});
-  tim::TransitionSampler sampler{flow, tim::OtFm{}, tim::linspace_schedule(steps)};
+  // The sampler sizes every device buffer (and the network's workspace) for the largest, guided
+  // step before the first one, so the loop allocates nothing.
+  tim::TransitionSampler sampler{model, tim::OtFm{}, tim::linspace_schedule(steps)};
   const auto start = std::chrono::steady_clock::now();
-  const auto result = sampler.sample(noise, labels,
-                                     {.cfg_scale = 2.0, .guidance_high = 0.6, .null_label = c.num_classes,
-                                      .on_step = [](const tim::StepInfo& s) {
-                                        std::printf("step %d/%d  t %.4f -> %.4f%s\n", s.step + 1, s.steps, s.t, s.r,
-                                                    s.guided ? "  (guided)" : "");
-                                        return true;
-                                      }});
+  const auto device_result = sampler.sample(noise, labels,
+                                            {.cfg_scale = 2.0, .guidance_high = 0.6,
+                                             .on_step = [](const tim::StepInfo<tim::cuda>& s) {
+                                               std::printf("step %d/%d  t %.4f -> %.4f%s\n", s.step + 1, s.steps, s.t,
+                                                           s.r, s.guided ? "  (guided)" : "");
+                                               return true;
+                                             }});
+  const auto x = tim::to_host(device_result.x);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
   double sum = 0, squares = 0;
-  for (std::int64_t i = 0; i < result.x.numel(); ++i) sum += result.x.data()[i], squares += std::pow(result.x.data()[i], 2);
-  const double mean = sum / static_cast<double>(result.x.numel());
+  for (std::int64_t i = 0; i < x.numel(); ++i) sum += x.data()[i], squares += std::pow(x.data()[i], 2);
+  const double mean = sum / static_cast<double>(x.numel());
   std::printf("%s on %s\nlatents %s: mean %.4f, std %.4f; %d steps in %.3f s\n", c.describe().c_str(),
-              tim::cuda::device_description().c_str(), result.x.shape().str().c_str(), mean,
-              std::sqrt(squares / static_cast<double>(result.x.numel()) - mean * mean), steps, seconds);
+              tim::cuda::device_description().c_str(), x.shape().str().c_str(), mean,
+              std::sqrt(squares / static_cast<double>(x.numel()) - mean * mean), steps, seconds);
   return 0;
 }
 

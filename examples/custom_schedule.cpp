@@ -31,7 +31,7 @@ int main(int argc, char** argv) try {
   const auto noise = tim::initial_noise({batch, c.in_channels, side, side}, /*seed=*/42);
 
   tim::TransitionSampler sampler{model, tim::OtFm{}, GeometricSchedule{steps}};
-  auto progress = [](const tim::StepInfo& s) {
+  auto progress = [](const tim::StepInfo<>& s) {
     std::printf("step %d/%d  t %.4f -> %.4f%s\n", s.step + 1, s.steps, s.t, s.r, s.guided ? "  (guided)" : "");
     return true;  // false would cancel
   };

@@ -680,7 +680,8 @@ std::string fashion_model(const TempDir& dir) {
 TEST_CASE("cli sample: --noise and --labels reproduce the golden sampler cases in float") {
   TempDir dir;
   const int steps = 4;
-  for (const std::string name : {"otfm_cfg", "otfm_stochastic", "trigflow_cfg", "edm_diffusion", "vp", "ve_window"}) {
+  for (const std::string name :
+       {"otfm_cfg", "otfm_stochastic", "trigflow_cfg", "edm_diffusion", "otfm_diffusion_stochastic", "vp", "ve_window"}) {
     CAPTURE(name);
     const auto c = sampler_case(dir, name);
     const std::string out = dir.file(name + "_out.safetensors");
@@ -1322,9 +1323,10 @@ std::string caption_sample_args(const CaptionCase& c, int steps, const std::stri
 
 // The same run through the library: the float network, the sampler, the case's settings.
 tim::Tensor<double> library_sample(const CaptionCase& c, int steps) {
-  const auto model = tim::load_t2i<float>(t2i_model);
+  auto model = tim::load_t2i<float>(t2i_model);
+  model.set_null_caption(c.null_cap_feats);
   const auto& m = c.meta;
-  const tim::SamplerOptions options{.cfg_scale = std::stod(m.at("cfg_scale")),
+  const tim::SamplerOptions<> options{.cfg_scale = std::stod(m.at("cfg_scale")),
                                     .guidance_low = std::stod(m.at("guidance_low")),
                                     .guidance_high = std::stod(m.at("guidance_high")),
                                     .stochasticity = std::stod(m.at("stochasticity")),
@@ -1334,7 +1336,7 @@ tim::Tensor<double> library_sample(const CaptionCase& c, int steps) {
   return std::visit(
       [&](auto transport) {
         tim::TransitionSampler sampler{model, transport, tim::linspace_schedule(steps)};
-        return sampler.sample(c.z, {c.cap_feats, c.null_cap_feats}, options).x;
+        return sampler.sample(c.z, c.cap_feats, options).x;
       },
       tim::parse_transport(m.at("transport")));
 }
@@ -1453,9 +1455,10 @@ TEST_CASE("cli sample: a 1-channel T2I model, generated noise, --png-dir and --g
   REQUIRE(latents.shape() == tim::Shape{3, 1, 8, 8});
 
   // The library called directly: noise from tim::initial_noise at sample indices 5, 6, 7.
-  const auto network = tim::load_t2i<float>(model);
+  auto network = tim::load_t2i<float>(model);
+  network.set_null_caption(null_cap_feats);
   tim::TransitionSampler sampler{network, tim::OtFm{}, tim::linspace_schedule(2)};
-  const auto expected = sampler.sample(tim::initial_noise({3, 1, 8, 8}, 3, 5), {cap_feats, null_cap_feats},
+  const auto expected = sampler.sample(tim::initial_noise({3, 1, 8, 8}, 3, 5), cap_feats,
                                        {.cfg_scale = 2.0, .seed = 3, .first_sample_index = 5});
   CHECK(equals_library(latents, expected.x));
 

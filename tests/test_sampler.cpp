@@ -5,10 +5,12 @@
 // the C2I and the T2I network).
 #include <doctest/doctest.h>
 
+#include <Eigen/Core>
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <memory>
 #include <new>
 #include <string>
 #include <vector>
@@ -17,45 +19,7 @@
 #include "golden_source.hpp"
 #include "tim/tim.hpp"
 
-// ---------------------------------------------------------------------------------------------
-// Allocation counting: the global operator new of this test program counts while
-// `count_allocations` is set (every other test is unaffected: these forward to malloc/free).
-namespace {
-std::atomic<bool> count_allocations{false};
-std::atomic<long> allocations{0};
-void* counted_allocation(std::size_t size, std::size_t alignment) {
-  if (count_allocations.load(std::memory_order_relaxed)) allocations.fetch_add(1, std::memory_order_relaxed);
-  size = std::max<std::size_t>(size, 1);
-  void* p = alignment <= alignof(std::max_align_t)
-                ? std::malloc(size)
-                : std::aligned_alloc(alignment, (size + alignment - 1) / alignment * alignment);
-  if (!p) throw std::bad_alloc();
-  return p;
-}
-}  // namespace
-
-// Kept out of line so the compiler pairs new with delete, not malloc with a visible free.
-#if defined(__GNUC__)
-#define TIM_TEST_OUT_OF_LINE __attribute__((noinline))
-#else
-#define TIM_TEST_OUT_OF_LINE
-#endif
-TIM_TEST_OUT_OF_LINE void* operator new(std::size_t size) { return counted_allocation(size, 0); }
-TIM_TEST_OUT_OF_LINE void* operator new[](std::size_t size) { return counted_allocation(size, 0); }
-TIM_TEST_OUT_OF_LINE void* operator new(std::size_t size, std::align_val_t a) {
-  return counted_allocation(size, std::size_t(a));
-}
-TIM_TEST_OUT_OF_LINE void* operator new[](std::size_t size, std::align_val_t a) {
-  return counted_allocation(size, std::size_t(a));
-}
-TIM_TEST_OUT_OF_LINE void operator delete(void* p) noexcept { std::free(p); }
-TIM_TEST_OUT_OF_LINE void operator delete[](void* p) noexcept { std::free(p); }
-TIM_TEST_OUT_OF_LINE void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-TIM_TEST_OUT_OF_LINE void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-TIM_TEST_OUT_OF_LINE void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-TIM_TEST_OUT_OF_LINE void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
-TIM_TEST_OUT_OF_LINE void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
-TIM_TEST_OUT_OF_LINE void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+#include "allocation_counter.hpp"
 
 namespace {
 
@@ -181,7 +145,7 @@ TEST_CASE("stochasticity: only when s > 0, t < T_max and r > T_min, with the str
   const std::uint64_t seed = 77;
   const double s = 0.3;
   std::vector<bool> flags;
-  auto record = [&](const tim::StepInfo& info) {
+  auto record = [&](const tim::StepInfo<>& info) {
     flags.push_back(info.stochastic);
     return true;
   };
@@ -249,7 +213,7 @@ TEST_CASE("the same seed gives the same sample whatever the batch composition an
   const std::int64_t per_sample = 7;
   const auto z_all = tim::initial_noise({4, per_sample}, 3);
   const std::vector<std::int64_t> label_of{0, 1, 2, 3};
-  const tim::SamplerOptions base{.cfg_scale = 2.0, .stochasticity = 0.3, .seed = 99, .null_label = 4};
+  const tim::SamplerOptions<> base{.cfg_scale = 2.0, .stochasticity = 0.3, .seed = 99, .null_label = 4};
   tim::TransitionSampler sampler{Recorder{nullptr}, tim::OtFm{}, tim::linspace_schedule(5)};
   const auto full = sampler.sample(z_all, make_labels(label_of), base);
 
@@ -297,7 +261,7 @@ TEST_CASE("trajectory: N + 1 states from z to x_N, equal to what the callback sa
   const auto z = make_noise(2, 4);
   std::vector<std::vector<double>> seen;
   tim::TransitionSampler sampler{Recorder{nullptr}, tim::OtFm{}, tim::linspace_schedule(6)};
-  const auto result = sampler.sample(z, y, {.keep_trajectory = true, .on_step = [&](const tim::StepInfo& info) {
+  const auto result = sampler.sample(z, y, {.keep_trajectory = true, .on_step = [&](const tim::StepInfo<>& info) {
                                               CHECK(info.steps == 6);
                                               CHECK(info.step == int(seen.size()));
                                               seen.emplace_back(info.x.data(), info.x.data() + info.x.numel());
@@ -319,19 +283,19 @@ TEST_CASE("callback cancellation stops after the step and says so") {
   std::vector<Recorder::Call> calls;
   tim::TransitionSampler sampler{Recorder{&calls}, tim::OtFm{}, tim::linspace_schedule(5)};
   const auto result = sampler.sample(
-      z, y, {.keep_trajectory = true, .on_step = [](const tim::StepInfo& info) { return info.step < 1; }});
+      z, y, {.keep_trajectory = true, .on_step = [](const tim::StepInfo<>& info) { return info.step < 1; }});
   CHECK(result.cancelled);
   CHECK(result.steps_done == 2);
   CHECK(calls.size() == 2);
   CHECK(result.trajectory.shape() == tim::Shape{3, 1, 4});
   CHECK(std::equal(result.x.data(), result.x.data() + 4, result.trajectory.data() + 2 * 4));
   // Stopping at the first step leaves one step done.
-  const auto first = sampler.sample(z, y, {.on_step = [](const tim::StepInfo&) { return false; }});
+  const auto first = sampler.sample(z, y, {.on_step = [](const tim::StepInfo<>&) { return false; }});
   CHECK(first.cancelled);
   CHECK(first.steps_done == 1);
   // Declining to continue after the last step cancels nothing.
   tim::TransitionSampler one{Recorder{nullptr}, tim::OtFm{}, tim::linspace_schedule(1)};
-  const auto done = one.sample(z, y, {.on_step = [](const tim::StepInfo&) { return false; }});
+  const auto done = one.sample(z, y, {.on_step = [](const tim::StepInfo<>&) { return false; }});
   CHECK(!done.cancelled);
   CHECK(done.steps_done == 1);
 }
@@ -353,6 +317,37 @@ TEST_CASE("diffusion mode: the model gets r = t, the update still moves to the n
       for (auto& v : x) v = v - (times[i] - times[i + 1]) * Recorder::value(v, 0, times[i], times[i]);
     for (int j = 0; j < 3; ++j) CHECK(result.x.data()[j] == x[j]);
   }
+}
+
+TEST_CASE("diffusion mode with stochasticity: every step after the first is stochastic, the last included") {
+  // SPEC 6 (as released): the condition is t < T_max and r' > T_min with r' the network's second
+  // time, which is t in diffusion mode; so the last step (r = T_min) is stochastic too.
+  const auto y = make_labels({0, 1});
+  const auto z = make_noise(2, 5);
+  const std::uint64_t seed = 31;
+  const double s = 0.2;
+  std::vector<bool> flags;
+  tim::TransitionSampler sampler{Recorder{nullptr}, tim::OtFm{}, tim::linspace_schedule(4)};
+  const auto result = sampler.sample(z, y, {.stochasticity = s, .mode = tim::SampleMode::diffusion, .seed = seed,
+                                            .on_step = [&](const tim::StepInfo<>& info) {
+                                              flags.push_back(info.stochastic);
+                                              return true;
+                                            }});
+  CHECK(flags == std::vector<bool>{false, true, true, true});
+  // By hand: F(x_t, t, t) and the stochastic transition towards the grid time r.
+  const auto times = tim::linspace(1.0, 0.0, 5);
+  std::vector<double> x(z.data(), z.data() + z.numel());
+  for (int i = 0; i < 4; ++i) {
+    const double t = times[i], r = times[i + 1];
+    for (std::size_t j = 0; j < x.size(); ++j) {
+      const std::int64_t b = std::int64_t(j) / 5, e = std::int64_t(j) % 5;
+      const double F = Recorder::value(x[j], y.data()[b], t, t);
+      x[j] = i == 0 ? x[j] - (t - r) * F
+                    : tim::math::ot_fm::stochastic_transition(x[j], F, t, r, s,
+                                                              tim::random::normal(seed, b, std::uint32_t(i), e));
+    }
+  }
+  for (std::size_t j = 0; j < x.size(); ++j) CHECK(result.x.data()[j] == x[j]);
 }
 
 TEST_CASE("network: transition mode feeds c_noise(t), c_noise(r); diffusion mode c_noise(t) twice") {
@@ -383,13 +378,11 @@ TEST_CASE("no allocation inside the step loop after the first step") {
   const auto y = make_labels({0, 1, 2});
   const auto z = make_noise(3, 64);
   long during_steps = -1;
-  auto measure = [&](const tim::StepInfo& info) {
+  auto measure = [&](const tim::StepInfo<>& info) {
     if (info.step == 0) {
-      allocations = 0;
-      count_allocations = true;
+      tim_test::start_counting_allocations();
     } else if (info.step == info.steps - 1) {
-      count_allocations = false;
-      during_steps = allocations.load();
+      during_steps = tim_test::stop_counting_allocations();
     }
     return true;
   };
@@ -403,6 +396,22 @@ TEST_CASE("no allocation inside the step loop after the first step") {
     sampler.sample(z, y, {.on_step = measure});
     CHECK(during_steps == 0);
   }
+  SUBCASE("the counter sees what allocates: malloc, operator new, Eigen temporaries") {
+    // A model that allocates once per call through each path. The counter runs from the first
+    // step's callback to the last one's, so it sees the evaluations of steps 1..7: 7 x 3.
+    static void* volatile kept_malloc = nullptr;
+    static std::unique_ptr<double[]> kept_new;
+    auto allocating = [](Tensor<double>& F, const Tensor<double>& x, double, double, const Labels&) {
+      std::free(kept_malloc);
+      kept_malloc = std::malloc(64);
+      kept_new = std::make_unique<double[]>(16);
+      Eigen::MatrixXd temporary = Eigen::MatrixXd::Constant(8, 8, kept_new[0] + 1.0);
+      for (std::int64_t i = 0; i < x.numel(); ++i) F.data()[i] = 0.5 * x.data()[i] + temporary.sum();
+    };
+    tim::TransitionSampler counted{allocating, tim::OtFm{}, tim::linspace_schedule(8)};
+    counted.sample(z, y, {.on_step = measure});
+    CHECK(during_steps == 3 * 7);
+  }
   SUBCASE("the network in float, guided steps alternating with unguided ones") {
     auto file = tim::io::SafetensorsFile::open(std::string(TIM_TEST_DATA_DIR) + "/sampler_golden/model.safetensors");
     const auto model = tim::nn::load_c2i<float>(file);
@@ -415,10 +424,12 @@ TEST_CASE("no allocation inside the step loop after the first step") {
   SUBCASE("the T2I network in float, guided (2B caption rows) alternating with unguided steps, stochastic") {
     const auto model = tim::load_t2i<float>(std::string(TIM_TEST_DATA_DIR) + "/sampler_golden_t2i/model.safetensors");
     auto file = tim::io::SafetensorsFile::open(std::string(TIM_TEST_DATA_DIR) + "/sampler_golden_t2i/cfg_stochastic.safetensors");
-    const tim::Captions<float> captions{file.load<float>("input.cap_feats"), file.load<float>("input.null_cap_feats")};
+    auto model_with_null = model;
+    model_with_null.set_null_caption(file.load<float>("input.null_cap_feats"));
+    const auto cap_feats = file.load<float>("input.cap_feats");
     const auto latents = tim::initial_noise({3, 4, 8, 8}, 1);
-    tim::TransitionSampler network{model, tim::OtFm{}, tim::linspace_schedule(8)};
-    network.sample(latents, captions,
+    tim::TransitionSampler network{model_with_null, tim::OtFm{}, tim::linspace_schedule(8)};
+    network.sample(latents, cap_feats,
                    {.cfg_scale = 2.0, .guidance_high = 0.95, .stochasticity = 0.2, .keep_trajectory = true,
                     .on_step = measure});
     CHECK(during_steps == 0);
@@ -443,3 +454,79 @@ TEST_CASE("a model passed as an lvalue is kept by reference, a temporary by valu
   for (int i = 0; i < 3; ++i) factor *= 1 + (times[i] - times[i + 1]);
   CHECK(result.x.data()[0] == doctest::Approx(z.data()[0] * factor).epsilon(1e-14));
 }
+
+TEST_CASE("the backend's sampling operations (tim::cpu) are the scalar formulas") {
+  // The functors of math/sampling.hpp, run by cpu::for_each; tim::cuda runs the same functors.
+  const std::int64_t B = 2, per_sample = 11, n = B * per_sample;  // rows not a multiple of 4
+  std::vector<double> noise(n), expected(n);
+  tim::cpu::normal_forward(noise.data(), B, per_sample, 42, 5, tim::random::initial_noise_step);
+  for (std::int64_t b = 0; b < B; ++b)
+    tim::random::fill_normal(expected.data() + b * per_sample, per_sample, 42, 5 + b, tim::random::initial_noise_step);
+  CHECK(noise == expected);
+  const auto from_initial_noise = tim::initial_noise({B, per_sample}, 42, 5);
+  CHECK(std::equal(expected.begin(), expected.end(), from_initial_noise.data()));
+
+  std::vector<double> F(n);
+  for (std::int64_t i = 0; i < n; ++i) F[i] = std::sin(0.37 * double(i)) - 0.2;
+  auto x = noise, by_hand = noise;
+  const tim::OtFm transport;
+  tim::cpu::transition_forward(x.data(), F.data(), n, transport.coefficients(0.75, 0.5));
+  for (std::int64_t j = 0; j < n; ++j) by_hand[j] = by_hand[j] - 0.25 * F[j];
+  CHECK(x == by_hand);
+
+  const std::vector<std::uint64_t> streams{3, 9};
+  tim::cpu::stochastic_transition_forward(x.data(), F.data(), streams.data(), B, per_sample, transport, 0.5, 0.25, 0.2,
+                                          7, 1);
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t e = 0; e < per_sample; ++e) {
+      const std::size_t j = static_cast<std::size_t>(b * per_sample + e);
+      by_hand[j] = tim::math::ot_fm::stochastic_transition(by_hand[j], F[j], 0.5, 0.25, 0.2,
+                                                           tim::random::normal(7, streams[b], 1, std::uint64_t(e)));
+    }
+  CHECK(x == by_hand);
+
+  auto guided = F;
+  tim::cpu::guidance_forward(guided.data(), n / 2, 3.0);
+  for (std::int64_t j = 0; j < n / 2; ++j) CHECK(guided[j] == F[n / 2 + j] + 3.0 * (F[j] - F[n / 2 + j]));
+  for (std::int64_t j = n / 2; j < n; ++j) CHECK(guided[j] == F[j]);
+
+  std::vector<float> narrow(n);
+  std::vector<tim::bfloat16> bf(n);
+  tim::cpu::convert(narrow.data(), F.data(), std::size_t(n));
+  tim::cpu::convert(bf.data(), F.data(), std::size_t(n));
+  for (std::int64_t j = 0; j < n; ++j) {
+    CHECK(narrow[j] == static_cast<float>(F[j]));
+    CHECK(bf[j].bits == tim::bfloat16(static_cast<float>(F[j])).bits);
+  }
+}
+
+TEST_CASE("CPU attention allocates nothing after its first call, at any key count") {
+  // 8192 keys: with all keys in one product Eigen packs on the heap (3 allocations per product
+  // here), and `(q k^T) * scale` as one expression makes a heap temporary: both are excluded.
+  const std::int64_t B = 1, heads = 2, queries = 70, keys = 8192, hd = 72;
+  std::vector<float> q(B * heads * queries * hd), k(B * heads * keys * hd), v(k.size()), out(B * queries * heads * hd);
+  for (std::size_t i = 0; i < q.size(); ++i) q[i] = std::sin(0.1f * float(i));
+  for (std::size_t i = 0; i < k.size(); ++i) k[i] = std::cos(0.07f * float(i)), v[i] = std::sin(0.05f * float(i));
+  tim::cpu::attention_forward(out.data(), q.data(), k.data(), v.data(), B, heads, queries, keys, hd, 0.1);
+  const auto first = out;
+  tim_test::start_counting_allocations();
+  tim::cpu::attention_forward(out.data(), q.data(), k.data(), v.data(), B, heads, queries, keys, hd, 0.1);
+  CHECK(tim_test::stop_counting_allocations() == 0);
+  CHECK(out == first);
+  // And the result is attention: one output value against a double-precision loop.
+  const std::int64_t h = 1, n = 37, j = 5;
+  std::vector<double> scores(keys);
+  double top = -1e300, total = 0, value = 0;
+  for (std::int64_t m = 0; m < keys; ++m) {
+    double dot = 0;
+    for (std::int64_t d = 0; d < hd; ++d) dot += double(q[(h * queries + n) * hd + d]) * double(k[(h * keys + m) * hd + d]);
+    scores[m] = 0.1 * dot;
+    top = std::max(top, scores[m]);
+  }
+  for (std::int64_t m = 0; m < keys; ++m) total += std::exp(scores[m] - top);
+  for (std::int64_t m = 0; m < keys; ++m) value += std::exp(scores[m] - top) / total * double(v[(h * keys + m) * hd + j]);
+  // |v| <= 1 and the weights sum to 1: float rounding of 72-term dots and an 8192-term softmax
+  // stays below 1e-5 absolute (a relative 1e-7 per operation over ~1e4 accumulated terms).
+  CHECK(std::abs(double(out[(n * heads + h) * hd + j]) - value) <= 1e-5);
+}
+

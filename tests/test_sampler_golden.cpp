@@ -41,7 +41,7 @@ double run_case(const std::string& name, double tolerance) {
   const auto& meta = file.metadata();
   const auto z = file.load<double>("input.z");
   const auto y = file.load<std::int64_t>("input.y");
-  tim::SamplerOptions options{.cfg_scale = std::stod(meta.at("cfg_scale")),
+  tim::SamplerOptions<> options{.cfg_scale = std::stod(meta.at("cfg_scale")),
                               .guidance_low = std::stod(meta.at("guidance_low")),
                               .guidance_high = std::stod(meta.at("guidance_high")),
                               .stochasticity = std::stod(meta.at("stochasticity")),

@@ -37,7 +37,7 @@ std::vector<int> parse_steps(const std::string& text) {
   return steps;
 }
 
-tim::SamplerOptions options_of(const std::map<std::string, std::string>& meta) {
+tim::SamplerOptions<> options_of(const std::map<std::string, std::string>& meta) {
   return {.cfg_scale = std::stod(meta.at("cfg_scale")),
           .guidance_low = std::stod(meta.at("guidance_low")),
           .guidance_high = std::stod(meta.at("guidance_high")),
@@ -50,11 +50,12 @@ tim::SamplerOptions options_of(const std::map<std::string, std::string>& meta) {
 //! Samples case `name` with the network in T; returns the largest relative error over its step counts.
 template <class T>
 double run_case(const std::string& name, double tolerance) {
-  const auto model = tim::load_t2i<T>(golden_dir() + "/model.safetensors");
+  auto model = tim::load_t2i<T>(golden_dir() + "/model.safetensors");
   auto file = tim::io::SafetensorsFile::open(golden_dir() + "/" + name + ".safetensors");
   const auto& meta = file.metadata();
   const auto z = file.load<double>("input.z");
-  const tim::Captions<T> captions{file.load<T>("input.cap_feats"), file.load<T>("input.null_cap_feats")};
+  model.set_null_caption(file.load<T>("input.null_cap_feats"));
+  const auto captions = file.load<T>("input.cap_feats");
   double worst = 0;
   for (int steps : parse_steps(meta.at("steps"))) {
     CAPTURE(steps);
@@ -98,11 +99,13 @@ TEST_CASE("T2I sampler golden: every case with the network in float within 1e-4"
 TEST_CASE("T2I sampler golden: guidance and the null caption change the guided cases") {
   // Guards against a vacuous pass: sampled without guidance, or with another null caption, the
   // guided golden case comes out clearly different.
-  const auto model = tim::load_t2i<double>(golden_dir() + "/model.safetensors");
+  auto model = tim::load_t2i<double>(golden_dir() + "/model.safetensors");
   auto file = tim::io::SafetensorsFile::open(golden_dir() + "/cfg_window.safetensors");
   const auto z = file.load<double>("input.z");
   const auto expected = file.load<double>("output.x_4step");
-  tim::Captions<double> captions{file.load<double>("input.cap_feats"), file.load<double>("input.null_cap_feats")};
+  const auto captions = file.load<double>("input.cap_feats");
+  const auto null_cap_feats = file.load<double>("input.null_cap_feats");
+  model.set_null_caption(null_cap_feats);
   tim::TransitionSampler sampler{model, tim::OtFm{}, tim::linspace_schedule(4)};
   auto options = options_of(file.metadata());
   const auto difference = [&](const Tensor<double>& x) {
@@ -112,21 +115,23 @@ TEST_CASE("T2I sampler golden: guidance and the null caption change the guided c
   auto unguided = options;
   unguided.cfg_scale = 1.0;
   CHECK(difference(sampler.sample(z, captions, unguided).x) > 1e-2);
-  auto other_null = captions.null_cap_feats.clone();
+  auto other_null = null_cap_feats.clone();
   for (std::int64_t i = 0; i < other_null.numel(); ++i) other_null.data()[i] *= -1.0;
-  CHECK(difference(sampler.sample(z, {captions.cap_feats, other_null}, options).x) > 1e-2);
+  model.set_null_caption(other_null);  // the sampler holds the model by reference
+  CHECK(difference(sampler.sample(z, captions, options).x) > 1e-2);
 }
 
 TEST_CASE("T2I sampler: a guided step is F_u + cfg (F_c - F_u), the null caption repeated for every sample") {
-  const auto model = tim::load_t2i<double>(golden_dir() + "/model.safetensors");
+  auto model = tim::load_t2i<double>(golden_dir() + "/model.safetensors");
   auto file = tim::io::SafetensorsFile::open(golden_dir() + "/cfg_stochastic.safetensors");  // B = 3, M = 4
   const auto z = file.load<double>("input.z");
   const auto cap_feats = file.load<double>("input.cap_feats");
   const auto null_cap_feats = file.load<double>("input.null_cap_feats");
   const std::int64_t B = z.dim(0), M = cap_feats.dim(1), Dc = cap_feats.dim(2);
   const double t = 0.5, r = 0.125, cfg = 2.5;
+  model.set_null_caption(null_cap_feats);
   tim::TransitionSampler sampler{model, tim::OtFm{}, tim::grid_schedule({t, r})};
-  const auto result = sampler.sample(z, {cap_feats, null_cap_feats}, {.cfg_scale = cfg});
+  const auto result = sampler.sample(z, cap_feats, {.cfg_scale = cfg});
 
   // By hand: F_c from the B captions, F_u from B copies of the null caption, in separate passes.
   auto t_in = Tensor<double>::empty({B}), r_in = Tensor<double>::empty({B});
@@ -147,7 +152,7 @@ TEST_CASE("T2I sampler: a guided step is F_u + cfg (F_c - F_u), the null caption
 }
 
 TEST_CASE("T2I sampler: the caption condition is checked, naming the tensor and the expected shape") {
-  const auto model = tim::load_t2i<float>(golden_dir() + "/model.safetensors");  // cap_dim 8
+  auto model = tim::load_t2i<float>(golden_dir() + "/model.safetensors");  // cap_dim 8
   const auto z = tim::initial_noise({2, 4, 8, 8}, 1);
   const auto features = [](std::vector<std::int64_t> shape) {
     auto t = Tensor<float>::empty(tim::Shape(std::move(shape)));
@@ -157,28 +162,33 @@ TEST_CASE("T2I sampler: the caption condition is checked, naming the tensor and 
   const auto cap_feats = features({2, 5, 8});
   tim::TransitionSampler sampler{model, tim::OtFm{}, tim::linspace_schedule(4)};
   using tim_test::error_of;
-  CHECK(error_of([&] { sampler.sample(z, {features({2, 8})}); }) ==
+  CHECK(error_of([&] { sampler.sample(z, features({2, 8})); }) ==
         "sampler: cap_feats must have shape [B, M, cap_dim] = [2, M, 8] (one caption per sample, M >= 1 tokens), "
         "got [2, 8]");
-  CHECK(error_of([&] { sampler.sample(z, {features({3, 5, 8})}); }).find("= [2, M, 8]") != std::string::npos);
-  CHECK(error_of([&] { sampler.sample(z, {features({2, 5, 6})}); }).find("got [2, 5, 6]") != std::string::npos);
-  CHECK(error_of([&] { sampler.sample(z, {features({2, 0, 8})}); }).find("M >= 1") != std::string::npos);
+  CHECK(error_of([&] { sampler.sample(z, features({3, 5, 8})); }).find("= [2, M, 8]") != std::string::npos);
+  CHECK(error_of([&] { sampler.sample(z, features({2, 5, 6})); }).find("got [2, 5, 6]") != std::string::npos);
+  CHECK(error_of([&] { sampler.sample(z, features({2, 0, 8})); }).find("M >= 1") != std::string::npos);
   CHECK(error_of([&] { sampler.sample(z, {}); }).find("sampler: cap_feats must have shape") != std::string::npos);
-  // Guidance needs the null caption; without guidance it may be left out.
-  CHECK(error_of([&] { sampler.sample(z, {cap_feats}, {.cfg_scale = 2.0}); }) ==
-        "sampler: guidance (cfg_scale 2 > 1 inside the guidance window) needs the null caption: set "
-        "Captions::null_cap_feats, shape [1, 5, 8]");
-  CHECK(error_of([&] { sampler.sample(z, {cap_feats}); }) == "<no error>");
-  CHECK(error_of([&] { sampler.sample(z, {cap_feats}, {.cfg_scale = 2.0, .guidance_high = 0.2}); }) ==
+  // Guidance needs the model's null caption; without guidance it may be left out.
+  CHECK(error_of([&] { sampler.sample(z, cap_feats, {.cfg_scale = 2.0}); }) ==
+        "sampler: guidance needs the model's null caption: call T2IModel::set_null_caption with the null "
+        "caption's features, shape [1, 5, 8]");
+  CHECK(error_of([&] { sampler.sample(z, cap_feats); }) == "<no error>");
+  CHECK(error_of([&] { sampler.sample(z, cap_feats, {.cfg_scale = 2.0, .guidance_high = 0.2}); }) ==
         "<no error>");  // the window [0, 0.2] holds no step of the 4-step grid: nothing is guided
-  CHECK(error_of([&] { sampler.sample(z, {cap_feats, features({2, 5, 8})}, {.cfg_scale = 2.0}); }) ==
-        "sampler: null_cap_feats must have shape [1, M, cap_dim] = [1, 5, 8] (one null caption with the M of "
-        "cap_feats), got [2, 5, 8]");
-  CHECK(error_of([&] { sampler.sample(z, {cap_feats, features({1, 4, 8})}); }).find("got [1, 4, 8]") !=
-        std::string::npos);  // checked whenever given
-  CHECK(error_of([&] { sampler.sample(z, {cap_feats, features({1, 5, 8})}, {.null_label = 3}); })
-            .find("null_label is for label-conditioned models") != std::string::npos);
+  // The null caption is checked when it is set, and against the captions' M when it is used.
+  CHECK(error_of([&] { model.set_null_caption(features({2, 5, 8})); }) ==
+        "null caption: null_cap_feats must have shape [1, M, cap_dim] = [1, M, 8] (M >= 1 tokens), got [2, 5, 8]");
+  CHECK(error_of([&] { model.set_null_caption(features({1, 5, 6})); }).find("got [1, 5, 6]") != std::string::npos);
+  model.set_null_caption(features({1, 4, 8}));
+  CHECK(error_of([&] { sampler.sample(z, cap_feats, {.cfg_scale = 2.0}); }) ==
+        "sampler: the null caption has 4 tokens, the captions 5; guidance pairs them row by row, so both need the "
+        "same M (pad them alike)");
+  model.set_null_caption(features({1, 5, 8}));
+  CHECK(error_of([&] { sampler.sample(z, cap_feats, {.cfg_scale = 2.0}); }) == "<no error>");
+  CHECK(error_of([&] { sampler.sample(z, cap_feats, {.null_label = 3}); })
+            .find("null_label is for FlowFunction models") != std::string::npos);
   // The network's own checks still apply to what the sampler cannot see (x must be an image).
-  CHECK(error_of([&] { sampler.sample(tim::initial_noise({2, 256}, 1), {cap_feats}); })
+  CHECK(error_of([&] { sampler.sample(tim::initial_noise({2, 256}, 1), cap_feats); })
             .find("input 'x': expected shape [B, C, H, W]") != std::string::npos);
 }

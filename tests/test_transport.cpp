@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "compare.hpp"
+#include "tim/cpu/backend.hpp"  // the sampler runs a callable model on the host backend
 #include "tim/sampler/sampler.hpp"
 #include "tim/transport/transports.hpp"
 

@@ -271,31 +271,4 @@ TEST_CASE("cuda host: the element-wise functors reproduce tim::cpu exactly") {
   }
 }
 
-TEST_CASE("cuda host: the sampling functors are the CPU sampler's arithmetic") {
-  using namespace tim::cuda_detail;
-  const std::int64_t B = 2, per_sample = 11, blocks = (per_sample + 3) / 4;
-  std::vector<double> noise(B * per_sample), expected(B * per_sample);
-  run_on_host(B * blocks, NormalOp{noise.data(), per_sample, blocks, 42, 5, tim::random::initial_noise_step});
-  for (std::int64_t b = 0; b < B; ++b)
-    tim::random::fill_normal(expected.data() + b * per_sample, per_sample, 42, 5 + b, tim::random::initial_noise_step);
-  check_equal(noise, expected);
-
-  const auto F = random_vector<double>(B * per_sample, 20);
-  auto x = noise, cpu_x = noise;
-  const tim::OtFm transport;
-  run_on_host(B * per_sample, TransitionOp{x.data(), F.data(), transport.coefficients(0.75, 0.5)});
-  for (std::size_t j = 0; j < cpu_x.size(); ++j) cpu_x[j] = transport.transition(cpu_x[j], F[j], 0.75, 0.5);
-  check_equal(x, cpu_x);
-
-  run_on_host(B * blocks, StochasticTransitionOp<tim::OtFm>{x.data(), F.data(), per_sample, blocks, transport, 0.5,
-                                                            0.25, 0.2, 7, 3, 1});
-  for (std::int64_t b = 0; b < B; ++b)
-    for (std::int64_t e = 0; e < per_sample; ++e) {
-      const std::size_t j = static_cast<std::size_t>(b * per_sample + e);
-      cpu_x[j] = transport.stochastic_transition(cpu_x[j], F[j], 0.5, 0.25, 0.2,
-                                                 tim::random::normal(7, 3 + b, 1, static_cast<std::uint64_t>(e)));
-    }
-  check_equal(x, cpu_x);
-}
-
 }  // TEST_SUITE

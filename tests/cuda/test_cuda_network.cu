@@ -1,15 +1,20 @@
 // The whole networks and the sampler on the GPU (suite "cuda": needs a GPU): every C2I and T2I
 // golden case through nn::C2IModel<T, tim::cuda> / nn::T2IModel<T, tim::cuda> against the
-// PyTorch reference's float64 output and against the CPU model; the sampler golden cases with the
-// network behind tim::CudaFlow; the generator and transition kernels against the host's; and no
-// device allocation after a sampling run's first step.
+// PyTorch reference's float64 output and against the CPU model; the sampler (the same
+// tim::TransitionSampler as on the CPU, its state on the device) on the C2I and T2I sampler golden
+// cases and against the CPU sampler; the generator and transition kernels against the host's; and
+// no allocation, on the device or the host, after a sampling run's first step.
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <filesystem>
+#include <map>
+#include <sstream>
+#include <type_traits>
 #include <string>
 #include <vector>
 
+#include "allocation_counter.hpp"
 #include "device_helpers.cuh"
 #include "golden_source.hpp"
 
@@ -95,22 +100,34 @@ void check_t2i_case(const std::string& name) {
 
 std::string sampler_dir() { return std::string(TIM_TEST_DATA_DIR) + "/sampler_golden"; }
 
-//! Sampler golden case `name` with the network on the GPU behind CudaFlow; returns the largest
-//! relative error over its step counts.
-template <class T>
-double run_sampler_case(const tim::nn::C2IModel<T, tim::cuda>& model, const std::string& name, double tolerance) {
-  auto file = tim::io::SafetensorsFile::open(sampler_dir() + "/" + name + ".safetensors");
+//! The sampler options a golden case's metadata gives.
+template <class Backend>
+tim::SamplerOptions<Backend> options_of(const std::map<std::string, std::string>& meta) {
+  return {.cfg_scale = std::stod(meta.at("cfg_scale")),
+          .guidance_low = std::stod(meta.at("guidance_low")),
+          .guidance_high = std::stod(meta.at("guidance_high")),
+          .stochasticity = std::stod(meta.at("stochasticity")),
+          .mode = tim::parse_sample_mode(meta.at("mode")),
+          .seed = std::stoull(meta.at("noise_seed")),
+          .first_sample_index = std::stoull(meta.at("first_sample_index"))};
+}
+
+//! Sampler golden case `name` of `folder` with `model` (C2I or T2I) on the GPU, its condition
+//! from the file; returns the largest relative error over the case's step counts.
+template <class Model>
+double run_sampler_case(Model& model, const std::string& folder, const std::string& name, double tolerance) {
+  using T = typename Model::value_type;
+  auto file = tim::io::SafetensorsFile::open(folder + "/" + name + ".safetensors");
   const auto& meta = file.metadata();
-  const auto z = file.load<double>("input.z");
-  const auto y = file.load<std::int64_t>("input.y");
-  const tim::SamplerOptions options{.cfg_scale = std::stod(meta.at("cfg_scale")),
-                                    .guidance_low = std::stod(meta.at("guidance_low")),
-                                    .guidance_high = std::stod(meta.at("guidance_high")),
-                                    .stochasticity = std::stod(meta.at("stochasticity")),
-                                    .mode = tim::parse_sample_mode(meta.at("mode")),
-                                    .seed = std::stoull(meta.at("noise_seed")),
-                                    .first_sample_index = std::stoull(meta.at("first_sample_index")),
-                                    .null_label = model.config.num_classes};
+  const auto z = tim::to_backend<tim::cuda>(file.load<double>("input.z"));
+  typename Model::Condition condition;
+  if constexpr (std::is_same_v<Model, tim::nn::T2IModel<T, tim::cuda>>) {
+    condition = upload<T>(file, "input.cap_feats");
+    model.set_null_caption(upload<T>(file, "input.null_cap_feats"));
+  } else {
+    condition = file.load<std::int64_t>("input.y");
+  }
+  const auto options = options_of<tim::cuda>(meta);
   double worst = 0;
   std::stringstream steps_text(meta.at("steps"));
   for (std::string part; std::getline(steps_text, part, ',');) {
@@ -119,18 +136,35 @@ double run_sampler_case(const tim::nn::C2IModel<T, tim::cuda>& model, const std:
     const auto expected = file.load<double>("output.x_" + std::to_string(steps) + "step");
     const auto result = std::visit(
         [&](auto transport) {
-          tim::TransitionSampler sampler{tim::cuda_flow(model, transport), transport, tim::linspace_schedule(steps)};
-          return sampler.sample(z, y, options);
+          tim::TransitionSampler sampler{model, transport, tim::linspace_schedule(steps)};
+          return sampler.sample(z, condition, options);
         },
         tim::parse_transport(meta.at("transport")));
-    REQUIRE(result.x.shape() == expected.shape());
-    const double error = tim_test::relative_error(result.x.data(), expected.data(), std::size_t(expected.numel()));
+    const auto x = tim::to_host(result.x);
+    REQUIRE(x.shape() == expected.shape());
+    const double error = tim_test::relative_error(x.data(), expected.data(), std::size_t(expected.numel()));
     INFO("case ", name, " N=", steps, ": relative error ", error);
     CHECK(error <= tolerance);
     worst = std::max(worst, error);
   }
   return worst;
 }
+
+//! Every case of a sampler golden folder with `model` on the GPU; returns how many ran.
+template <class Model>
+int run_sampler_folder(Model& model, const std::string& folder, double tolerance) {
+  int cases = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(folder)) {
+    const auto name = entry.path().stem().string();
+    if (entry.path().extension() != ".safetensors" || name == "model") continue;
+    CAPTURE(name);
+    MESSAGE(name, ": largest relative error ", run_sampler_case(model, folder, name, tolerance));
+    ++cases;
+  }
+  return cases;
+}
+
+std::string t2i_sampler_dir() { return std::string(TIM_TEST_DATA_DIR) + "/sampler_golden_t2i"; }
 
 }  // namespace
 
@@ -154,98 +188,140 @@ TEST_CASE_TEMPLATE("cuda network: every T2I golden case", T, float, tim::bfloat1
   }
 }
 
-TEST_CASE("cuda sampler: every sampler golden case with the network on the GPU (float32)") {
-  const auto model = tim::load_c2i<float, tim::cuda>(sampler_dir() + "/model.safetensors");
-  int cases = 0;
-  for (const auto& entry : std::filesystem::directory_iterator(sampler_dir())) {
-    const auto name = entry.path().stem().string();
-    if (entry.path().extension() != ".safetensors" || name == "model") continue;
-    CAPTURE(name);
-    MESSAGE(name, ": largest relative error ", run_sampler_case(model, name, 1e-4));
-    ++cases;
-  }
-  CHECK(cases >= 6);
+TEST_CASE("cuda sampler: every C2I sampler golden case with the network on the GPU (float32)") {
+  auto model = tim::load_c2i<float, tim::cuda>(sampler_dir() + "/model.safetensors");
+  CHECK(run_sampler_folder(model, sampler_dir(), 1e-4) >= 6);
 }
 
-TEST_CASE("cuda sampler: a guided stochastic run allocates nothing on the device after its first step") {
+TEST_CASE("cuda sampler: every T2I sampler golden case with the network on the GPU (float32)") {
+  // The same tolerance as the CPU's float network against the float64 reference (test_t2i_sampler).
+  auto model = tim::load_t2i<float, tim::cuda>(t2i_sampler_dir() + "/model.safetensors");
+  CHECK(run_sampler_folder(model, t2i_sampler_dir(), 1e-4) >= 3);
+}
+
+TEST_CASE("cuda sampler: a guided 4-step T2I run and a T2I forward agree with the CPU") {
+  // The same float network on both backends, the same inputs: the GPU result against the CPU's.
+  // Float32 everywhere, no TF32: the two differ by the order of float sums (GEMM blocking,
+  // attention tiling), a few ulp per operation, ~1e-6 relative after 4 steps of a 2-block network.
+  const auto path = t2i_sampler_dir() + "/model.safetensors";
+  auto cpu_model = tim::load_t2i<float>(path);
+  auto gpu_model = tim::load_t2i<float, tim::cuda>(path);
+  auto file = tim::io::SafetensorsFile::open(t2i_sampler_dir() + "/cfg_stochastic.safetensors");
+  const auto cap_feats = file.load<float>("input.cap_feats");
+  const auto null_cap_feats = file.load<float>("input.null_cap_feats");
+  cpu_model.set_null_caption(null_cap_feats);
+  gpu_model.set_null_caption(tim::to_backend<tim::cuda>(null_cap_feats));
+  const auto z = file.load<double>("input.z");
+
+  // One forward at (t, r) = (0.7, 0.3).
+  const std::int64_t B = z.dim(0);
+  auto x = tim::Tensor<float>::empty(z.shape());
+  for (std::int64_t i = 0; i < z.numel(); ++i) x.data()[i] = static_cast<float>(z.data()[i]);
+  auto t_in = tim::Tensor<float>::empty({B}), r_in = tim::Tensor<float>::empty({B});
+  std::fill_n(t_in.data(), B, 0.7f);
+  std::fill_n(r_in.data(), B, 0.3f);
+  tim::Tensor<float> cpu_out;
+  tim::Tensor<float, tim::cuda> gpu_out;
+  cpu_model.forward(cpu_out, x, t_in, r_in, cap_feats);
+  gpu_model.forward(gpu_out, tim::to_backend<tim::cuda>(x), tim::to_backend<tim::cuda>(t_in),
+                    tim::to_backend<tim::cuda>(r_in), tim::to_backend<tim::cuda>(cap_feats));
+  const auto gpu_host = tim::to_host(gpu_out);
+  REQUIRE(gpu_host.shape() == cpu_out.shape());
+  TIM_CHECK_CLOSE(gpu_host.data(), cpu_out.data(), std::size_t(cpu_out.numel()), 1e-5, 1e-5);
+
+  // Guided (cfg 2.5 on the whole window but the first step) and stochastic, 4 steps.
+  const tim::SamplerOptions<> cpu_options{.cfg_scale = 2.5, .stochasticity = 0.2, .seed = 11};
+  const tim::SamplerOptions<tim::cuda> gpu_options{.cfg_scale = 2.5, .stochasticity = 0.2, .seed = 11};
+  tim::TransitionSampler cpu_sampler{cpu_model, tim::OtFm{}, tim::linspace_schedule(4)};
+  tim::TransitionSampler gpu_sampler{gpu_model, tim::OtFm{}, tim::linspace_schedule(4)};
+  const auto expected = cpu_sampler.sample(z, cap_feats, cpu_options);
+  const auto actual = tim::to_host(gpu_sampler.sample(tim::to_backend<tim::cuda>(z),
+                                                      tim::to_backend<tim::cuda>(cap_feats), gpu_options)
+                                       .x);
+  const double error = tim_test::relative_error(actual.data(), expected.x.data(), std::size_t(actual.numel()));
+  MESSAGE("guided stochastic 4-step T2I run, GPU against CPU (float): relative error ", error);
+  CHECK(error <= 1e-5);
+}
+
+TEST_CASE("cuda sampler: a guided stochastic run allocates nothing, on the device or the host, after its first step") {
   const auto model = tim::load_c2i<float, tim::cuda>(sampler_dir() + "/model.safetensors");
   const auto& c = model.config;
   const std::int64_t B = 3, side = 4 * c.patch;
-  auto flow = tim::cuda_flow(model, tim::OtFm{}, /*reserve_for_guidance=*/false);
-  tim::TransitionSampler sampler{flow, tim::OtFm{}, tim::linspace_schedule(6)};
+  tim::TransitionSampler sampler{model, tim::OtFm{}, tim::linspace_schedule(6)};
   auto labels = tim::Tensor<std::int64_t>::empty({B});
   for (std::int64_t b = 0; b < B; ++b) labels.data()[b] = b % c.num_classes;
-  const auto noise = tim::initial_noise({B, c.in_channels, side, side}, 3);
-  std::vector<std::int64_t> allocations;
+  const auto noise = tim::initial_noise<tim::cuda>({B, c.in_channels, side, side}, 3);
+  std::vector<std::int64_t> device_allocations;
+  long host_allocations = -1;
   const auto result = sampler.sample(noise, labels,
                                      {.cfg_scale = 2.0, .guidance_high = 0.9, .stochasticity = 0.3,
-                                      .null_label = c.num_classes, .on_step = [&](const tim::StepInfo&) {
-                                        allocations.push_back(tim::cuda::allocation_count());
+                                      .keep_trajectory = true,
+                                      .on_step = [&](const tim::StepInfo<tim::cuda>& info) {
+                                        device_allocations.push_back(tim::cuda::allocation_count());
+                                        if (info.step == 0) tim_test::start_counting_allocations();
+                                        if (info.step == info.steps - 1)
+                                          host_allocations = tim_test::stop_counting_allocations();
                                         return true;
                                       }});
-  REQUIRE(allocations.size() == 6);
-  // Without reserving for guidance: step 0 (t = t_max) is unguided (B rows), step 1 the first
-  // guided one (2B rows); the buffers grow there once and from then on nothing is allocated.
-  for (std::size_t i = 2; i < allocations.size(); ++i) CHECK(allocations[i] == allocations[1]);
-
-  // The default flow reserves 2B rows at its first evaluation: nothing after the first step.
-  const auto fresh_model = tim::load_c2i<float, tim::cuda>(sampler_dir() + "/model.safetensors");
-  tim::TransitionSampler by_default{tim::cuda_flow(fresh_model, tim::OtFm{}), tim::OtFm{}, tim::linspace_schedule(6)};
-  std::vector<std::int64_t> default_allocations;
-  const auto second = by_default.sample(noise, labels,
-                                        {.cfg_scale = 2.0, .guidance_high = 0.9, .stochasticity = 0.3,
-                                         .null_label = c.num_classes, .on_step = [&](const tim::StepInfo&) {
-                                           default_allocations.push_back(tim::cuda::allocation_count());
-                                           return true;
-                                         }});
-  REQUIRE(default_allocations.size() == 6);
-  for (std::size_t i = 1; i < default_allocations.size(); ++i) CHECK(default_allocations[i] == default_allocations[0]);
-  // Same network, same noise: the same samples.
-  CHECK(tim_test::relative_error(second.x.data(), result.x.data(), std::size_t(result.x.numel())) <= 1e-12);
+  REQUIRE(device_allocations.size() == 6);
+  // Step 0 (t = t_max) is unguided (B rows), step 1 the first guided one (2B rows): the sampler
+  // sized everything for 2B before step 0, so no step allocates.
+  for (std::size_t i = 1; i < device_allocations.size(); ++i) CHECK(device_allocations[i] == device_allocations[0]);
+  CHECK(host_allocations == 0);
+  CHECK(result.trajectory.shape() == tim::Shape{7, B, c.in_channels, side, side});
 }
 
-TEST_CASE("cuda sampler: bfloat16 network behind CudaFlow stays close to the reference") {
-  const auto model = tim::load_c2i<tim::bfloat16, tim::cuda>(sampler_dir() + "/model.safetensors");
-  MESSAGE("otfm_cfg (bfloat16 network): largest relative error ", run_sampler_case(model, "otfm_cfg", 8e-2));  // 0.040 on an H100
+TEST_CASE("cuda sampler: bfloat16 network stays close to the reference") {
+  auto model = tim::load_c2i<tim::bfloat16, tim::cuda>(sampler_dir() + "/model.safetensors");
+  MESSAGE("otfm_cfg (bfloat16 network): largest relative error ",
+          run_sampler_case(model, sampler_dir(), "otfm_cfg", 8e-2));  // 0.040 on an H100 (commit 5024ff4)
 }
 
 TEST_CASE("cuda random: the same seed gives the same noise as the CPU") {
   const std::int64_t B = 5, per_sample = 4 * 32 * 32 + 3;  // not a multiple of 4
   const auto expected = tim::initial_noise({B, per_sample}, 1234, 17);
-  auto device = tim::Tensor<double, tim::cuda>::empty({B * per_sample});
-  tim::cuda::normal_forward(device.data(), B, per_sample, 1234, 17, tim::random::initial_noise_step);
-  std::vector<double> actual(static_cast<std::size_t>(B * per_sample));
-  tim::cuda::copy(actual.data(), device.data(), actual.size());
+  const auto actual = tim::to_host(tim::initial_noise<tim::cuda>({B, per_sample}, 1234, 17));
   // Philox words are integer arithmetic (identical); Box-Muller's log/cos/sin may differ from the
   // host's libm in the last bits.
-  TIM_CHECK_CLOSE(actual.data(), expected.data(), actual.size(), 1e-13, 1e-13);
+  TIM_CHECK_CLOSE(actual.data(), expected.data(), std::size_t(actual.numel()), 1e-13, 1e-13);
 }
 
-TEST_CASE("cuda sampling kernels: deterministic and stochastic transitions as on the host") {
+TEST_CASE("cuda sampling kernels: guidance, deterministic and stochastic transitions as on the host") {
   const std::int64_t B = 3, per_sample = 37, n = B * per_sample;
   const auto x = tim_test::random_vector<double>(n, 25), F = tim_test::random_vector<double>(n, 26);
   auto dx = tim::Tensor<double, tim::cuda>::empty({n}), dF = tim::Tensor<double, tim::cuda>::empty({n});
-  tim::cuda::copy(dF.data(), F.data(), F.size());
+  tim::cuda::copy_from_host(dF.data(), F.data(), F.size());
   const tim::OtFm ot;
   for (const auto& [t, r] : {std::pair{1.0, 0.75}, std::pair{0.5, 0.0}}) {
     std::vector<double> expected = x, actual(x.size());
     for (std::size_t j = 0; j < x.size(); ++j) expected[j] = ot.transition(x[j], F[j], t, r);
-    tim::cuda::copy(dx.data(), x.data(), x.size());
+    tim::cuda::copy_from_host(dx.data(), x.data(), x.size());
     tim::cuda::transition_forward(dx.data(), dF.data(), n, ot.coefficients(t, r));
-    tim::cuda::copy(actual.data(), dx.data(), actual.size());
+    tim::cuda::copy_to_host(actual.data(), dx.data(), actual.size());
     TIM_CHECK_CLOSE(actual.data(), expected.data(), actual.size(), 1e-14, 1e-14);
   }
   std::vector<double> expected = x, actual(x.size());
+  const std::vector<std::uint64_t> streams{10, 11, 12};
   for (std::int64_t b = 0; b < B; ++b)
     for (std::int64_t e = 0; e < per_sample; ++e) {
       const std::size_t j = static_cast<std::size_t>(b * per_sample + e);
       expected[j] = ot.stochastic_transition(x[j], F[j], 0.6, 0.4, 0.2,
-                                             tim::random::normal(99, 10 + b, 4, static_cast<std::uint64_t>(e)));
+                                             tim::random::normal(99, streams[b], 4, static_cast<std::uint64_t>(e)));
     }
-  tim::cuda::copy(dx.data(), x.data(), x.size());
-  tim::cuda::stochastic_transition_forward(dx.data(), dF.data(), B, per_sample, ot, 0.6, 0.4, 0.2, 99, 10, 4);
-  tim::cuda::copy(actual.data(), dx.data(), actual.size());
+  auto device_streams = tim::Tensor<std::uint64_t, tim::cuda>::empty({B});
+  tim::cuda::copy_from_host(device_streams.data(), streams.data(), streams.size());
+  tim::cuda::copy_from_host(dx.data(), x.data(), x.size());
+  tim::cuda::stochastic_transition_forward(dx.data(), dF.data(), device_streams.data(), B, per_sample, ot, 0.6, 0.4,
+                                           0.2, 99, 4);
+  tim::cuda::copy_to_host(actual.data(), dx.data(), actual.size());
   TIM_CHECK_CLOSE(actual.data(), expected.data(), actual.size(), 1e-12, 1e-12);
+  // Guidance: the first half becomes F_u + 2.5 (F_c - F_u).
+  const std::int64_t half = n / 2;
+  std::vector<double> guided = F;
+  for (std::int64_t j = 0; j < half; ++j) guided[j] = F[half + j] + 2.5 * (F[j] - F[half + j]);
+  tim::cuda::guidance_forward(dF.data(), half, 2.5);
+  tim::cuda::copy_to_host(actual.data(), dF.data(), actual.size());
+  TIM_CHECK_CLOSE(actual.data(), guided.data(), actual.size(), 1e-15, 1e-15);
 }
 
 }  // TEST_SUITE

@@ -125,7 +125,9 @@ def sample(model: Callable, transport: Transport, z: torch.Tensor, y: torch.Tens
         if guided:
             F_cond, F_null = F[:B], F[B:]
             F = F_null + cfg_scale * (F_cond - F_null)
-        stochastic = stochasticity > 0 and t < transport.t_max and r > transport.t_min
+        # SPEC 6 as released: the second condition is on the network's second time (t in
+        # diffusion mode), so diffusion mode is stochastic on its last step too.
+        stochastic = stochasticity > 0 and t < transport.t_max and model_r > transport.t_min
         if stochastic:
             assert transport.stochastic, f"{transport.name} has no stochastic transition"
             per_sample = x[0].numel()

@@ -31,6 +31,27 @@
 
 namespace tim {
 
+namespace detail {
+//! `n` elements of scratch memory owned by the calling thread, 64-byte aligned, grown on demand
+//! and kept for the thread's lifetime (OpenMP's worker threads persist), so a loop of same-sized
+//! calls allocates only on its first. The alignment is fixed because Eigen's vectorised
+//! reductions peel to an aligned address: with a varying alignment the same row would be summed
+//! in a different order depending on which thread ran it.
+template <class T>
+T* thread_scratch(std::int64_t n) {
+  struct Buffer {
+    std::shared_ptr<T> data;
+    std::int64_t size = 0;
+  };
+  thread_local Buffer buffer;
+  if (buffer.size < n) {
+    buffer.data = HostMemory::allocate<T>(static_cast<std::size_t>(n));
+    buffer.size = n;
+  }
+  return buffer.data.get();
+}
+}  // namespace detail
+
 //! The CPU backend type. Modules are templates over a backend; this one runs on the host.
 //! Memory (allocate, fill, the three copies) comes from HostMemory; see tim/core/backend.hpp
 //! for the contract.
@@ -319,18 +340,26 @@ struct cpu : HostMemory {
   //! differ): q is (B, nh, Nq, hd), k and v are (B, nh, Nk, hd), all contiguous; out is
   //! (B, Nq, nh, hd) so heads land concatenated per token. out = softmax(scale q k^T) v, no
   //! mask. Scores are built a tile of `query_tile` queries at a time, so scratch memory is
-  //! threads x tile x Nk, linear in the token count, never Nq x Nk.
+  //! threads x tile x Nk, linear in the token count, never Nq x Nk; it is per-thread memory kept
+  //! between calls, so repeated calls allocate nothing.
   template <class T>
   static void attention_forward(T* out, const T* q, const T* k, const T* v, std::int64_t batch,
                                 std::int64_t heads, std::int64_t query_tokens, std::int64_t key_tokens,
                                 std::int64_t head_dim, double scale) {
     constexpr std::int64_t query_tile = 64;
+    // Keys go through the tile products in chunks of at most 128, so every Eigen product is at
+    // most 64 x hd x 128 and its packing buffers (<= 128 x 128 values for hd <= 128) come from the
+    // stack (EIGEN_STACK_ALLOCATION_LIMIT, 128 KiB), not the heap: no allocation per call (with
+    // all keys at once, Eigen packs on the heap from a few thousand keys on).
+    constexpr std::int64_t key_chunk = 128;
     const std::int64_t tiles = (query_tokens + query_tile - 1) / query_tile;
     detail::ensure_default_threads();
 #pragma omp parallel
     {
-      RowMajor<T> scores(query_tile, key_tokens);
-      RowMajor<T> result(query_tile, head_dim);
+      // Scratch of this thread, kept between calls: repeated evaluations allocate nothing.
+      T* scratch = detail::thread_scratch<T>(query_tile * (key_tokens + head_dim));
+      Eigen::Map<RowMajor<T>> scores(scratch, query_tile, key_tokens);
+      Eigen::Map<RowMajor<T>> result(scratch + query_tile * key_tokens, query_tile, head_dim);
 #pragma omp for schedule(dynamic)
       for (std::int64_t job = 0; job < batch * heads * tiles; ++job) {
         const std::int64_t bh = job / tiles;
@@ -341,7 +370,13 @@ struct cpu : HostMemory {
         Eigen::Map<const RowMajor<T>> km(k + bh * key_tokens * head_dim, key_tokens, head_dim);
         Eigen::Map<const RowMajor<T>> vm(v + bh * key_tokens * head_dim, key_tokens, head_dim);
         auto s = scores.topRows(rows);
-        s.noalias() = (qm * km.transpose()) * T(scale);
+        for (std::int64_t j = 0; j < key_tokens; j += key_chunk) {
+          const std::int64_t c = std::min(key_chunk, key_tokens - j);
+          s.middleCols(j, c).noalias() = qm * km.middleRows(j, c).transpose();
+        }
+        // Scaled in place: `(q k^T) * scale` as one expression evaluates the product into a heap
+        // temporary first.
+        if (scale != 1.0) s *= T(scale);
         for (std::int64_t i = 0; i < rows; ++i) {
           auto row = s.row(i);
           const T m = row.maxCoeff();
@@ -349,7 +384,11 @@ struct cpu : HostMemory {
           row /= row.sum();
         }
         auto o = result.topRows(rows);
-        o.noalias() = s * vm;
+        o.setZero();
+        for (std::int64_t j = 0; j < key_tokens; j += key_chunk) {
+          const std::int64_t c = std::min(key_chunk, key_tokens - j);
+          o.noalias() += s.middleCols(j, c) * vm.middleRows(j, c);
+        }
         for (std::int64_t i = 0; i < rows; ++i) {
           T* dst = out + ((b * query_tokens + first + i) * heads + h) * head_dim;
           for (std::int64_t j = 0; j < head_dim; ++j) dst[j] = o(i, j);

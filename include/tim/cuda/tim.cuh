@@ -1,9 +1,11 @@
-// The one header a CUDA user includes (from a .cu file compiled by nvcc): the whole CPU library
-// (tim/tim.hpp: tensors, loading, transports, the sampler) plus the tim::cuda backend and
-// CudaFlow, which runs a class-conditional network on the GPU under tim::TransitionSampler.
+// The one header a CUDA user includes (from a .cu file compiled by nvcc): the whole library
+// (tim/tim.hpp: tensors, loading, transports, the sampler, the decoders) plus the tim::cuda
+// backend. The sampler runs on the model's backend, so the CPU line works unchanged:
 //
 //   auto model = tim::load_c2i<tim::bfloat16, tim::cuda>("c2i_model_256.safetensors");
-//   tim::TransitionSampler sampler{tim::cuda_flow(model, tim::OtFm{}), tim::OtFm{}, tim::linspace_schedule(4)};
+//   tim::TransitionSampler sampler{model, tim::OtFm{}, tim::linspace_schedule(4)};
+//   auto noise = tim::initial_noise<tim::cuda>({8, 4, 32, 32}, /*seed=*/0);
+//   auto result = sampler.sample(noise, labels, {.cfg_scale = 2.5});   // result.x on the GPU
 //
 // Link with CUDA::cudart and CUDA::cublas (the CMake target tim::cuda does). See docs/cuda.md.
 #pragma once
@@ -11,4 +13,3 @@
 #include "tim/tim.hpp"
 #include "tim/cuda/runtime.cuh"
 #include "tim/cuda/backend.cuh"
-#include "tim/cuda/flow.cuh"

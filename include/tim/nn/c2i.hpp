@@ -59,6 +59,11 @@ struct TiMBlock {
 template <class T, class Backend = cpu>
 class C2IModel {
  public:
+  using value_type = T;
+  using backend = Backend;
+  //! What the sampler conditions a C2I network on: labels (B) in host memory.
+  using Condition = Tensor<std::int64_t, cpu>;
+
   C2IConfig config;
   PatchEmbedding<T, Backend> x_embedder;  // conv weight (D, C, p, p) seen as (D, C*p*p)
   TimestepEmbedder<T, Backend> t_embedder;
@@ -128,6 +133,32 @@ class C2IModel {
     for (const auto& block : blocks) widest_adaln = std::max(widest_adaln, block.adaln.hidden());
     workspace_.reserve(config, widest_adaln, TiMBlock<T, Backend>::modulation_chunks, B, H, W);
   }
+
+  // The sampler's interface (tim::SamplingNetwork).
+
+  //! The null class of classifier-free guidance: the last row of the label table.
+  std::int64_t null_label() const { return config.num_classes; }
+  //! Checks a batch's labels: shape [B], values in [0, num_classes].
+  void check_condition(const Condition& labels, std::int64_t B) const {
+    check(labels.rank() == 1 && labels.dim(0) == B, "sampler: labels must have shape [", B,
+          "] (one per sample), got ", labels.shape());
+    const std::int64_t classes = config.num_classes;
+    for (std::int64_t b = 0; b < B; ++b)
+      check(labels.data()[b] >= 0 && labels.data()[b] <= classes, "sampler: label ", labels.data()[b], " at index ", b,
+            " is outside [0, ", classes, "] (", classes, " is the null class)");
+  }
+  //! The labels of a guided step (2B): `labels`, then the null class for every sample.
+  Condition guided_condition(const Condition& labels) const {
+    const std::int64_t B = labels.dim(0);
+    auto rows = Condition::empty({2 * B});
+    for (std::int64_t b = 0; b < B; ++b) {
+      rows.data()[b] = labels.data()[b];
+      rows.data()[B + b] = null_label();
+    }
+    return rows;
+  }
+  //! Sizes the workspace for `rows` samples of H x W (the labels do not change the sizes).
+  void reserve_for(const Condition&, std::int64_t rows, std::int64_t H, std::int64_t W) const { reserve(rows, H, W); }
 
  private:
   mutable Workspace<T, Backend> workspace_;

@@ -96,6 +96,11 @@ struct T2IBlock {
 template <class T, class Backend = cpu>
 class T2IModel {
  public:
+  using value_type = T;
+  using backend = Backend;
+  //! What the sampler conditions a T2I network on: caption features (B, M, Dc) in its memory.
+  using Condition = Tensor<T, Backend>;
+
   T2IConfig config;
   PatchEmbedding<T, Backend> x_embedder;
   TimestepEmbedder<T, Backend> t_embedder;
@@ -167,7 +172,48 @@ class T2IModel {
     workspace_.reserve_captions(config, config.caption_dim, config.caption_hidden, B * M);
   }
 
+  // The sampler's interface (tim::SamplingNetwork).
+
+  //! The null (empty) caption's features (1, M, Dc) that guided steps pair with every sample:
+  //! the text encoder's output for "", padded like the captions (tools/caption_features.py
+  //! writes it as null_cap_feats). Empty until set; only guided sampling needs it.
+  const Tensor<T, Backend>& null_caption() const { return null_cap_feats_; }
+  //! Sets the null caption, checked against the caption width: shape [1, M, cap_dim], M >= 1.
+  void set_null_caption(Tensor<T, Backend> null_cap_feats) {
+    check(null_cap_feats.rank() == 3 && null_cap_feats.dim(0) == 1 && null_cap_feats.dim(1) >= 1 &&
+              null_cap_feats.dim(2) == config.caption_dim,
+          "null caption: null_cap_feats must have shape [1, M, cap_dim] = [1, M, ", config.caption_dim,
+          "] (M >= 1 tokens), got ", null_cap_feats.shape());
+    null_cap_feats_ = std::move(null_cap_feats);
+  }
+  //! Checks a batch's caption features: shape [B, M, cap_dim], M >= 1.
+  void check_condition(const Condition& cap_feats, std::int64_t B) const {
+    check(!cap_feats.empty_tensor() && cap_feats.rank() == 3 && cap_feats.dim(0) == B &&
+              cap_feats.dim(2) == config.caption_dim && cap_feats.dim(1) >= 1,
+          "sampler: cap_feats must have shape [B, M, cap_dim] = [", B, ", M, ", config.caption_dim,
+          "] (one caption per sample, M >= 1 tokens), got ", cap_feats.shape());
+  }
+  //! The caption rows of a guided step (2B, M, Dc): `cap_feats`, then the null caption for every
+  //! sample. Throws tim::Error when no null caption is set or its M differs.
+  Condition guided_condition(const Condition& cap_feats) const {
+    const std::int64_t B = cap_feats.dim(0), M = cap_feats.dim(1), Dc = cap_feats.dim(2), per_caption = M * Dc;
+    check(!null_cap_feats_.empty_tensor(), "sampler: guidance needs the model's null caption: call "
+          "T2IModel::set_null_caption with the null caption's features, shape [1, ", M, ", ", Dc, "]");
+    check(null_cap_feats_.dim(1) == M, "sampler: the null caption has ", null_cap_feats_.dim(1),
+          " tokens, the captions ", M, "; guidance pairs them row by row, so both need the same M (pad them alike)");
+    auto rows = Condition::empty({2 * B, M, Dc});
+    Backend::copy(rows.data(), cap_feats.data(), static_cast<std::size_t>(cap_feats.numel()));
+    for (std::int64_t b = 0; b < B; ++b)
+      Backend::copy(rows.data() + (B + b) * per_caption, null_cap_feats_.data(), static_cast<std::size_t>(per_caption));
+    return rows;
+  }
+  //! Sizes the workspace for `rows` samples of H x W under captions of cap_feats' M tokens.
+  void reserve_for(const Condition& cap_feats, std::int64_t rows, std::int64_t H, std::int64_t W) const {
+    reserve(rows, H, W, cap_feats.dim(1));
+  }
+
  private:
+  Tensor<T, Backend> null_cap_feats_;
   mutable Workspace<T, Backend> workspace_;
 };
 
