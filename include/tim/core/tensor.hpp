@@ -6,16 +6,22 @@
 #include <memory>
 #include <type_traits>
 
+#include "tim/core/config.hpp"
 #include "tim/core/dtype.hpp"
 #include "tim/core/memory.hpp"
 #include "tim/core/shape.hpp"
 
 namespace tim {
 
-struct cpu;  // the default backend, defined in tim/cpu/backend.hpp
+// The default backend, defined in tim/cpu/backend.hpp. The inline namespace (cpu_eigen or
+// cpu_cblas, core/config.hpp) puts the GEMM configuration into every mangled name that mentions it.
+inline namespace TIM_CPU_ABI {
+struct cpu;
+}
 
 //! Where a backend's tensors get their memory: the backend itself, except that tim::cpu's
-//! memory is HostMemory (its base), so host tensors need no CPU operations (nor Eigen).
+//! memory is HostMemory (its base), so host tensors need no CPU operations (nor Eigen). The
+//! specialisation for cpu mangles with cpu's inline namespace like every other use of it.
 template <class Backend>
 struct backend_memory {
   using type = Backend;

@@ -52,6 +52,10 @@ T* thread_scratch(std::int64_t n) {
 }
 }  // namespace detail
 
+// tim::cpu is tim::cpu_eigen::cpu or tim::cpu_cblas::cpu (TIM_CPU_ABI, core/config.hpp): its
+// GEMMs differ by TIM_USE_CBLAS, so the configuration is part of every name that mentions it.
+inline namespace TIM_CPU_ABI {
+
 //! The CPU backend type. Modules are templates over a backend; this one runs on the host.
 //! Memory (allocate, fill, the three copies) comes from HostMemory; see tim/core/backend.hpp
 //! for the contract.
@@ -432,6 +436,8 @@ struct cpu : HostMemory {
                                                               stochasticity, seed, step});
   }
 };
+
+}  // inline namespace TIM_CPU_ABI
 
 static_assert(Backend<cpu>, "tim::cpu must satisfy the backend contract (tim/core/backend.hpp)");
 

@@ -315,6 +315,13 @@ void launch_attention(const AttentionLaunch& launch, T* out, const T* q, const T
   static thread_local int allowed_on = -1;
   const int device = current_device();
   if (allowed_on != device) {
+    // Devices of compute capability 8.6 and 8.9 allow 99 KiB per block (8.0: 163, 9.0: 227): head
+    // dims above 96 (capacity 128: 110 KiB bfloat16, 117 KiB float) do not fit there.
+    int limit = 0;
+    check_cuda(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute");
+    check(launch.shared_bytes <= static_cast<std::size_t>(limit), "tim::cuda attention: head dim ", head_dim, " needs ",
+          launch.shared_bytes, " bytes of shared memory per block, device ", device, " allows ", limit,
+          " (head dims up to 96 fit 99 KiB, the least of compute capability >= 8.0)");
     check_cuda(cudaFuncSetAttribute(attention_kernel<T, Capacity>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(launch.shared_bytes)),
                "cudaFuncSetAttribute (tim::cuda attention kernel)");

@@ -73,9 +73,11 @@ struct cuda {
   // Memory
 
   //! Uninitialised device memory for `n` elements (cudaMalloc: 256-byte aligned). Freed with
-  //! cudaFree when the last tensor sharing it goes away.
+  //! cudaFree when the last tensor sharing it goes away. tim::Error on a device below compute
+  //! capability 8.0.
   template <class T>
   static std::shared_ptr<T> allocate(std::size_t n) {
+    cuda_detail::require_supported_device();
     void* p = nullptr;
     const std::size_t bytes = std::max<std::size_t>(n, 1) * sizeof(T);
     const cudaError_t status = cudaMalloc(&p, bytes);

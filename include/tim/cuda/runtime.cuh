@@ -1,6 +1,7 @@
 // The CUDA runtime glue of the tim::cuda backend: error checks that throw tim::Error, the device
 // query the tests use to skip, the stream every operation is enqueued on, and the cuBLAS handle
-// (with its workspace allocated once, so GEMMs allocate nothing per call).
+// (with its workspace allocated once, so GEMMs allocate nothing per call), and the check that the
+// device has compute capability 8.0 or newer.
 // Internal: include <tim/cuda/tim.cuh>.
 #pragma once
 
@@ -80,6 +81,38 @@ inline int compute_capability() {
   return 10 * major + minor;
 }
 
+//! The oldest GPUs tim::cuda runs on: compute capability 8.0 (A100), for the bfloat16 and TF32
+//! tensor-core (WMMA) products of the attention kernel. CMAKE_CUDA_ARCHITECTURES defaults to
+//! 80;86;89;90 (docs/cuda.md).
+inline constexpr int minimum_compute_major = 8;
+
+//! Why device `device` (`name`, compute capability major.minor) cannot run tim::cuda, or an empty
+//! string when it can. A pure function, tested on the host.
+inline std::string unsupported_device_reason(int device, const std::string& name, int major, int minor) {
+  if (major >= minimum_compute_major) return {};
+  return detail::concat("tim::cuda needs compute capability >= ", minimum_compute_major, ".0, device ", device, " (",
+                        name, ") has ", major, ".", minor);
+}
+
+//! Throws tim::Error (unsupported_device_reason) unless the current device has compute
+//! capability >= 8.0. Called at first use: every allocation and every new cuBLAS handle; a
+//! supported device is remembered, so later calls cost one cudaGetDevice.
+inline void require_supported_device() {
+  static std::atomic<std::uint64_t> supported{0};  // bit d: device d (< 64) passed
+  const int device = current_device();
+  const bool cached = device >= 0 && device < 64;
+  if (cached && (supported.load(std::memory_order_relaxed) >> device & 1u)) return;
+  int major = 0, minor = 0;
+  check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
+  check_cuda(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device), "cudaDeviceGetAttribute");
+  if (major < minimum_compute_major) {
+    cudaDeviceProp properties{};
+    const bool named = cudaGetDeviceProperties(&properties, device) == cudaSuccess;
+    fail(unsupported_device_reason(device, named ? properties.name : "unknown", major, minor));
+  }
+  if (cached) supported.fetch_or(std::uint64_t{1} << device, std::memory_order_relaxed);
+}
+
 //! cuBLAS workspace per handle: 32 MiB, NVIDIA's recommendation for Hopper.
 inline constexpr std::size_t cublas_workspace_bytes = std::size_t{32} << 20;
 
@@ -96,6 +129,7 @@ inline cublasHandle_t cublas_handle() {
   check(device >= 0 && device < max_devices, "tim::cuda: device index ", device, " out of range");
   Slot& slot = slots[device];
   if (!slot.handle) {
+    require_supported_device();
     check_cublas(cublasCreate(&slot.handle), "cublasCreate");
     void* workspace = nullptr;
     check_cuda(cudaMalloc(&workspace, cublas_workspace_bytes), "cudaMalloc (cuBLAS workspace)");

@@ -1,6 +1,7 @@
 // Safetensors reading (memory-mapped, fully validated before any tensor is touched) and writing.
 // A checkpoint's weights become zero-copy tensor views into the mapping when dtype and alignment
 // allow; otherwise they are converted into owning tensors. Format and rules: docs/safetensors.md.
+// Free of Eigen and of any backend: host tensors (Tensor<T, cpu>) need only core/ (tim::headers).
 #pragma once
 
 #include <fcntl.h>
@@ -32,7 +33,6 @@
 #include "tim/core/error.hpp"
 #include "tim/core/shape.hpp"
 #include "tim/core/tensor.hpp"
-#include "tim/cpu/backend.hpp"
 
 namespace tim::io {
 
