@@ -307,10 +307,12 @@ struct PatchEmbedding {
 };
 
 //! The time conditioning both models share (SPEC 3): ws.condition (B, D) = E_t(t_in) + E_delta
-//! and ws.interval (B, D) = E_delta, the sum of the embeddings `new_condition` lists (`t` and
-//! `r` through `t_embedder`, `t-r` through `delta_embedder`, or `t_embedder` when the model has
-//! none). t_in, r_in (B) are the network time inputs. A C2I model then adds its label
-//! embedding to ws.condition, using time_scratch_after(ws, B, D) as scratch.
+//! and ws.interval (B, D) = E_delta, the sum of the embeddings `new_condition` lists, as
+//! released: with De = `delta_embedder` (`t_embedder` when the model has none) and
+//! Et = `t_embedder`, `t` is Et(t_in), `t-r` is De(t_in - r_in), and `r` is De(r_in) when there
+//! is no `t-r` term, Et(r_in) otherwise (IntervalTerms::r_through_delta). t_in, r_in (B) are
+//! the network time inputs. A C2I model then adds its label embedding to ws.condition, using
+//! time_scratch_after(ws, B, D) as scratch.
 template <class T, class Backend>
 void embed_time(Workspace<T, Backend>& ws, const BackboneConfig& config, const TimestepEmbedder<T, Backend>& t_embedder,
                 const TimestepEmbedder<T, Backend>& delta_embedder, const T* t_in, const T* r_in, std::int64_t B) {
@@ -331,7 +333,8 @@ void embed_time(Workspace<T, Backend>& ws, const BackboneConfig& config, const T
   const auto& delta = config.separate_delta_embedder ? delta_embedder : t_embedder;
   if (terms.t) Backend::add_forward(ws.interval.data(), ws.condition.data(), B * D);
   if (terms.r) {
-    t_embedder.forward(term, r_values, B, features, hidden);
+    const auto& r_embedder = terms.r_through_delta() ? delta : t_embedder;
+    r_embedder.forward(term, r_values, B, features, hidden);
     Backend::add_forward(ws.interval.data(), term, B * D);
   }
   if (terms.t_minus_r) {

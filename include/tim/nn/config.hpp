@@ -16,8 +16,10 @@
 namespace tim::nn {
 
 //! Which embeddings form the interval term E_delta (SPEC 3, `new_condition`). The released
-//! models use `t_minus_r`. E_delta is the sum of the listed terms; `t` and `r` use the time
-//! embedder, `t-r` the interval embedder (or the time embedder when the model has none).
+//! models use `t_minus_r`. E_delta is the sum of the listed terms, exactly as released: with
+//! De the interval embedder (the time embedder when the model has none) and Et the time
+//! embedder, `t` is Et(t), `t-r` is De(t - r), and `r` is De(r) when the value has no `t-r`
+//! term (`r`, `t,r`), Et(r) otherwise (`r,t-r`, `t,r,t-r`).
 enum class NewCondition { t_minus_r, r, t_r, t_t_minus_r, r_t_minus_r, t_r_t_minus_r };
 
 inline constexpr std::string_view new_condition_name(NewCondition c) {
@@ -46,6 +48,10 @@ inline NewCondition parse_new_condition(std::string_view text) {
 //! The terms of E_delta for a `new_condition`.
 struct IntervalTerms {
   bool t = false, r = false, t_minus_r = false;
+
+  //! Whether the `r` term goes through the interval embedder De (as released: when there is
+  //! no `t-r` term) rather than the time embedder Et.
+  constexpr bool r_through_delta() const { return r && !t_minus_r; }
 };
 inline constexpr IntervalTerms interval_terms(NewCondition c) {
   switch (c) {
