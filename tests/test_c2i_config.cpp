@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <functional>
+#include <type_traits>
 
 #include "compare.hpp"
 #include "golden_source.hpp"
@@ -11,6 +12,11 @@
 using tim::io::SafetensorsFile;
 using tim_test::error_of;
 using tim_test::rewritten;
+
+// The sampler names a model's element type and backend through these.
+static_assert(std::is_same_v<tim::nn::C2IModel<float>::value_type, float>);
+static_assert(std::is_same_v<tim::nn::C2IModel<double, tim::cpu>::value_type, double>);
+static_assert(std::is_same_v<tim::nn::C2IModel<float>::backend, tim::cpu>);
 
 TEST_CASE("configuration is read from shapes") {
   auto file = rewritten("square", {});

@@ -26,6 +26,8 @@ void check_golden(const std::string& name, double tolerance) {
   REQUIRE(out.shape() == expected.shape());
   const double error = tim_test::relative_error(out.data(), expected.data(), static_cast<std::size_t>(out.numel()));
   INFO("case ", name, " (", model.config.describe(), "): relative error ", error);
+  const std::string precision = sizeof(T) == 8 ? "double" : "float";
+  MESSAGE("C2I golden ", name, " in ", precision, ": relative error ", error);
   CHECK(error <= tolerance);
   // Guard against a vacuous pass: the reference output is not trivially small.
   double largest = 0;

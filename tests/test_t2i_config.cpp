@@ -5,12 +5,17 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <type_traits>
 
 #include "compare.hpp"
 #include "golden_source.hpp"
 #include "tim/tim.hpp"
 
 using tim_test::error_of;
+
+static_assert(std::is_same_v<tim::nn::T2IModel<float>::value_type, float>);
+static_assert(std::is_same_v<tim::nn::T2IModel<double, tim::cpu>::value_type, double>);
+static_assert(std::is_same_v<tim::nn::T2IModel<float>::backend, tim::cpu>);
 
 namespace {
 

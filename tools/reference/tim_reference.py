@@ -334,11 +334,15 @@ class TiM(nn.Module):
         self.final_layer = FinalLayer(cfg)
 
     def interval_embedding(self, t_in: torch.Tensor, r_in: torch.Tensor) -> torch.Tensor:
-        """E_delta: sum of the embeddings new_condition lists; 't','r' use t_embedder,
-        't-r' uses delta_embedder (t_embedder when there is none)."""
+        """E_delta (SPEC 3, as released): the sum of the embeddings new_condition lists. With
+        De = delta_embedder (t_embedder when there is none) and Et = t_embedder: 't' is Et(t),
+        't-r' is De(t - r), and 'r' is De(r) when the condition has no 't-r' term, Et(r) otherwise
+        (so 'r' -> De(r), 't,r' -> Et(t) + De(r), 'r,t-r' -> Et(r) + De(t - r))."""
+        names = self.cfg.new_condition.split(",")
         delta_embedder = self.delta_embedder if self.delta_embedder is not None else self.t_embedder
+        r_embedder = self.t_embedder if "t-r" in names else delta_embedder
         terms = {"t": lambda: self.t_embedder(t_in),
-                 "r": lambda: self.t_embedder(r_in),
+                 "r": lambda: r_embedder(r_in),
                  "t-r": lambda: delta_embedder(t_in - r_in)}
         e_delta = None
         for name in self.cfg.new_condition.split(","):
@@ -506,10 +510,24 @@ def self_test() -> None:
         assert out.shape == (3, 4, 8, 12) and torch.isfinite(out).all()
         single = torch.cat([model(x[i:i + 1], t[i:i + 1], r[i:i + 1], y[i:i + 1]) for i in range(3)])
         _close(f"{nc:8s} batch of 3 == three batches of 1", out, single)
+        # SPEC 3 written out per value (Et = t_embedder, De = delta_embedder), independently of
+        # the rule interval_embedding applies.
         te, de = model.t_embedder, model.delta_embedder
-        expect = {"t-r": de(t - r), "r": te(r), "t,r": te(t) + te(r), "t,t-r": te(t) + de(t - r),
+        expect = {"t-r": de(t - r), "r": de(r), "t,r": te(t) + de(r), "t,t-r": te(t) + de(t - r),
                   "r,t-r": te(r) + de(t - r), "t,r,t-r": te(t) + te(r) + de(t - r)}[nc]
         _close(f"{nc:8s} E_delta", model.interval_embedding(t, r), expect, 0.0)
+        # Without a delta_embedder every term goes through t_embedder.
+        shared = TiM(TiMConfig(**{**cfg.__dict__, "separate_delta_embedder": False}))
+        shared.load_state_dict({k: v for k, v in model.state_dict().items()
+                                if not k.startswith("delta_embedder.")}, strict=True)
+        te = shared.t_embedder
+        expect = {"t-r": te(t - r), "r": te(r), "t,r": te(t) + te(r), "t,t-r": te(t) + te(t - r),
+                  "r,t-r": te(r) + te(t - r), "t,r,t-r": te(t) + te(r) + te(t - r)}[nc]
+        _close(f"{nc:8s} E_delta, no delta_embedder", shared.interval_embedding(t, r), expect, 0.0)
+    # The check above can tell the embedders apart: Et(r) and De(r) differ by O(1).
+    gap = (model.t_embedder(r) - model.delta_embedder(r)).abs().max().item()
+    assert gap > 0.1, f"t_embedder and delta_embedder too close to tell apart ({gap})"
+    print(f"  ok   Et(r) and De(r) differ by {gap:.2f}")
     clone = TiM(cfg)
     load_released_state_dict(clone, {**model.state_dict(), "projector.0.weight": rnd(8, 32)})
     _close("state dict round trip (projector ignored)", clone(x, t, r, y), model(x, t, r, y), 0.0)

@@ -254,6 +254,17 @@ void mlp_residual_forward(Workspace<T, Backend>& ws, const BackboneConfig& confi
   Backend::gated_residual_forward(ws.tokens.data(), mod.gate, ws.update.data(), B, N, D, mod.stride);
 }
 
+//! Loads what every block has: `adaLN_modulation` (D -> L -> K D, K = Block::modulation_chunks),
+//! `attn` and `mlp` (D -> Hm -> D), under `prefix` = "blocks.{i}". A T2I block adds its
+//! cross-attention.
+template <class Block, class Reader>
+void load_block_common(Block& block, Reader& reader, const std::string& prefix, const BackboneConfig& config) {
+  const auto D = config.hidden;
+  block.adaln.load(reader, prefix + ".adaLN_modulation", D, config.adaln_hidden, Block::modulation_chunks * D);
+  block.attn.load(reader, prefix + ".attn", config);
+  block.mlp.load(reader, prefix + ".mlp", D, config.mlp_hidden, D);
+}
+
 //! adaLN (shift, scale) from c, LayerNorm, modulate, Linear(D -> p*p*C_out), unpatchify.
 template <class T, class Backend>
 struct FinalLayer {
@@ -306,11 +317,55 @@ struct PatchEmbedding {
   }
 };
 
+//! Whether `v` has shape [B]. Extents are compared one by one: no Shape is built, so a sampling
+//! loop allocates nothing.
+template <class Vector>
+bool is_batch_vector(const Vector& v, std::int64_t B) {
+  return v.rank() == 1 && v.dim(0) == B;
+}
+
+//! Checks the inputs both models share: x (B, C, H, W) with H and W positive multiples of p,
+//! t_in and r_in (B); throws tim::Error naming the argument.
+template <class T, class Backend>
+void validate_backbone_inputs(const BackboneConfig& config, const Tensor<T, Backend>& x, const Tensor<T, Backend>& t_in,
+                              const Tensor<T, Backend>& r_in) {
+  check(x.rank() == 4, "input 'x': expected shape [B, C, H, W], got ", x.shape());
+  const auto B = x.dim(0);
+  check(x.dim(1) == config.in_channels, "input 'x': expected ", config.in_channels, " channels, got ", x.dim(1),
+        " (shape ", x.shape(), ")");
+  check(x.dim(2) > 0 && x.dim(3) > 0 && x.dim(2) % config.patch == 0 && x.dim(3) % config.patch == 0,
+        "input 'x': height and width must be positive multiples of the patch size ", config.patch, ", got ",
+        x.dim(2), "x", x.dim(3));
+  check(is_batch_vector(t_in, B), "input 't': expected shape [", B, "], got ", t_in.shape());
+  check(is_batch_vector(r_in, B), "input 'r': expected shape [", B, "], got ", r_in.shape());
+}
+
+//! Makes `out` a (B, C_out, H, W) tensor, reallocating only when its shape differs.
+template <class T, class Backend>
+void ensure_output(Tensor<T, Backend>& out, const BackboneConfig& config, std::int64_t B, std::int64_t H,
+                   std::int64_t W) {
+  if (out.empty_tensor() || out.rank() != 4 || out.dim(0) != B || out.dim(1) != config.out_channels ||
+      out.dim(2) != H || out.dim(3) != W)
+    out = Tensor<T, Backend>::empty({B, config.out_channels, H, W});
+}
+
+//! Sizes the backbone buffers of `ws` for batch B and latent H x W (Workspace::reserve) for a
+//! model with these blocks: the widest adaLN hidden width among them, Block::modulation_chunks.
+template <class Block, class T, class Backend>
+void reserve_backbone(Workspace<T, Backend>& ws, const BackboneConfig& config, const std::vector<Block>& blocks,
+                      std::int64_t B, std::int64_t H, std::int64_t W) {
+  std::int64_t widest_adaln = 0;
+  for (const auto& block : blocks) widest_adaln = std::max(widest_adaln, block.adaln.hidden());
+  ws.reserve(config, widest_adaln, Block::modulation_chunks, B, H, W);
+}
+
 //! The time conditioning both models share (SPEC 3): ws.condition (B, D) = E_t(t_in) + E_delta
-//! and ws.interval (B, D) = E_delta, the sum of the embeddings `new_condition` lists (`t` and
-//! `r` through `t_embedder`, `t-r` through `delta_embedder`, or `t_embedder` when the model has
-//! none). t_in, r_in (B) are the network time inputs. A C2I model then adds its label
-//! embedding to ws.condition, using time_scratch_after(ws, B, D) as scratch.
+//! and ws.interval (B, D) = E_delta, the sum of the embeddings `new_condition` lists, as
+//! released: with De = `delta_embedder` (`t_embedder` when the model has none) and
+//! Et = `t_embedder`, `t` is Et(t_in), `t-r` is De(t_in - r_in), and `r` is De(r_in) when there
+//! is no `t-r` term, Et(r_in) otherwise (IntervalTerms::r_through_delta). t_in, r_in (B) are
+//! the network time inputs. A C2I model then adds its label embedding to ws.condition, using
+//! time_scratch_after(ws, B, D) as scratch.
 template <class T, class Backend>
 void embed_time(Workspace<T, Backend>& ws, const BackboneConfig& config, const TimestepEmbedder<T, Backend>& t_embedder,
                 const TimestepEmbedder<T, Backend>& delta_embedder, const T* t_in, const T* r_in, std::int64_t B) {
@@ -331,7 +386,8 @@ void embed_time(Workspace<T, Backend>& ws, const BackboneConfig& config, const T
   const auto& delta = config.separate_delta_embedder ? delta_embedder : t_embedder;
   if (terms.t) Backend::add_forward(ws.interval.data(), ws.condition.data(), B * D);
   if (terms.r) {
-    t_embedder.forward(term, r_values, B, features, hidden);
+    const auto& r_embedder = terms.r_through_delta() ? delta : t_embedder;
+    r_embedder.forward(term, r_values, B, features, hidden);
     Backend::add_forward(ws.interval.data(), term, B * D);
   }
   if (terms.t_minus_r) {
@@ -347,6 +403,16 @@ T* time_scratch_after(Workspace<T, Backend>& ws, std::int64_t B, std::int64_t D)
   return ws.embed_scratch.data() + B * math::timestep_features + B * D;
 }
 
+//! The shape of checkpoint tensor `name`, which must be present with rank `rank`; `model` names
+//! the network in the message ("class-conditional" or "text-to-image").
+template <class Source>
+Shape required_shape(const Source& source, const std::string& name, int rank, const std::string& model) {
+  check(source.contains(name), "checkpoint: missing tensor '", name, "' (is this a ", model, " TiM checkpoint?)");
+  Shape s = source.info(name).shape;
+  check(s.rank() == rank, "checkpoint: tensor '", name, "' has shape ", s, ", expected rank ", rank);
+  return s;
+}
+
 //! Reads the backbone's configuration from a checkpoint (SPEC 3): shapes first; then
 //! `overrides`, then the checkpoint's `__metadata__` for what shapes cannot tell (heads
 //! without qk-norm, new_condition). `model` names the network in messages ("class-conditional"
@@ -355,31 +421,25 @@ T* time_scratch_after(Workspace<T, Backend>& ws, std::int64_t B, std::int64_t D)
 template <class Source>
 void infer_backbone_config(BackboneConfig& c, const Source& source, const ConfigOverrides& overrides,
                            const std::string& model, std::initializer_list<const char*> head_norms) {
-  auto shape_of = [&](const std::string& name, int rank) {
-    check(source.contains(name), "checkpoint: missing tensor '", name, "' (is this a ", model,
-          " TiM checkpoint?)");
-    Shape s = source.info(name).shape;
-    check(s.rank() == rank, "checkpoint: tensor '", name, "' has shape ", s, ", expected rank ", rank);
-    return s;
-  };
-  const Shape patch_weight = shape_of("x_embedder.proj.weight", 4);
-  check(patch_weight[2] == patch_weight[3], "checkpoint: 'x_embedder.proj.weight' ", patch_weight,
+  auto shape_of = [&](const std::string& name, int rank) { return required_shape(source, name, rank, model); };
+  const Shape patch_weight = shape_of(keys::patch_weight, 4);
+  check(patch_weight[2] == patch_weight[3], "checkpoint: '", keys::patch_weight, "' ", patch_weight,
         " must have a square p x p kernel");
   c.hidden = patch_weight[0];
   c.in_channels = patch_weight[1];
   c.patch = patch_weight[2];
-  while (source.contains("blocks." + std::to_string(c.depth) + ".adaLN_modulation.fc2.weight")) ++c.depth;
-  check(c.depth > 0, "checkpoint: no 'blocks.0.adaLN_modulation.fc2.weight'; not a TiM checkpoint");
-  c.adaln_hidden = shape_of("blocks.0.adaLN_modulation.fc1_g.weight", 2)[0];
-  c.mlp_hidden = shape_of("blocks.0.mlp.fc1_g.weight", 2)[0];
-  c.final_adaln_hidden = shape_of("final_layer.adaLN_modulation.fc1_g.weight", 2)[0];
-  const auto final_rows = shape_of("final_layer.linear.weight", 2)[0];
-  check(final_rows % (c.patch * c.patch) == 0, "checkpoint: 'final_layer.linear.weight' has ", final_rows,
+  while (source.contains(keys::block_adaln_output(c.depth))) ++c.depth;
+  check(c.depth > 0, "checkpoint: no '", keys::block_adaln_output(0), "'; not a TiM checkpoint");
+  c.adaln_hidden = shape_of(keys::first_adaln_gate, 2)[0];
+  c.mlp_hidden = shape_of(keys::first_mlp_gate, 2)[0];
+  c.final_adaln_hidden = shape_of(keys::final_adaln_gate, 2)[0];
+  const auto final_rows = shape_of(keys::final_linear, 2)[0];
+  check(final_rows % (c.patch * c.patch) == 0, "checkpoint: '", keys::final_linear, "' has ", final_rows,
         " rows, not a multiple of p*p = ", c.patch * c.patch);
   c.out_channels = final_rows / (c.patch * c.patch);
-  c.qk_norm = source.contains("blocks.0.attn.q_norm.weight");
-  c.interval_qkv = source.contains("blocks.0.attn.qkv_d.weight");
-  c.separate_delta_embedder = source.contains("delta_embedder.mlp.0.weight");
+  c.qk_norm = source.contains(keys::first_q_norm);
+  c.interval_qkv = source.contains(keys::first_qkv_d);
+  c.separate_delta_embedder = source.contains(keys::delta_embedder_input);
   c.provenance["architecture"] = "shapes";
 
   const auto& metadata = source.metadata();
@@ -451,12 +511,12 @@ void infer_backbone_config(BackboneConfig& c, const Source& source, const Config
 template <class Model, class Reader>
 void load_shared_parameters(Model& model, Reader& reader) {
   const auto& c = model.config;
-  model.x_embedder.load(reader, "x_embedder", c);
-  model.t_embedder.load(reader, "t_embedder", c.hidden);
-  if (c.separate_delta_embedder) model.delta_embedder.load(reader, "delta_embedder", c.hidden);
+  model.x_embedder.load(reader, keys::x_embedder, c);
+  model.t_embedder.load(reader, keys::t_embedder, c.hidden);
+  if (c.separate_delta_embedder) model.delta_embedder.load(reader, keys::delta_embedder, c.hidden);
   model.blocks.resize(static_cast<std::size_t>(c.depth));
-  for (std::int64_t i = 0; i < c.depth; ++i) model.blocks[i].load(reader, "blocks." + std::to_string(i), c);
-  model.final_layer.load(reader, "final_layer", c);
+  for (std::int64_t i = 0; i < c.depth; ++i) model.blocks[i].load(reader, keys::block(i), c);
+  model.final_layer.load(reader, keys::final_layer, c);
 }
 
 //! After a loader has taken every tensor it uses: `projector.*` (training-only) goes to
@@ -467,7 +527,7 @@ void collect_ignored(std::vector<std::string>& ignored, const Source& source, co
                      const std::string& description) {
   for (const auto& info : source.tensors()) {
     if (reader.used.count(info.name)) continue;
-    check(info.name.rfind("projector.", 0) == 0, "checkpoint: unexpected tensor '", info.name, "' (not part of a ",
+    check(info.name.rfind(keys::projector, 0) == 0, "checkpoint: unexpected tensor '", info.name, "' (not part of a ",
           description, ")");
     ignored.push_back(info.name);
   }

@@ -30,10 +30,7 @@ struct TiMBlock {
 
   template <class Reader>
   void load(Reader& reader, const std::string& prefix, const BackboneConfig& config) {
-    const auto D = config.hidden;
-    adaln.load(reader, prefix + ".adaLN_modulation", D, config.adaln_hidden, modulation_chunks * D);
-    attn.load(reader, prefix + ".attn", config);
-    mlp.load(reader, prefix + ".mlp", D, config.mlp_hidden, D);
+    load_block_common(*this, reader, prefix, config);
   }
   std::int64_t parameter_count() const {
     return adaln.parameter_count() + attn.parameter_count() + mlp.parameter_count();
@@ -83,18 +80,9 @@ class C2IModel {
   //! Checks the inputs of `forward`; throws tim::Error naming the argument.
   void validate_inputs(const Tensor<T, Backend>& x, const Tensor<T, Backend>& t_in, const Tensor<T, Backend>& r_in,
                        const Tensor<std::int64_t, cpu>& labels) const {
-    check(x.rank() == 4, "input 'x': expected shape [B, C, H, W], got ", x.shape());
+    validate_backbone_inputs(config, x, t_in, r_in);
     const auto B = x.dim(0);
-    check(x.dim(1) == config.in_channels, "input 'x': expected ", config.in_channels, " channels, got ", x.dim(1),
-          " (shape ", x.shape(), ")");
-    check(x.dim(2) > 0 && x.dim(3) > 0 && x.dim(2) % config.patch == 0 && x.dim(3) % config.patch == 0,
-          "input 'x': height and width must be positive multiples of the patch size ", config.patch, ", got ",
-          x.dim(2), "x", x.dim(3));
-    // Extents are compared one by one: no Shape is built, so a sampling loop allocates nothing.
-    const auto is_vector_of_b = [B](const auto& v) { return v.rank() == 1 && v.dim(0) == B; };
-    check(is_vector_of_b(t_in), "input 't': expected shape [", B, "], got ", t_in.shape());
-    check(is_vector_of_b(r_in), "input 'r': expected shape [", B, "], got ", r_in.shape());
-    check(is_vector_of_b(labels), "input 'y': expected shape [", B, "], got ", labels.shape());
+    check(is_batch_vector(labels, B), "input 'y': expected shape [", B, "], got ", labels.shape());
     for (std::int64_t b = 0; b < B; ++b)
       check(labels.data()[b] >= 0 && labels.data()[b] <= config.num_classes, "input 'y': label ", labels.data()[b],
             " at index ", b, " is outside [0, ", config.num_classes, "] (", config.num_classes,
@@ -107,9 +95,7 @@ class C2IModel {
                const Tensor<T, Backend>& r_in, const Tensor<std::int64_t, cpu>& labels) const {
     validate_inputs(x, t_in, r_in, labels);
     const auto B = x.dim(0), H = x.dim(2), W = x.dim(3);
-    if (out.empty_tensor() || out.rank() != 4 || out.dim(0) != B || out.dim(1) != config.out_channels ||
-        out.dim(2) != H || out.dim(3) != W)
-      out = Tensor<T, Backend>::empty({B, config.out_channels, H, W});
+    ensure_output(out, config, B, H, W);
     reserve(B, H, W);
     auto& ws = workspace_;
     const auto D = config.hidden, p = config.patch, N = (H / p) * (W / p);
@@ -129,9 +115,7 @@ class C2IModel {
   //! only grow, so alternating batch sizes (B and 2B rows under guidance) allocate nothing
   //! once the larger has been seen; the rotary tables are rebuilt only when H or W changes.
   void reserve(std::int64_t B, std::int64_t H, std::int64_t W) const {
-    std::int64_t widest_adaln = 0;
-    for (const auto& block : blocks) widest_adaln = std::max(widest_adaln, block.adaln.hidden());
-    workspace_.reserve(config, widest_adaln, TiMBlock<T, Backend>::modulation_chunks, B, H, W);
+    reserve_backbone(workspace_, config, blocks, B, H, W);
   }
 
   // The sampler's interface (tim::SamplingNetwork).
@@ -173,14 +157,10 @@ C2IConfig infer_c2i_config(const Source& source, const ConfigOverrides& override
         "checkpoint: this is a text-to-image (T2I) TiM (it has a caption embedder and cross-attention, no label "
         "table); load it with load_t2i (docs/t2i.md)");
   C2IConfig c;
-  infer_backbone_config(c, source, overrides, "class-conditional", {"blocks.0.attn.q_norm.weight"});
-  check(source.contains("y_embedder.embedding_table.weight"),
-        "checkpoint: missing tensor 'y_embedder.embedding_table.weight' (is this a class-conditional TiM checkpoint?)");
-  const Shape table = source.info("y_embedder.embedding_table.weight").shape;
-  check(table.rank() == 2, "checkpoint: tensor 'y_embedder.embedding_table.weight' has shape ", table,
-        ", expected rank 2");
-  c.num_classes = table[0] - 1;
-  check(c.num_classes >= 1, "checkpoint: 'y_embedder.embedding_table.weight' needs at least 2 rows");
+  const std::string model = "class-conditional";
+  infer_backbone_config(c, source, overrides, model, {keys::first_q_norm});
+  c.num_classes = required_shape(source, keys::label_table, 2, model)[0] - 1;
+  check(c.num_classes >= 1, "checkpoint: '", keys::label_table, "' needs at least 2 rows");
   return c;
 }
 
@@ -195,7 +175,7 @@ C2IModel<T, Backend> load_c2i(const Source& source, const ConfigOverrides& overr
   const auto& c = model.config;
   ParameterReader<Source> reader{source, {}};
   load_shared_parameters(model, reader);
-  model.label_table = reader.template take<T, Backend>("y_embedder.embedding_table.weight", {c.num_classes + 1, c.hidden});
+  model.label_table = reader.template take<T, Backend>(keys::label_table, {c.num_classes + 1, c.hidden});
   collect_ignored(model.config.ignored, source, reader, "class-conditional TiM with " + c.describe());
   return model;
 }

@@ -16,8 +16,10 @@
 namespace tim::nn {
 
 //! Which embeddings form the interval term E_delta (SPEC 3, `new_condition`). The released
-//! models use `t_minus_r`. E_delta is the sum of the listed terms; `t` and `r` use the time
-//! embedder, `t-r` the interval embedder (or the time embedder when the model has none).
+//! models use `t_minus_r`. E_delta is the sum of the listed terms, exactly as released: with
+//! De the interval embedder (the time embedder when the model has none) and Et the time
+//! embedder, `t` is Et(t), `t-r` is De(t - r), and `r` is De(r) when the value has no `t-r`
+//! term (`r`, `t,r`), Et(r) otherwise (`r,t-r`, `t,r,t-r`).
 enum class NewCondition { t_minus_r, r, t_r, t_t_minus_r, r_t_minus_r, t_r_t_minus_r };
 
 inline constexpr std::string_view new_condition_name(NewCondition c) {
@@ -46,6 +48,10 @@ inline NewCondition parse_new_condition(std::string_view text) {
 //! The terms of E_delta for a `new_condition`.
 struct IntervalTerms {
   bool t = false, r = false, t_minus_r = false;
+
+  //! Whether the `r` term goes through the interval embedder De (as released: when there is
+  //! no `t-r` term) rather than the time embedder Et.
+  constexpr bool r_through_delta() const { return r && !t_minus_r; }
 };
 inline constexpr IntervalTerms interval_terms(NewCondition c) {
   switch (c) {
@@ -124,6 +130,38 @@ struct T2IConfig : BackboneConfig {
   }
 };
 
+//! The checkpoint names (SPEC 3, 5, released spelling) the code refers to, written once: the
+//! module prefixes the loaders start from, and the tensors whose presence or shape fixes the
+//! configuration. Loaders build every other name from a prefix (`prefix + ".qkv"`, ...).
+namespace keys {
+// Module prefixes.
+inline constexpr const char* x_embedder = "x_embedder";
+inline constexpr const char* t_embedder = "t_embedder";
+inline constexpr const char* delta_embedder = "delta_embedder";
+inline constexpr const char* y_embedder = "y_embedder";
+inline constexpr const char* final_layer = "final_layer";
+inline constexpr const char* projector = "projector.";  // training-only tensors, ignored
+//! The prefix of block i: "blocks.{i}".
+inline std::string block(std::int64_t i) { return "blocks." + std::to_string(i); }
+//! Block i's adaLN output weight; the blocks are counted by it.
+inline std::string block_adaln_output(std::int64_t i) { return block(i) + ".adaLN_modulation.fc2.weight"; }
+
+// Tensors read by full name while the configuration is inferred.
+inline constexpr const char* patch_weight = "x_embedder.proj.weight";            // (D, C, p, p)
+inline constexpr const char* delta_embedder_input = "delta_embedder.mlp.0.weight";  // present: use_new_embed
+inline constexpr const char* label_table = "y_embedder.embedding_table.weight";  // (num_classes + 1, D), C2I
+inline constexpr const char* caption_norm = "y_embedder.norm.weight";            // (Dc), T2I
+inline constexpr const char* caption_mlp_gate = "y_embedder.mlp.fc1_g.weight";   // (Hc, Dc), T2I
+inline constexpr const char* first_adaln_gate = "blocks.0.adaLN_modulation.fc1_g.weight";  // (L, D)
+inline constexpr const char* first_mlp_gate = "blocks.0.mlp.fc1_g.weight";                 // (Hm, D)
+inline constexpr const char* first_q_norm = "blocks.0.attn.q_norm.weight";                 // (hd): qk-norm
+inline constexpr const char* first_qkv_d = "blocks.0.attn.qkv_d.weight";                   // interval-aware qkv
+inline constexpr const char* first_cross_q = "blocks.0.cross_attn.q.weight";               // T2I
+inline constexpr const char* first_cross_q_norm = "blocks.0.cross_attn.q_norm.weight";     // (hd), T2I
+inline constexpr const char* final_adaln_gate = "final_layer.adaLN_modulation.fc1_g.weight";  // (D/2, D)
+inline constexpr const char* final_linear = "final_layer.linear.weight";                      // (p p C_out, D)
+}  // namespace keys
+
 //! Which network a checkpoint holds, told by its tensor names (see nn::detect_model_kind).
 enum class ModelKind { c2i, t2i, unknown };
 
@@ -136,13 +174,13 @@ inline constexpr std::string_view model_kind_name(ModelKind kind) {
   return "?";
 }
 
-//! C2I when the checkpoint has a label table (`y_embedder.embedding_table.weight`), T2I when
-//! it has a caption embedder (`y_embedder.norm.weight`) and cross-attention
-//! (`blocks.0.cross_attn.q.weight`), unknown otherwise. `Source` has `contains(name)`.
+//! C2I when the checkpoint has a label table (keys::label_table), T2I when it has a caption
+//! embedder (keys::caption_norm) or cross-attention (keys::first_cross_q) and no label table,
+//! unknown otherwise. `Source` has `contains(name)`.
 template <class Source>
 ModelKind detect_model_kind(const Source& source) {
-  const bool labels = source.contains("y_embedder.embedding_table.weight");
-  const bool captions = source.contains("y_embedder.norm.weight") || source.contains("blocks.0.cross_attn.q.weight");
+  const bool labels = source.contains(keys::label_table);
+  const bool captions = source.contains(keys::caption_norm) || source.contains(keys::first_cross_q);
   if (labels && !captions) return ModelKind::c2i;
   if (captions && !labels) return ModelKind::t2i;
   return ModelKind::unknown;

@@ -60,11 +60,8 @@ struct T2IBlock {
 
   template <class Reader>
   void load(Reader& reader, const std::string& prefix, const T2IConfig& config) {
-    const auto D = config.hidden;
-    adaln.load(reader, prefix + ".adaLN_modulation", D, config.adaln_hidden, modulation_chunks * D);
-    attn.load(reader, prefix + ".attn", config);
+    load_block_common(*this, reader, prefix, config);
     cross_attn.load(reader, prefix + ".cross_attn", config, config.cross_qk_norm);
-    mlp.load(reader, prefix + ".mlp", D, config.mlp_hidden, D);
   }
   std::int64_t parameter_count() const {
     return adaln.parameter_count() + attn.parameter_count() + cross_attn.parameter_count() + mlp.parameter_count();
@@ -120,16 +117,8 @@ class T2IModel {
   //! Checks the inputs of `forward`; throws tim::Error naming the argument.
   void validate_inputs(const Tensor<T, Backend>& x, const Tensor<T, Backend>& t_in, const Tensor<T, Backend>& r_in,
                        const Tensor<T, Backend>& cap_feats) const {
-    check(x.rank() == 4, "input 'x': expected shape [B, C, H, W], got ", x.shape());
+    validate_backbone_inputs(config, x, t_in, r_in);
     const auto B = x.dim(0);
-    check(x.dim(1) == config.in_channels, "input 'x': expected ", config.in_channels, " channels, got ", x.dim(1),
-          " (shape ", x.shape(), ")");
-    check(x.dim(2) > 0 && x.dim(3) > 0 && x.dim(2) % config.patch == 0 && x.dim(3) % config.patch == 0,
-          "input 'x': height and width must be positive multiples of the patch size ", config.patch, ", got ",
-          x.dim(2), "x", x.dim(3));
-    const auto is_vector_of_b = [B](const auto& v) { return v.rank() == 1 && v.dim(0) == B; };
-    check(is_vector_of_b(t_in), "input 't': expected shape [", B, "], got ", t_in.shape());
-    check(is_vector_of_b(r_in), "input 'r': expected shape [", B, "], got ", r_in.shape());
     check(cap_feats.rank() == 3, "input 'cap_feats': expected shape [B, M, cap_dim] = [", B, ", M, ",
           config.caption_dim, "], got ", cap_feats.shape());
     check(cap_feats.dim(0) == B, "input 'cap_feats': expected ", B, " captions (one per sample of x), got ",
@@ -148,9 +137,7 @@ class T2IModel {
                const Tensor<T, Backend>& r_in, const Tensor<T, Backend>& cap_feats) const {
     validate_inputs(x, t_in, r_in, cap_feats);
     const auto B = x.dim(0), H = x.dim(2), W = x.dim(3), M = cap_feats.dim(1);
-    if (out.empty_tensor() || out.rank() != 4 || out.dim(0) != B || out.dim(1) != config.out_channels ||
-        out.dim(2) != H || out.dim(3) != W)
-      out = Tensor<T, Backend>::empty({B, config.out_channels, H, W});
+    ensure_output(out, config, B, H, W);
     reserve(B, H, W, M);
     auto& ws = workspace_;
     const auto p = config.patch, N = (H / p) * (W / p);
@@ -166,9 +153,7 @@ class T2IModel {
   //! on demand). Buffers only grow: once the largest B, H x W and B*M have been seen, forward
   //! allocates nothing (the rotary tables are rebuilt only when H or W changes).
   void reserve(std::int64_t B, std::int64_t H, std::int64_t W, std::int64_t M) const {
-    std::int64_t widest_adaln = 0;
-    for (const auto& block : blocks) widest_adaln = std::max(widest_adaln, block.adaln.hidden());
-    workspace_.reserve(config, widest_adaln, T2IBlock<T, Backend>::modulation_chunks, B, H, W);
+    reserve_backbone(workspace_, config, blocks, B, H, W);
     workspace_.reserve_captions(config, config.caption_dim, config.caption_hidden, B * M);
   }
 
@@ -224,22 +209,16 @@ class T2IModel {
 template <class Source>
 T2IConfig infer_t2i_config(const Source& source, const ConfigOverrides& overrides = {}) {
   check(detect_model_kind(source) != ModelKind::c2i,
-        "checkpoint: this is a class-conditional (C2I) TiM (it has a label table "
-        "'y_embedder.embedding_table.weight'); load it with load_c2i");
+        "checkpoint: this is a class-conditional (C2I) TiM (it has a label table '", keys::label_table,
+        "'); load it with load_c2i");
   T2IConfig c;
-  infer_backbone_config(c, source, overrides, "text-to-image",
-                        {"blocks.0.attn.q_norm.weight", "blocks.0.cross_attn.q_norm.weight"});
-  auto shape_of = [&](const std::string& name, int rank) {
-    check(source.contains(name), "checkpoint: missing tensor '", name, "' (is this a text-to-image TiM checkpoint?)");
-    Shape s = source.info(name).shape;
-    check(s.rank() == rank, "checkpoint: tensor '", name, "' has shape ", s, ", expected rank ", rank);
-    return s;
-  };
-  c.caption_dim = shape_of("y_embedder.norm.weight", 1)[0];
-  c.caption_hidden = shape_of("y_embedder.mlp.fc1_g.weight", 2)[0];
+  const std::string model = "text-to-image";
+  infer_backbone_config(c, source, overrides, model, {keys::first_q_norm, keys::first_cross_q_norm});
+  c.caption_dim = required_shape(source, keys::caption_norm, 1, model)[0];
+  c.caption_hidden = required_shape(source, keys::caption_mlp_gate, 2, model)[0];
   check(c.caption_dim > 0 && c.caption_hidden > 0, "checkpoint: empty caption embedder (cap_dim ", c.caption_dim,
         ", hidden ", c.caption_hidden, ")");
-  c.cross_qk_norm = source.contains("blocks.0.cross_attn.q_norm.weight");
+  c.cross_qk_norm = source.contains(keys::first_cross_q_norm);
   return c;
 }
 
@@ -255,7 +234,7 @@ T2IModel<T, Backend> load_t2i(const Source& source, const ConfigOverrides& overr
   const auto& c = model.config;
   ParameterReader<Source> reader{source, {}};
   load_shared_parameters(model, reader);
-  model.y_embedder.load(reader, "y_embedder", c);
+  model.y_embedder.load(reader, keys::y_embedder, c);
   collect_ignored(model.config.ignored, source, reader, "text-to-image TiM with " + c.describe());
   return model;
 }
