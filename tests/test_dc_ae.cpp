@@ -1,7 +1,8 @@
 // The DC-AE decoder (tim/vae/dc_ae.hpp) against float64 golden files written by our PyTorch
 // reference (tools/reference/make_dc_ae_golden.py, itself checked against diffusers'
 // AutoencoderDC): double within 1e-9, float within 1e-4, relative to the largest output value;
-// its loading errors; and its new operations (tim/vae/dc_ae_ops.hpp) against naive loops.
+// its loading errors; and its operations (tim::cpu's decoder operations, tim/cpu/decoder_ops.hpp)
+// against naive loops.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -205,7 +206,7 @@ TEST_CASE_TEMPLATE("dc ae ops: ReLU linear attention against the direct double s
         for (int e = 0; e < hd; ++e) expected[(b * P + n) * stride + offset + h * hd + e] = numerator[e] / denominator;
       }
   std::vector<T> in(qkv.begin(), qkv.end()), out(expected.size(), T(-7));
-  tim::vae::relu_linear_attention_forward(out.data() + offset, stride, in.data(), B, P, heads, hd, eps);
+  tim::cpu::relu_linear_attention_forward(out.data() + offset, stride, in.data(), B, P, heads, hd, eps, 0);
   TIM_CHECK_CLOSE(out.data(), expected.data(), expected.size(), tolerance, tolerance);  // other channels untouched
 }
 
@@ -233,7 +234,7 @@ TEST_CASE_TEMPLATE("dc ae ops: depthwise and grouped 1x1 convolutions, RMSNorm a
       out(x.size());
   for (int c = 0; c < C; ++c)
     for (int kk = 0; kk < k * k; ++kk) w[kk * C + c] = static_cast<T>(weight[c * k * k + kk]);
-  tim::vae::depthwise_conv2d_forward(out.data(), in.data(), w.data(), bi.data(), B, H, W, C, k);
+  tim::cpu::depthwise_conv2d_forward(out.data(), in.data(), w.data(), bi.data(), B, H, W, C, k);
   TIM_CHECK_CLOSE(out.data(), expected.data(), expected.size(), tolerance, tolerance);
 
   // Grouped 1x1: PyTorch weight (C, n, 1, 1), groups of n channels.
@@ -249,7 +250,7 @@ TEST_CASE_TEMPLATE("dc ae ops: depthwise and grouped 1x1 convolutions, RMSNorm a
   for (int g = 0; g < G; ++g)
     for (int o = 0; o < n; ++o)
       for (int i = 0; i < n; ++i) transposed[(g * n + i) * n + o] = static_cast<T>(pointwise[(g * n + o) * n + i]);
-  tim::vae::grouped_pointwise_forward(out.data(), in.data(), transposed.data(), rows, G, n);
+  tim::cpu::grouped_pointwise_forward(out.data(), in.data(), transposed.data(), rows, G, n);
   TIM_CHECK_CLOSE(out.data(), expected.data(), expected.size(), tolerance, tolerance);
 
   // RMSNorm over channels plus a residual, in place on the residual.
@@ -263,7 +264,7 @@ TEST_CASE_TEMPLATE("dc ae ops: depthwise and grouped 1x1 convolutions, RMSNorm a
       expected[r * C + c] = x[r * C + c] * rstd * weight[c] + bias[c] + residual[r * C + c];
   }
   std::vector<T> skip(residual.begin(), residual.end()), gain(weight.begin(), weight.begin() + C);
-  tim::vae::rms_norm_channels_forward(skip.data(), in.data(), gain.data(), bi.data(), rows, C, eps, skip.data());
+  tim::cpu::rms_norm_channels_forward(skip.data(), in.data(), gain.data(), bi.data(), rows, C, eps, skip.data());
   TIM_CHECK_CLOSE(skip.data(), expected.data(), expected.size(), tolerance, tolerance);
 }
 
@@ -272,7 +273,7 @@ TEST_CASE("dc ae ops: pixel shuffle and the upsampling shortcut against PyTorch'
   // in (B, H, W, 4C) channels-last; PyTorch: out[b, c, 2y + i, 2x + j] = in[b, 4c + 2i + j, y, x].
   std::vector<double> in(static_cast<std::size_t>(B * H * W * 4 * C)), out(static_cast<std::size_t>(B * 4 * H * W * C));
   for (std::size_t i = 0; i < in.size(); ++i) in[i] = static_cast<double>(i);
-  tim::vae::pixel_shuffle2x_forward(out.data(), in.data(), B, H, W, C);
+  tim::cpu::pixel_shuffle2x_forward(out.data(), in.data(), B, H, W, C);
   bool shuffled = true;
   for (int b = 0; b < B; ++b)
     for (int y = 0; y < 2 * H; ++y)
@@ -289,7 +290,7 @@ TEST_CASE("dc ae ops: pixel shuffle and the upsampling shortcut against PyTorch'
     const int r = 4 * Co / Ci;
     std::vector<double> low(static_cast<std::size_t>(B * H * W * Ci)), high(static_cast<std::size_t>(B * 4 * H * W * Co), 1.0);
     for (std::size_t i = 0; i < low.size(); ++i) low[i] = static_cast<double>(i);
-    tim::vae::upsample_shortcut_forward(high.data(), low.data(), B, H, W, Ci, Co);
+    tim::cpu::upsample_shortcut_forward(high.data(), low.data(), B, H, W, Ci, Co);
     bool matches = true;
     for (int b = 0; b < B; ++b)
       for (int y = 0; y < 2 * H; ++y)
@@ -302,6 +303,6 @@ TEST_CASE("dc ae ops: pixel shuffle and the upsampling shortcut against PyTorch'
     CHECK(matches);
   }
   std::vector<double> small(8), big(32);
-  CHECK(contains(tim_test::error_of([&] { tim::vae::upsample_shortcut_forward(big.data(), small.data(), 1, 1, 1, 3, 2); }),
+  CHECK(contains(tim_test::error_of([&] { tim::cpu::upsample_shortcut_forward(big.data(), small.data(), 1, 1, 1, 3, 2); }),
                  "3 input channels do not divide 4 x 2 output channels"));
 }

@@ -179,21 +179,22 @@ TEST_CASE_TEMPLATE("sd vae ops: chunked im2col convolution against a naive loop"
     const auto expected = naive_conv(x, weight, bias, B, Ci, Co, H, W, k);
     // The same through the library: channels-last input, weight repacked to (Co, k, k, Ci).
     std::vector<T> x_nchw(x.begin(), x.end()), x_nhwc(x.size()), w(weight.size()), b(bias.begin(), bias.end());
-    tim::vae::nchw_to_nhwc_forward(x_nhwc.data(), x_nchw.data(), B, Ci, H, W);
+    tim::cpu::to_channels_last_forward(x_nhwc.data(), x_nchw.data(), B, Ci, H * W, T(1));
     for (int o = 0; o < Co; ++o)
       for (int c = 0; c < Ci; ++c)
         for (int kk = 0; kk < k * k; ++kk) w[(o * k * k + kk) * Ci + c] = static_cast<T>(weight[(o * Ci + c) * k * k + kk]);
     // Chunks of 5 pixels (the last one partial: 56 pixels), one chunk, then accumulate.
-    for (std::int64_t chunk_elements : {std::int64_t{5} * k * k * Ci, tim::vae::im2col_chunk_elements}) {
+    for (std::int64_t chunk_elements : {std::int64_t{5} * k * k * Ci, tim::cpu::im2col_block_elements}) {
       CAPTURE(chunk_elements);
-      std::vector<T> y(expected.size()), y_nchw(expected.size()), columns;
-      tim::vae::conv2d_forward(y.data(), x_nhwc.data(), w.data(), b.data(), B, H, W, Ci, Co, k, false, columns,
+      const std::int64_t K = k * k * Ci, rows = tim::math::rows_per_block(B * H * W, K, chunk_elements);
+      std::vector<T> y(expected.size()), y_nchw(expected.size()), columns(static_cast<std::size_t>(rows * K));
+      tim::cpu::conv2d_forward(y.data(), x_nhwc.data(), w.data(), b.data(), B, H, W, Ci, Co, k, false, columns.data(),
                                chunk_elements);
-      tim::vae::nhwc_to_nchw_forward(y_nchw.data(), y.data(), B, Co, H, W);
+      tim::cpu::to_channels_first_forward(y_nchw.data(), y.data(), B, Co, H * W);
       TIM_CHECK_CLOSE(y_nchw.data(), expected.data(), expected.size(), tolerance, tolerance);
-      tim::vae::conv2d_forward(y.data(), x_nhwc.data(), w.data(), b.data(), B, H, W, Ci, Co, k, true, columns,
+      tim::cpu::conv2d_forward(y.data(), x_nhwc.data(), w.data(), b.data(), B, H, W, Ci, Co, k, true, columns.data(),
                                chunk_elements);
-      tim::vae::nhwc_to_nchw_forward(y_nchw.data(), y.data(), B, Co, H, W);
+      tim::cpu::to_channels_first_forward(y_nchw.data(), y.data(), B, Co, H * W);
       std::vector<double> twice(expected.size());
       for (std::size_t i = 0; i < twice.size(); ++i) twice[i] = 2 * expected[i];
       TIM_CHECK_CLOSE(y_nchw.data(), twice.data(), twice.size(), tolerance, tolerance);
@@ -225,12 +226,12 @@ TEST_CASE_TEMPLATE("sd vae ops: GroupNorm (+ SiLU) against a naive loop", T, flo
           }
       }
     std::vector<T> in(x.begin(), x.end()), w(weight.begin(), weight.end()), bi(bias.begin(), bias.end());
-    tim::vae::group_norm_forward(in.data(), in.data(), w.data(), bi.data(), B, P, C, G, eps, apply_silu);  // in place
+    tim::cpu::group_norm_forward(in.data(), in.data(), w.data(), bi.data(), B, P, C, G, eps, apply_silu);  // in place
     TIM_CHECK_CLOSE(in.data(), expected.data(), expected.size(), tolerance, tolerance);
   }
   std::vector<T> data(static_cast<std::size_t>(C));
   CHECK(tim_test::error_of([&] {
-          tim::vae::group_norm_forward(data.data(), data.data(), data.data(), data.data(), 1, 1, C, 3, eps, false);
+          tim::cpu::group_norm_forward(data.data(), data.data(), data.data(), data.data(), 1, 1, C, 3, eps, false);
         }).find("8 channels are not divisible by 3 groups") != std::string::npos);
 }
 
@@ -238,7 +239,7 @@ TEST_CASE("sd vae ops: nearest 2x upsampling and the byte mapping") {
   // (1, 2, 3, 1) -> (1, 4, 6, 1): every value repeated in a 2x2 square.
   const std::vector<float> in{1, 2, 3, 4, 5, 6};
   std::vector<float> out(24);
-  tim::vae::upsample_nearest2x_forward(out.data(), in.data(), 1, 2, 3, 1);
+  tim::cpu::upsample_nearest2x_forward(out.data(), in.data(), 1, 2, 3, 1);
   const std::vector<float> expected{1, 1, 2, 2, 3, 3, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 4, 4, 5, 5, 6, 6};
   CHECK(out == expected);
 

@@ -36,7 +36,7 @@ tim::Tensor<T, tim::cuda> to_device(const std::vector<float>& host) {
   std::vector<T> converted(host.size());
   for (std::size_t i = 0; i < host.size(); ++i) converted[i] = static_cast<T>(host[i]);
   auto t = tim::Tensor<T, tim::cuda>::empty({static_cast<std::int64_t>(host.size())});
-  tim::cuda::copy(t.data(), converted.data(), converted.size());
+  tim::cuda::copy_from_host(t.data(), converted.data(), converted.size());
   return t;
 }
 
@@ -44,7 +44,7 @@ tim::Tensor<T, tim::cuda> to_device(const std::vector<float>& host) {
 template <class T>
 std::vector<float> to_host(const T* device, std::size_t n) {
   std::vector<T> values(n);
-  tim::cuda::copy(values.data(), device, n);
+  tim::cuda::copy_to_host(values.data(), device, n);
   std::vector<float> out(n);
   for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<float>(values[i]);
   return out;

@@ -5,6 +5,7 @@
 // math/ code, same compiler) -- so the index arithmetic of each kernel is tested here.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -272,7 +273,7 @@ TEST_CASE("cuda host: the element-wise functors reproduce tim::cpu exactly") {
 }
 
 TEST_CASE("cuda host: the sampling functors are the CPU sampler's arithmetic") {
-  using namespace tim::cuda_detail;
+  using namespace tim::math;
   const std::int64_t B = 2, per_sample = 11, blocks = (per_sample + 3) / 4;
   std::vector<double> noise(B * per_sample), expected(B * per_sample);
   run_on_host(B * blocks, NormalOp{noise.data(), per_sample, blocks, 42, 5, tim::random::initial_noise_step});
@@ -287,8 +288,9 @@ TEST_CASE("cuda host: the sampling functors are the CPU sampler's arithmetic") {
   for (std::size_t j = 0; j < cpu_x.size(); ++j) cpu_x[j] = transport.transition(cpu_x[j], F[j], 0.75, 0.5);
   check_equal(x, cpu_x);
 
-  run_on_host(B * blocks, StochasticTransitionOp<tim::OtFm>{x.data(), F.data(), per_sample, blocks, transport, 0.5,
-                                                            0.25, 0.2, 7, 3, 1});
+  const std::vector<std::uint64_t> streams{3, 4};  // row b's sample index 3 + b
+  run_on_host(B * blocks, StochasticTransitionOp<tim::OtFm>{x.data(), F.data(), streams.data(), per_sample, blocks,
+                                                            transport, 0.5, 0.25, 0.2, 7, 1});
   for (std::int64_t b = 0; b < B; ++b)
     for (std::int64_t e = 0; e < per_sample; ++e) {
       const std::size_t j = static_cast<std::size_t>(b * per_sample + e);
@@ -296,6 +298,35 @@ TEST_CASE("cuda host: the sampling functors are the CPU sampler's arithmetic") {
                                                  tim::random::normal(7, 3 + b, 1, static_cast<std::uint64_t>(e)));
     }
   check_equal(x, cpu_x);
+}
+
+TEST_CASE("cuda host: the tiling functors cut and blend tiles as the CPU's tiled decoding loops did") {
+  // Latents (B, L, h, w); one tile of th x tw at (y0, x0); then an image tile (B, C, th', tw') blended
+  // into images (B, C, H, W) at (Y0, X0) with weights wy (th'), wx (tw').
+  const std::int64_t B = 2, L = 3, h = 5, w = 7, th = 3, tw = 4, y0 = 2, x0 = 3;
+  const auto latents = random_vector<float>(static_cast<std::size_t>(B * L * h * w), 91);
+  std::vector<float> tile(static_cast<std::size_t>(B * L * th * tw), -1.0f), expected(tile.size());
+  run_on_host(B * L * th * tw, tim::vae::TileExtractOp<float>{tile.data(), latents.data(), h, w, th, tw, y0, x0});
+  for (std::int64_t plane = 0; plane < B * L; ++plane)
+    for (std::int64_t y = 0; y < th; ++y)
+      std::copy_n(latents.data() + (plane * h + y0 + y) * w + x0, tw, expected.data() + (plane * th + y) * tw);
+  check_equal(tile, expected);
+
+  const std::int64_t C = 2, H = 9, W = 11, tile_h = 4, tile_w = 6, Y0 = 5, X0 = 3;
+  const auto image_tile = random_vector<float>(static_cast<std::size_t>(B * C * tile_h * tile_w), 92);
+  const auto wy = random_vector<double>(static_cast<std::size_t>(tile_h), 93);
+  const auto wx = random_vector<double>(static_cast<std::size_t>(tile_w), 94);
+  auto images = random_vector<float>(static_cast<std::size_t>(B * C * H * W), 95);
+  auto blended = images;
+  run_on_host(B * C * tile_h * tile_w, tim::vae::TileBlendOp<float>{blended.data(), image_tile.data(), wy.data(),
+                                                                    wx.data(), H, W, tile_h, tile_w, Y0, X0});
+  for (std::int64_t plane = 0; plane < B * C; ++plane)  // the loop of the CPU's decode_tiled before the functor
+    for (std::int64_t y = 0; y < tile_h; ++y) {
+      const float* source = image_tile.data() + (plane * tile_h + y) * tile_w;
+      float* target = images.data() + (plane * H + Y0 + y) * W + X0;
+      for (std::int64_t x = 0; x < tile_w; ++x) target[x] += static_cast<float>(wy[y] * wx[x]) * source[x];
+    }
+  check_equal(blended, images);
 }
 
 }  // TEST_SUITE

@@ -215,7 +215,7 @@ TEST_CASE("cuda random: the same seed gives the same noise as the CPU") {
   auto device = tim::Tensor<double, tim::cuda>::empty({B * per_sample});
   tim::cuda::normal_forward(device.data(), B, per_sample, 1234, 17, tim::random::initial_noise_step);
   std::vector<double> actual(static_cast<std::size_t>(B * per_sample));
-  tim::cuda::copy(actual.data(), device.data(), actual.size());
+  tim::cuda::copy_to_host(actual.data(), device.data(), actual.size());
   // Philox words are integer arithmetic (identical); Box-Muller's log/cos/sin may differ from the
   // host's libm in the last bits.
   TIM_CHECK_CLOSE(actual.data(), expected.data(), actual.size(), 1e-13, 1e-13);
@@ -225,14 +225,14 @@ TEST_CASE("cuda sampling kernels: deterministic and stochastic transitions as on
   const std::int64_t B = 3, per_sample = 37, n = B * per_sample;
   const auto x = tim_test::random_vector<double>(n, 25), F = tim_test::random_vector<double>(n, 26);
   auto dx = tim::Tensor<double, tim::cuda>::empty({n}), dF = tim::Tensor<double, tim::cuda>::empty({n});
-  tim::cuda::copy(dF.data(), F.data(), F.size());
+  tim::cuda::copy_from_host(dF.data(), F.data(), F.size());
   const tim::OtFm ot;
   for (const auto& [t, r] : {std::pair{1.0, 0.75}, std::pair{0.5, 0.0}}) {
     std::vector<double> expected = x, actual(x.size());
     for (std::size_t j = 0; j < x.size(); ++j) expected[j] = ot.transition(x[j], F[j], t, r);
-    tim::cuda::copy(dx.data(), x.data(), x.size());
+    tim::cuda::copy_from_host(dx.data(), x.data(), x.size());
     tim::cuda::transition_forward(dx.data(), dF.data(), n, ot.coefficients(t, r));
-    tim::cuda::copy(actual.data(), dx.data(), actual.size());
+    tim::cuda::copy_to_host(actual.data(), dx.data(), actual.size());
     TIM_CHECK_CLOSE(actual.data(), expected.data(), actual.size(), 1e-14, 1e-14);
   }
   std::vector<double> expected = x, actual(x.size());
@@ -242,9 +242,12 @@ TEST_CASE("cuda sampling kernels: deterministic and stochastic transitions as on
       expected[j] = ot.stochastic_transition(x[j], F[j], 0.6, 0.4, 0.2,
                                              tim::random::normal(99, 10 + b, 4, static_cast<std::uint64_t>(e)));
     }
-  tim::cuda::copy(dx.data(), x.data(), x.size());
-  tim::cuda::stochastic_transition_forward(dx.data(), dF.data(), B, per_sample, ot, 0.6, 0.4, 0.2, 99, 10, 4);
-  tim::cuda::copy(actual.data(), dx.data(), actual.size());
+  const std::vector<std::uint64_t> streams{10, 11, 12};  // row b's sample index 10 + b
+  auto dstreams = tim::Tensor<std::uint64_t, tim::cuda>::empty({B});
+  tim::cuda::copy_from_host(dstreams.data(), streams.data(), streams.size());
+  tim::cuda::copy_from_host(dx.data(), x.data(), x.size());
+  tim::cuda::stochastic_transition_forward(dx.data(), dF.data(), dstreams.data(), B, per_sample, ot, 0.6, 0.4, 0.2, 99, 4);
+  tim::cuda::copy_to_host(actual.data(), dx.data(), actual.size());
   TIM_CHECK_CLOSE(actual.data(), expected.data(), actual.size(), 1e-12, 1e-12);
 }
 
