@@ -174,6 +174,29 @@ TEST_CASE("dc ae: missing tensors and wrong shapes name the tensor and what was 
   }
 }
 
+TEST_CASE("dc ae: a reused workspace, a copy and copy_to_backend decode the same; the backend's head-dim check") {
+  auto file = tim::io::SafetensorsFile::open(tim_test::golden_path("variants", folder));
+  tim_test::ParametersOnly parameters(file);
+  auto vae = tim::vae::load_dc_ae_decoder<float>(parameters, tim_test::dc_ae_options_of(file));
+  const auto latents = file.load<float>("input.latents");
+  const auto first = vae.decode(latents);
+  const auto n = static_cast<std::size_t>(first.numel());
+  auto larger = tim::Tensor<float>::empty({2, vae.config.latent_channels, 5, 4});
+  std::fill(larger.data(), larger.data() + larger.numel(), 0.25f);
+  CHECK(vae.decode(larger).shape() == tim::Shape{2, 3, 10, 8});
+  CHECK(tim_test::relative_error(vae.decode(latents).data(), first.data(), n) == 0.0);
+  const auto copy = vae;
+  CHECK(tim_test::relative_error(copy.decode(latents).data(), first.data(), n) == 0.0);
+  const auto moved = tim::vae::copy_to_backend<tim::cpu>(vae);
+  CHECK(moved.parameter_count() == vae.parameter_count());
+  CHECK(moved.config.describe() == vae.config.describe());
+  CHECK(tim_test::relative_error(moved.decode(latents).data(), first.data(), n) == 0.0);
+  vae.config.attention_head_dim = 1000;  // the CPU runs any head dim
+  CHECK_NOTHROW(vae.check_backend());
+  vae.config.attention_head_dim = 0;
+  CHECK(contains(tim_test::error_of([&] { vae.check_backend(); }), "attention_head_dim 0 must be in [1, "));
+}
+
 TEST_CASE("dc ae: decode refuses latents of the wrong shape") {
   auto file = tim::io::SafetensorsFile::open(tim_test::golden_path("nonsquare", folder));
   tim_test::ParametersOnly parameters(file);

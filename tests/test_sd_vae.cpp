@@ -60,6 +60,9 @@ TEST_CASE("sd vae: configuration from shapes") {
   CHECK(vae.up_blocks[2].resnets[0].conv_shortcut.kernel == 1);  // 32 -> 16 channels
   CHECK(!vae.mid_attention.older_names);
   CHECK(vae.config.ignored.empty());
+  std::int64_t stored = 0;
+  for (const auto& info : parameters.tensors()) stored += info.shape.numel();
+  CHECK(vae.parameter_count() == stored);  // every module's fields() lists all of its tensors
 
   auto old = tim::io::SafetensorsFile::open(tim_test::golden_path("old_names", folder));
   tim_test::ParametersOnly old_parameters(old);
@@ -129,6 +132,27 @@ TEST_CASE("sd vae: missing tensors and wrong shapes name the tensor and what was
     auto file = tim_test::rewritten("nonsquare", {}, folder);
     CHECK(load_error(file, bad_groups).find("not divisible by norm_num_groups 3") != std::string::npos);
   }
+}
+
+TEST_CASE("sd vae: the workspace is reused across decodes and sizes; copies and copy_to_backend decode the same") {
+  auto file = tim::io::SafetensorsFile::open(tim_test::golden_path("nonsquare", folder));
+  tim_test::ParametersOnly parameters(file);
+  const auto vae = tim::vae::load_sd_vae_decoder<float>(parameters, tim_test::sd_vae_options_of(file));
+  const auto latents = file.load<float>("input.latents");
+  const auto first = vae.decode(latents);
+  const auto n = static_cast<std::size_t>(first.numel());
+  auto larger = tim::Tensor<float>::empty({1, 4, 6, 7});  // grows every buffer, then back to the first size
+  std::fill(larger.data(), larger.data() + larger.numel(), 0.5f);
+  CHECK(vae.decode(larger).shape() == tim::Shape{1, 3, 48, 56});
+  CHECK(tim_test::relative_error(vae.decode(latents).data(), first.data(), n) == 0.0);
+  const auto copy = vae;  // shares the weights, not the workspace
+  CHECK(tim_test::relative_error(copy.decode(latents).data(), first.data(), n) == 0.0);
+  const auto moved = tim::vae::copy_to_backend<tim::cpu>(vae);
+  CHECK(moved.parameter_count() == vae.parameter_count());
+  CHECK(moved.mid_attention.to_q.weight.data() == vae.mid_attention.to_q.weight.data());  // CPU to CPU: shared
+  CHECK(tim_test::relative_error(moved.decode(latents).data(), first.data(), n) == 0.0);
+  vae.release_workspace();
+  CHECK(tim_test::relative_error(vae.decode(latents).data(), first.data(), n) == 0.0);
 }
 
 TEST_CASE("sd vae: decode refuses latents of the wrong shape") {
