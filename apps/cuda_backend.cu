@@ -3,8 +3,6 @@
 #include "cuda_backend.hpp"
 
 #include <tim/cuda/tim.cuh>
-#include <tim/vae/cuda_dc_ae.cuh>
-#include <tim/vae/cuda_sd_vae.cuh>
 
 #include <memory>
 #include <type_traits>
@@ -199,26 +197,35 @@ struct CudaVaeDecoder::Impl {
 
 namespace {
 
+//! SdVaeDecoder<float, tim::cuda> or DcAeDecoder<float, tim::cuda> on host tensors.
 template <class Decoder>
 struct TypedVae final : CudaVaeDecoder::Impl {
   Decoder decoder;
   explicit TypedVae(Decoder d) : decoder(std::move(d)) {}
-  tim::Tensor<float> decode(const tim::Tensor<float>& latents) const override { return decoder.decode(latents); }
+  tim::Tensor<float> decode(const tim::Tensor<float>& latents) const override {
+    return tim::to_host(decoder.decode(tim::to_backend<tim::cuda>(latents)));
+  }
 };
+
+//! The decoder's weights copied to the GPU (tim::vae::copy_to_backend).
+template <class HostDecoder>
+std::shared_ptr<CudaVaeDecoder::Impl> upload_decoder(const HostDecoder& host) {
+  tim::check(tim::cuda::available(), "--device cuda: ", tim::cuda::device_description());
+  auto gpu = tim::vae::copy_to_backend<tim::cuda>(host);
+  return std::make_shared<TypedVae<decltype(gpu)>>(std::move(gpu));
+}
 
 }  // namespace
 
 CudaVaeDecoder CudaVaeDecoder::upload(const tim::vae::SdVaeDecoder<float>& host) {
-  tim::check(tim::cuda::available(), "--device cuda: ", tim::cuda::device_description());
   CudaVaeDecoder uploaded;
-  uploaded.impl_ = std::make_shared<TypedVae<tim::vae::CudaSdVaeDecoder>>(tim::vae::CudaSdVaeDecoder(host));
+  uploaded.impl_ = upload_decoder(host);
   return uploaded;
 }
 
 CudaVaeDecoder CudaVaeDecoder::upload(const tim::vae::DcAeDecoder<float>& host) {
-  tim::check(tim::cuda::available(), "--device cuda: ", tim::cuda::device_description());
   CudaVaeDecoder uploaded;
-  uploaded.impl_ = std::make_shared<TypedVae<tim::vae::CudaDcAeDecoder>>(tim::vae::CudaDcAeDecoder(host));
+  uploaded.impl_ = upload_decoder(host);
   return uploaded;
 }
 

@@ -75,8 +75,8 @@ class CudaModel {
   std::shared_ptr<Impl> impl_;
 };
 
-//! A latent decoder on the current GPU in float (tim/vae/cuda_sd_vae.cuh, tim/vae/cuda_dc_ae.cuh):
-//! `tim sample --vae` with --device cuda. Copies share the decoder.
+//! A latent decoder on the current GPU in float (tim::vae::SdVaeDecoder<float, tim::cuda>,
+//! DcAeDecoder<float, tim::cuda>): `tim sample --vae` with --device cuda. Copies share the decoder.
 class CudaVaeDecoder {
  public:
   //! Copies a loaded decoder's weights to the GPU. Throws tim::Error when there is no usable device.

@@ -2,9 +2,9 @@
 // latent (256 px SD-VAE latents), batch 1, 16 and 64, float32 and bfloat16, random weights
 // (bench/random_checkpoint.hpp); a whole 4-step guided sampling run (BM_CudaSample, images/s);
 // plus cuBLAS's rate on the network's GEMM shapes and the attention kernel's alone, and the SD VAE
-// decoder (tim/vae/cuda_sd_vae.cuh, float, released widths, random weights from
+// decoder (tim::vae::SdVaeDecoder<float, tim::cuda>, released widths, random weights from
 // bench/random_vae_checkpoint.hpp) on 32x32 and 64x64 latents (BM_CudaSdVaeDecode), and the DC-AE
-// f32c32 decoder (tim/vae/cuda_dc_ae.cuh, float, released shapes, random weights from
+// f32c32 decoder (tim::vae::DcAeDecoder<float, tim::cuda>, released shapes, random weights from
 // bench/random_dc_ae_checkpoint.hpp) on 16x16 latents, 512 px (BM_CudaDcAeDecode). Each result
 // carries the floor time a perfect implementation could not beat on this device,
 //   floor = max(FLOPs / peak FLOP/s, bytes / peak bandwidth),
@@ -51,8 +51,6 @@
 #include "random_dc_ae_checkpoint.hpp"
 #include "random_vae_checkpoint.hpp"
 #include "tim/cuda/tim.cuh"
-#include "tim/vae/cuda_dc_ae.cuh"
-#include "tim/vae/cuda_sd_vae.cuh"
 
 namespace {
 
@@ -235,12 +233,13 @@ void BM_CudaAttention(benchmark::State& state) {
 //! convolution 2 P Co k^2 Ci (P its output pixels) and the mid attention's four projections
 //! 2 P C^2 each plus its two products 2 P^2 C each (GroupNorm, SiLU, softmax, upsampling and
 //! layout passes not counted).
-double sd_vae_decode_flops(const tim::vae::SdVaeDecoder<float>& vae, std::int64_t height, std::int64_t width) {
+template <class Backend>
+double sd_vae_decode_flops(const tim::vae::SdVaeDecoder<float, Backend>& vae, std::int64_t height, std::int64_t width) {
   double flops = 0, pixels = static_cast<double>(height * width);
-  const auto conv = [&](const tim::vae::Conv2d<float>& c) {
+  const auto conv = [&](const auto& c) {
     flops += 2.0 * pixels * static_cast<double>(c.out_channels * c.kernel * c.kernel * c.in_channels);
   };
-  const auto resnet = [&](const tim::vae::ResnetBlock<float>& r) {
+  const auto resnet = [&](const auto& r) {
     conv(r.conv1);
     conv(r.conv2);
     if (r.conv_shortcut.kernel) conv(r.conv_shortcut);
@@ -265,17 +264,17 @@ double sd_vae_decode_flops(const tim::vae::SdVaeDecoder<float>& vae, std::int64_
 //! 4 x latent x latent to B images of 8x the size. Counters: GFLOP per decode (sd_vae_decode_flops),
 //! floor_ms at the float32 peak (no TF32), FLOP/s and images/s.
 void BM_CudaSdVaeDecode(benchmark::State& state, std::int64_t batch, std::int64_t latent, const Peaks& peaks) {
-  static const auto host = tim::vae::load_sd_vae_decoder<float>(tim_bench::RandomSdVaeCheckpoint({128, 256, 512, 512}));
-  static const tim::vae::CudaSdVaeDecoder gpu(host);
+  static const auto gpu =
+      tim::vae::load_sd_vae_decoder<float, tim::cuda>(tim_bench::RandomSdVaeCheckpoint({128, 256, 512, 512}));
   std::mt19937 engine(5);
   const auto latents = random_device_tensor<float>({batch, 4, latent, latent}, engine, 0, 0, true);
-  benchmark::DoNotOptimize(gpu.decode_device(latents).data());  // warm-up: cuBLAS heuristics
+  benchmark::DoNotOptimize(gpu.decode(latents).data());  // warm-up: cuBLAS heuristics, the workspace
   tim::cuda::synchronize();
   for (auto _ : state) {
-    benchmark::DoNotOptimize(gpu.decode_device(latents).data());
+    benchmark::DoNotOptimize(gpu.decode(latents).data());
     tim::cuda::synchronize();
   }
-  const double flops = static_cast<double>(batch) * sd_vae_decode_flops(host, latent, latent);
+  const double flops = static_cast<double>(batch) * sd_vae_decode_flops(gpu, latent, latent);
   state.counters["GFLOP"] = flops * 1e-9;
   state.counters["floor_ms"] = peaks.float32_flops > 0 ? flops / peaks.float32_flops * 1e3 : 0;
   state.counters["FLOP/s"] = benchmark::Counter(flops * static_cast<double>(state.iterations()),
@@ -289,15 +288,16 @@ void BM_CudaSdVaeDecode(benchmark::State& state, std::int64_t batch, std::int64_
 //! same), every 1x1 / linear 2 P in out, depthwise 2 P C k^2, the grouped 1x1 2 P 3 inner hd, and
 //! each linear attention branch 4 P nh hd (hd + 1) (the sums V^T K, ksum and their products with
 //! q). RMSNorm, SiLU, ReLU, upsampling, shortcuts and layout passes are not counted.
-double dc_ae_decode_flops(const tim::vae::DcAeDecoder<float>& vae, std::int64_t height, std::int64_t width) {
+template <class Backend>
+double dc_ae_decode_flops(const tim::vae::DcAeDecoder<float, Backend>& vae, std::int64_t height, std::int64_t width) {
   double flops = 0, pixels = static_cast<double>(height * width);
-  const auto conv = [&](const tim::vae::dc_ae::Conv2d<float>& c) {
+  const auto conv = [&](const auto& c) {
     flops += 2.0 * pixels * static_cast<double>(c.out_channels * c.kernel * c.kernel * c.in_channels);
   };
-  const auto linear = [&](const tim::nn::Linear<float, tim::cpu>& l) {
+  const auto linear = [&](const auto& l) {
     flops += 2.0 * pixels * static_cast<double>(l.in_features * l.out_features);
   };
-  const auto depthwise = [&](const tim::vae::dc_ae::DepthwiseConv2d<float>& c) {
+  const auto depthwise = [&](const auto& c) {
     flops += 2.0 * pixels * static_cast<double>(c.channels * c.kernel * c.kernel);
   };
   conv(vae.conv_in);
@@ -336,19 +336,18 @@ double dc_ae_decode_flops(const tim::vae::DcAeDecoder<float>& vae, std::int64_t 
 //! of 32 x latent x latent to B images of 32x the size. Counters: GFLOP per decode
 //! (dc_ae_decode_flops), floor_ms at the float32 peak (no TF32), FLOP/s and images/s.
 void BM_CudaDcAeDecode(benchmark::State& state, std::int64_t batch, std::int64_t latent, const Peaks& peaks) {
-  static const auto host =
-      tim::vae::load_dc_ae_decoder<float>(tim_bench::RandomDcAeCheckpoint({128, 256, 512, 512, 1024, 1024}));
-  static const tim::vae::CudaDcAeDecoder gpu(host);
+  static const auto gpu = tim::vae::load_dc_ae_decoder<float, tim::cuda>(
+      tim_bench::RandomDcAeCheckpoint({128, 256, 512, 512, 1024, 1024}));
   std::mt19937 engine(6);
   const auto latents =
-      random_device_tensor<float>({batch, host.config.latent_channels, latent, latent}, engine, 0, 0, true);
-  benchmark::DoNotOptimize(gpu.decode_device(latents).data());  // warm-up: cuBLAS heuristics
+      random_device_tensor<float>({batch, gpu.config.latent_channels, latent, latent}, engine, 0, 0, true);
+  benchmark::DoNotOptimize(gpu.decode(latents).data());  // warm-up: cuBLAS heuristics, the workspace
   tim::cuda::synchronize();
   for (auto _ : state) {
-    benchmark::DoNotOptimize(gpu.decode_device(latents).data());
+    benchmark::DoNotOptimize(gpu.decode(latents).data());
     tim::cuda::synchronize();
   }
-  const double flops = static_cast<double>(batch) * dc_ae_decode_flops(host, latent, latent);
+  const double flops = static_cast<double>(batch) * dc_ae_decode_flops(gpu, latent, latent);
   state.counters["GFLOP"] = flops * 1e-9;
   state.counters["floor_ms"] = peaks.float32_flops > 0 ? flops / peaks.float32_flops * 1e3 : 0;
   state.counters["FLOP/s"] = benchmark::Counter(flops * static_cast<double>(state.iterations()),

@@ -1,7 +1,8 @@
 // The DC-AE decoder (tim/vae/dc_ae.hpp) against float64 golden files written by our PyTorch
 // reference (tools/reference/make_dc_ae_golden.py, itself checked against diffusers'
 // AutoencoderDC): double within 1e-9, float within 1e-4, relative to the largest output value;
-// its loading errors; and its new operations (tim/vae/dc_ae_ops.hpp) against naive loops.
+// its loading errors; and its operations (tim::cpu's decoder operations, tim/cpu/decoder_ops.hpp)
+// against naive loops.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -173,6 +174,29 @@ TEST_CASE("dc ae: missing tensors and wrong shapes name the tensor and what was 
   }
 }
 
+TEST_CASE("dc ae: a reused workspace, a copy and copy_to_backend decode the same; the backend's head-dim check") {
+  auto file = tim::io::SafetensorsFile::open(tim_test::golden_path("variants", folder));
+  tim_test::ParametersOnly parameters(file);
+  auto vae = tim::vae::load_dc_ae_decoder<float>(parameters, tim_test::dc_ae_options_of(file));
+  const auto latents = file.load<float>("input.latents");
+  const auto first = vae.decode(latents);
+  const auto n = static_cast<std::size_t>(first.numel());
+  auto larger = tim::Tensor<float>::empty({2, vae.config.latent_channels, 5, 4});
+  std::fill(larger.data(), larger.data() + larger.numel(), 0.25f);
+  CHECK(vae.decode(larger).shape() == tim::Shape{2, 3, 10, 8});
+  CHECK(tim_test::relative_error(vae.decode(latents).data(), first.data(), n) == 0.0);
+  const auto copy = vae;
+  CHECK(tim_test::relative_error(copy.decode(latents).data(), first.data(), n) == 0.0);
+  const auto moved = tim::vae::copy_to_backend<tim::cpu>(vae);
+  CHECK(moved.parameter_count() == vae.parameter_count());
+  CHECK(moved.config.describe() == vae.config.describe());
+  CHECK(tim_test::relative_error(moved.decode(latents).data(), first.data(), n) == 0.0);
+  vae.config.attention_head_dim = 1000;  // the CPU runs any head dim
+  CHECK_NOTHROW(vae.check_backend());
+  vae.config.attention_head_dim = 0;
+  CHECK(contains(tim_test::error_of([&] { vae.check_backend(); }), "attention_head_dim 0 must be in [1, "));
+}
+
 TEST_CASE("dc ae: decode refuses latents of the wrong shape") {
   auto file = tim::io::SafetensorsFile::open(tim_test::golden_path("nonsquare", folder));
   tim_test::ParametersOnly parameters(file);
@@ -205,7 +229,7 @@ TEST_CASE_TEMPLATE("dc ae ops: ReLU linear attention against the direct double s
         for (int e = 0; e < hd; ++e) expected[(b * P + n) * stride + offset + h * hd + e] = numerator[e] / denominator;
       }
   std::vector<T> in(qkv.begin(), qkv.end()), out(expected.size(), T(-7));
-  tim::vae::relu_linear_attention_forward(out.data() + offset, stride, in.data(), B, P, heads, hd, eps);
+  tim::cpu::relu_linear_attention_forward(out.data() + offset, stride, in.data(), B, P, heads, hd, eps, 0);
   TIM_CHECK_CLOSE(out.data(), expected.data(), expected.size(), tolerance, tolerance);  // other channels untouched
 }
 
@@ -233,7 +257,7 @@ TEST_CASE_TEMPLATE("dc ae ops: depthwise and grouped 1x1 convolutions, RMSNorm a
       out(x.size());
   for (int c = 0; c < C; ++c)
     for (int kk = 0; kk < k * k; ++kk) w[kk * C + c] = static_cast<T>(weight[c * k * k + kk]);
-  tim::vae::depthwise_conv2d_forward(out.data(), in.data(), w.data(), bi.data(), B, H, W, C, k);
+  tim::cpu::depthwise_conv2d_forward(out.data(), in.data(), w.data(), bi.data(), B, H, W, C, k);
   TIM_CHECK_CLOSE(out.data(), expected.data(), expected.size(), tolerance, tolerance);
 
   // Grouped 1x1: PyTorch weight (C, n, 1, 1), groups of n channels.
@@ -249,7 +273,7 @@ TEST_CASE_TEMPLATE("dc ae ops: depthwise and grouped 1x1 convolutions, RMSNorm a
   for (int g = 0; g < G; ++g)
     for (int o = 0; o < n; ++o)
       for (int i = 0; i < n; ++i) transposed[(g * n + i) * n + o] = static_cast<T>(pointwise[(g * n + o) * n + i]);
-  tim::vae::grouped_pointwise_forward(out.data(), in.data(), transposed.data(), rows, G, n);
+  tim::cpu::grouped_pointwise_forward(out.data(), in.data(), transposed.data(), rows, G, n);
   TIM_CHECK_CLOSE(out.data(), expected.data(), expected.size(), tolerance, tolerance);
 
   // RMSNorm over channels plus a residual, in place on the residual.
@@ -263,7 +287,7 @@ TEST_CASE_TEMPLATE("dc ae ops: depthwise and grouped 1x1 convolutions, RMSNorm a
       expected[r * C + c] = x[r * C + c] * rstd * weight[c] + bias[c] + residual[r * C + c];
   }
   std::vector<T> skip(residual.begin(), residual.end()), gain(weight.begin(), weight.begin() + C);
-  tim::vae::rms_norm_channels_forward(skip.data(), in.data(), gain.data(), bi.data(), rows, C, eps, skip.data());
+  tim::cpu::rms_norm_channels_forward(skip.data(), in.data(), gain.data(), bi.data(), rows, C, eps, skip.data());
   TIM_CHECK_CLOSE(skip.data(), expected.data(), expected.size(), tolerance, tolerance);
 }
 
@@ -272,7 +296,7 @@ TEST_CASE("dc ae ops: pixel shuffle and the upsampling shortcut against PyTorch'
   // in (B, H, W, 4C) channels-last; PyTorch: out[b, c, 2y + i, 2x + j] = in[b, 4c + 2i + j, y, x].
   std::vector<double> in(static_cast<std::size_t>(B * H * W * 4 * C)), out(static_cast<std::size_t>(B * 4 * H * W * C));
   for (std::size_t i = 0; i < in.size(); ++i) in[i] = static_cast<double>(i);
-  tim::vae::pixel_shuffle2x_forward(out.data(), in.data(), B, H, W, C);
+  tim::cpu::pixel_shuffle2x_forward(out.data(), in.data(), B, H, W, C);
   bool shuffled = true;
   for (int b = 0; b < B; ++b)
     for (int y = 0; y < 2 * H; ++y)
@@ -289,7 +313,7 @@ TEST_CASE("dc ae ops: pixel shuffle and the upsampling shortcut against PyTorch'
     const int r = 4 * Co / Ci;
     std::vector<double> low(static_cast<std::size_t>(B * H * W * Ci)), high(static_cast<std::size_t>(B * 4 * H * W * Co), 1.0);
     for (std::size_t i = 0; i < low.size(); ++i) low[i] = static_cast<double>(i);
-    tim::vae::upsample_shortcut_forward(high.data(), low.data(), B, H, W, Ci, Co);
+    tim::cpu::upsample_shortcut_forward(high.data(), low.data(), B, H, W, Ci, Co);
     bool matches = true;
     for (int b = 0; b < B; ++b)
       for (int y = 0; y < 2 * H; ++y)
@@ -302,6 +326,6 @@ TEST_CASE("dc ae ops: pixel shuffle and the upsampling shortcut against PyTorch'
     CHECK(matches);
   }
   std::vector<double> small(8), big(32);
-  CHECK(contains(tim_test::error_of([&] { tim::vae::upsample_shortcut_forward(big.data(), small.data(), 1, 1, 1, 3, 2); }),
+  CHECK(contains(tim_test::error_of([&] { tim::cpu::upsample_shortcut_forward(big.data(), small.data(), 1, 1, 1, 3, 2); }),
                  "3 input channels do not divide 4 x 2 output channels"));
 }

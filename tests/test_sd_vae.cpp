@@ -60,6 +60,9 @@ TEST_CASE("sd vae: configuration from shapes") {
   CHECK(vae.up_blocks[2].resnets[0].conv_shortcut.kernel == 1);  // 32 -> 16 channels
   CHECK(!vae.mid_attention.older_names);
   CHECK(vae.config.ignored.empty());
+  std::int64_t stored = 0;
+  for (const auto& info : parameters.tensors()) stored += info.shape.numel();
+  CHECK(vae.parameter_count() == stored);  // every module's fields() lists all of its tensors
 
   auto old = tim::io::SafetensorsFile::open(tim_test::golden_path("old_names", folder));
   tim_test::ParametersOnly old_parameters(old);
@@ -131,6 +134,27 @@ TEST_CASE("sd vae: missing tensors and wrong shapes name the tensor and what was
   }
 }
 
+TEST_CASE("sd vae: the workspace is reused across decodes and sizes; copies and copy_to_backend decode the same") {
+  auto file = tim::io::SafetensorsFile::open(tim_test::golden_path("nonsquare", folder));
+  tim_test::ParametersOnly parameters(file);
+  const auto vae = tim::vae::load_sd_vae_decoder<float>(parameters, tim_test::sd_vae_options_of(file));
+  const auto latents = file.load<float>("input.latents");
+  const auto first = vae.decode(latents);
+  const auto n = static_cast<std::size_t>(first.numel());
+  auto larger = tim::Tensor<float>::empty({1, 4, 6, 7});  // grows every buffer, then back to the first size
+  std::fill(larger.data(), larger.data() + larger.numel(), 0.5f);
+  CHECK(vae.decode(larger).shape() == tim::Shape{1, 3, 48, 56});
+  CHECK(tim_test::relative_error(vae.decode(latents).data(), first.data(), n) == 0.0);
+  const auto copy = vae;  // shares the weights, not the workspace
+  CHECK(tim_test::relative_error(copy.decode(latents).data(), first.data(), n) == 0.0);
+  const auto moved = tim::vae::copy_to_backend<tim::cpu>(vae);
+  CHECK(moved.parameter_count() == vae.parameter_count());
+  CHECK(moved.mid_attention.to_q.weight.data() == vae.mid_attention.to_q.weight.data());  // CPU to CPU: shared
+  CHECK(tim_test::relative_error(moved.decode(latents).data(), first.data(), n) == 0.0);
+  vae.release_workspace();
+  CHECK(tim_test::relative_error(vae.decode(latents).data(), first.data(), n) == 0.0);
+}
+
 TEST_CASE("sd vae: decode refuses latents of the wrong shape") {
   auto file = tim::io::SafetensorsFile::open(tim_test::golden_path("old_names", folder));
   tim_test::ParametersOnly parameters(file);
@@ -179,21 +203,22 @@ TEST_CASE_TEMPLATE("sd vae ops: chunked im2col convolution against a naive loop"
     const auto expected = naive_conv(x, weight, bias, B, Ci, Co, H, W, k);
     // The same through the library: channels-last input, weight repacked to (Co, k, k, Ci).
     std::vector<T> x_nchw(x.begin(), x.end()), x_nhwc(x.size()), w(weight.size()), b(bias.begin(), bias.end());
-    tim::vae::nchw_to_nhwc_forward(x_nhwc.data(), x_nchw.data(), B, Ci, H, W);
+    tim::cpu::to_channels_last_forward(x_nhwc.data(), x_nchw.data(), B, Ci, H * W, T(1));
     for (int o = 0; o < Co; ++o)
       for (int c = 0; c < Ci; ++c)
         for (int kk = 0; kk < k * k; ++kk) w[(o * k * k + kk) * Ci + c] = static_cast<T>(weight[(o * Ci + c) * k * k + kk]);
     // Chunks of 5 pixels (the last one partial: 56 pixels), one chunk, then accumulate.
-    for (std::int64_t chunk_elements : {std::int64_t{5} * k * k * Ci, tim::vae::im2col_chunk_elements}) {
+    for (std::int64_t chunk_elements : {std::int64_t{5} * k * k * Ci, tim::cpu::im2col_block_elements}) {
       CAPTURE(chunk_elements);
-      std::vector<T> y(expected.size()), y_nchw(expected.size()), columns;
-      tim::vae::conv2d_forward(y.data(), x_nhwc.data(), w.data(), b.data(), B, H, W, Ci, Co, k, false, columns,
+      const std::int64_t K = k * k * Ci, rows = tim::math::rows_per_block(B * H * W, K, chunk_elements);
+      std::vector<T> y(expected.size()), y_nchw(expected.size()), columns(static_cast<std::size_t>(rows * K));
+      tim::cpu::conv2d_forward(y.data(), x_nhwc.data(), w.data(), b.data(), B, H, W, Ci, Co, k, false, columns.data(),
                                chunk_elements);
-      tim::vae::nhwc_to_nchw_forward(y_nchw.data(), y.data(), B, Co, H, W);
+      tim::cpu::to_channels_first_forward(y_nchw.data(), y.data(), B, Co, H * W);
       TIM_CHECK_CLOSE(y_nchw.data(), expected.data(), expected.size(), tolerance, tolerance);
-      tim::vae::conv2d_forward(y.data(), x_nhwc.data(), w.data(), b.data(), B, H, W, Ci, Co, k, true, columns,
+      tim::cpu::conv2d_forward(y.data(), x_nhwc.data(), w.data(), b.data(), B, H, W, Ci, Co, k, true, columns.data(),
                                chunk_elements);
-      tim::vae::nhwc_to_nchw_forward(y_nchw.data(), y.data(), B, Co, H, W);
+      tim::cpu::to_channels_first_forward(y_nchw.data(), y.data(), B, Co, H * W);
       std::vector<double> twice(expected.size());
       for (std::size_t i = 0; i < twice.size(); ++i) twice[i] = 2 * expected[i];
       TIM_CHECK_CLOSE(y_nchw.data(), twice.data(), twice.size(), tolerance, tolerance);
@@ -225,12 +250,12 @@ TEST_CASE_TEMPLATE("sd vae ops: GroupNorm (+ SiLU) against a naive loop", T, flo
           }
       }
     std::vector<T> in(x.begin(), x.end()), w(weight.begin(), weight.end()), bi(bias.begin(), bias.end());
-    tim::vae::group_norm_forward(in.data(), in.data(), w.data(), bi.data(), B, P, C, G, eps, apply_silu);  // in place
+    tim::cpu::group_norm_forward(in.data(), in.data(), w.data(), bi.data(), B, P, C, G, eps, apply_silu);  // in place
     TIM_CHECK_CLOSE(in.data(), expected.data(), expected.size(), tolerance, tolerance);
   }
   std::vector<T> data(static_cast<std::size_t>(C));
   CHECK(tim_test::error_of([&] {
-          tim::vae::group_norm_forward(data.data(), data.data(), data.data(), data.data(), 1, 1, C, 3, eps, false);
+          tim::cpu::group_norm_forward(data.data(), data.data(), data.data(), data.data(), 1, 1, C, 3, eps, false);
         }).find("8 channels are not divisible by 3 groups") != std::string::npos);
 }
 
@@ -238,7 +263,7 @@ TEST_CASE("sd vae ops: nearest 2x upsampling and the byte mapping") {
   // (1, 2, 3, 1) -> (1, 4, 6, 1): every value repeated in a 2x2 square.
   const std::vector<float> in{1, 2, 3, 4, 5, 6};
   std::vector<float> out(24);
-  tim::vae::upsample_nearest2x_forward(out.data(), in.data(), 1, 2, 3, 1);
+  tim::cpu::upsample_nearest2x_forward(out.data(), in.data(), 1, 2, 3, 1);
   const std::vector<float> expected{1, 1, 2, 2, 3, 3, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 4, 4, 5, 5, 6, 6};
   CHECK(out == expected);
 

@@ -66,14 +66,15 @@ double decoded_golden_error(const Decoder& vae, const tim::io::SafetensorsFile& 
   return error;
 }
 
-//! A GPU decoder on golden file `file`'s input.latents, checked within 1e-4 of the float64
-//! output.images and of the CPU float decoder `host` it was built from; both errors reported.
-template <class Host, class Gpu>
-void check_gpu_decoder_golden(const Host& host, const Gpu& gpu, const tim::io::SafetensorsFile& file,
-                              const std::string& name) {
+//! A decoder on another backend (a GPU) on golden file `file`'s input.latents, copied there,
+//! checked within 1e-4 of the float64 output.images and of the CPU float decoder `host` of the
+//! same weights; both errors reported.
+template <class Host, template <class, class> class Decoder, class Backend>
+void check_gpu_decoder_golden(const Host& host, const Decoder<float, Backend>& gpu,
+                              const tim::io::SafetensorsFile& file, const std::string& name) {
   const auto latents = file.load<float>("input.latents");
   const auto expected = file.load<double>("output.images");
-  const auto images = gpu.decode(latents);
+  const auto images = tim::to_host(gpu.decode(tim::to_backend<Backend>(latents)));
   REQUIRE(images.shape() == expected.shape());
   const auto n = static_cast<std::size_t>(images.numel());
   const double error = relative_error(images.data(), expected.data(), n);

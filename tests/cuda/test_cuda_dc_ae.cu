@@ -1,6 +1,7 @@
-// The DC-AE decoder on the GPU (tim/vae/cuda_dc_ae.cuh, tim/vae/cuda_dc_ae_ops.cuh).
-// Suite "cuda-host" (runs everywhere): every functor of the new kernels run on the host, in the
-// order the kernels call it, against the CPU decoder's operations (tim/vae/dc_ae_ops.hpp): exact
+// The DC-AE decoder on the GPU: tim::vae::DcAeDecoder<float, tim::cuda> over tim::cuda's decoder
+// operations (tim/cuda/decoder_ops.cuh, dc_ae_kernels.cuh).
+// Suite "cuda-host" (runs everywhere): every functor of its kernels run on the host, in the
+// order the kernels call it, against tim::cpu's decoder operations (tim/cpu/decoder_ops.hpp): exact
 // where the arithmetic is the same, 1e-6 where a double sum runs in another order.
 // Suite "cuda" (needs a GPU): every golden case of tests/data/dc_ae_golden against the float64
 // reference within 1e-4 and against the CPU float decoder, small attention slices and im2col
@@ -20,7 +21,7 @@
 #include "device_helpers.cuh"
 #include "golden_source.hpp"
 #include "vae_golden.hpp"
-#include "tim/vae/cuda_dc_ae.cuh"
+#include "tim/cuda/tim.cuh"
 
 namespace {
 
@@ -29,9 +30,17 @@ using tim_test::run_on_host;
 using tim_test::run_rows_on_host;
 using tim_test::to_device;
 using tim_test::to_host;
-namespace detail = tim::vae::cuda_dc_ae_detail;
+namespace detail = tim::cuda_detail::decoder;
 
 const std::string folder = "dc_ae_golden";
+
+//! The golden case `name` of dc_ae_golden loaded onto `Backend`.
+template <class Backend>
+tim::vae::DcAeDecoder<float, Backend> golden_decoder(const std::string& name) {
+  auto file = tim::io::SafetensorsFile::open(tim_test::golden_path(name, folder));
+  tim_test::ParametersOnly parameters(file);
+  return tim::vae::load_dc_ae_decoder<float, Backend>(parameters, tim_test::dc_ae_options_of(file));
+}
 
 //! What rms_norm_kernel does on the device, on the host: per row the double sum of squares,
 //! the float rstd, then the values.
@@ -78,13 +87,14 @@ TEST_CASE("cuda dc ae functors: RMSNorm with double squares equals the CPU RMSNo
   const double eps = 1e-5;
   {
     std::vector<float> expected(x.size()), actual(x.size());
-    tim::vae::rms_norm_channels_forward(expected.data(), x.data(), weight.data(), bias.data(), rows, C, eps);
+    tim::cpu::rms_norm_channels_forward(expected.data(), x.data(), weight.data(), bias.data(), rows, C, eps,
+                                        static_cast<const float*>(nullptr));
     run_rms_norm_on_host(rows, {actual.data(), x.data(), weight.data(), bias.data(), nullptr, static_cast<int>(C), eps});
     TIM_CHECK_CLOSE(actual.data(), expected.data(), actual.size(), 1e-6, 1e-6);
   }
   {  // in place on the residual, as the blocks run it
     std::vector<float> expected(residual), actual(residual);
-    tim::vae::rms_norm_channels_forward(expected.data(), x.data(), weight.data(), bias.data(), rows, C, eps,
+    tim::cpu::rms_norm_channels_forward(expected.data(), x.data(), weight.data(), bias.data(), rows, C, eps,
                                         expected.data());
     run_rms_norm_on_host(rows, {actual.data(), x.data(), weight.data(), bias.data(), actual.data(),
                                 static_cast<int>(C), eps});
@@ -92,7 +102,7 @@ TEST_CASE("cuda dc ae functors: RMSNorm with double squares equals the CPU RMSNo
   }
   {  // in place on the input with a separate residual
     std::vector<float> expected(x), actual(x);
-    tim::vae::rms_norm_channels_forward(expected.data(), expected.data(), weight.data(), bias.data(), rows, C, eps,
+    tim::cpu::rms_norm_channels_forward(expected.data(), expected.data(), weight.data(), bias.data(), rows, C, eps,
                                         residual.data());
     run_rms_norm_on_host(rows, {actual.data(), actual.data(), weight.data(), bias.data(), residual.data(),
                                 static_cast<int>(C), eps});
@@ -109,7 +119,7 @@ TEST_CASE("cuda dc ae functors: depthwise and grouped 1x1 convolutions equal the
     const auto bias = random_vector<float>(static_cast<std::size_t>(C), 63);
     const float* b = with_bias ? bias.data() : nullptr;
     std::vector<float> expected(x.size()), actual(x.size());
-    tim::vae::depthwise_conv2d_forward(expected.data(), x.data(), weight.data(), b, B, H, W, C, k);
+    tim::cpu::depthwise_conv2d_forward(expected.data(), x.data(), weight.data(), b, B, H, W, C, k);
     run_rows_on_host(rows, C, detail::DepthwiseConv{actual.data(), x.data(), weight.data(), b, H, W,
                                                     static_cast<int>(C), static_cast<int>(k)});
     CHECK(actual == expected);
@@ -118,7 +128,7 @@ TEST_CASE("cuda dc ae functors: depthwise and grouped 1x1 convolutions equal the
     CAPTURE(n);
     const auto weight_t = random_vector<float>(static_cast<std::size_t>(groups * n * n), 64);
     std::vector<float> expected(x.size()), actual(x.size());
-    tim::vae::grouped_pointwise_forward(expected.data(), x.data(), weight_t.data(), rows, groups, n);
+    tim::cpu::grouped_pointwise_forward(expected.data(), x.data(), weight_t.data(), rows, groups, n);
     run_rows_on_host(rows, C, detail::GroupedPointwise{actual.data(), x.data(), weight_t.data(), static_cast<int>(C),
                                                        static_cast<int>(n)});
     CHECK(actual == expected);
@@ -139,7 +149,7 @@ TEST_CASE("cuda dc ae functors: the linear attention's sliced sums and output eq
     const double eps = 1e-15;
     const auto qkv = random_vector<float>(static_cast<std::size_t>(B * P * row), 71);
     std::vector<float> expected(static_cast<std::size_t>(B * P * stride), -7.0f), actual(expected);
-    tim::vae::relu_linear_attention_forward(expected.data() + offset, stride, qkv.data(), B, P, heads, hd, eps);
+    tim::cpu::relu_linear_attention_forward(expected.data() + offset, stride, qkv.data(), B, P, heads, hd, eps, 0);
 
     const std::int64_t slices = (P + c.slice_pixels - 1) / c.slice_pixels;
     std::vector<double> partial(static_cast<std::size_t>(B * heads * slices * entries), -1.0);
@@ -176,7 +186,7 @@ TEST_CASE("cuda dc ae functors: pixel shuffle, the shortcuts and ReLU equal the 
   const auto wide = random_vector<float>(static_cast<std::size_t>(B * H * W * 4 * C), 81);
   {
     std::vector<float> expected(static_cast<std::size_t>(B * 4 * H * W * C)), actual(expected.size());
-    tim::vae::pixel_shuffle2x_forward(expected.data(), wide.data(), B, H, W, C);
+    tim::cpu::pixel_shuffle2x_forward(expected.data(), wide.data(), B, H, W, C);
     run_rows_on_host(B * 4 * H * W, C,
                      detail::PixelShuffle2x{actual.data(), wide.data(), H, W, static_cast<int>(C)});
     CHECK(actual == expected);
@@ -187,7 +197,7 @@ TEST_CASE("cuda dc ae functors: pixel shuffle, the shortcuts and ReLU equal the 
     const auto low = random_vector<float>(static_cast<std::size_t>(B * H * W * Ci), 82);
     const auto start = random_vector<float>(static_cast<std::size_t>(B * 4 * H * W * Co), 83);
     std::vector<float> expected(start), actual(start);
-    tim::vae::upsample_shortcut_forward(expected.data(), low.data(), B, H, W, Ci, Co);
+    tim::cpu::upsample_shortcut_forward(expected.data(), low.data(), B, H, W, Ci, Co);
     run_rows_on_host(B * 4 * H * W, Co,
                      detail::UpsampleShortcut{actual.data(), low.data(), H, W, static_cast<int>(Ci),
                                               static_cast<int>(Co), static_cast<int>(4 * Co / Ci)});
@@ -198,7 +208,7 @@ TEST_CASE("cuda dc ae functors: pixel shuffle, the shortcuts and ReLU equal the 
     const auto z = random_vector<float>(static_cast<std::size_t>(rows * Ci), 84);
     const auto start = random_vector<float>(static_cast<std::size_t>(rows * Ci * repeats), 85);
     std::vector<float> expected(start), actual(start);
-    tim::vae::repeat_channels_add_forward(expected.data(), z.data(), rows, Ci, repeats);
+    tim::cpu::repeat_channels_add_forward(expected.data(), z.data(), rows, Ci, repeats);
     run_rows_on_host(rows, Ci * repeats,
                      detail::RepeatChannelsAdd{actual.data(), z.data(), static_cast<int>(Ci),
                                                static_cast<int>(Ci * repeats), static_cast<int>(repeats)});
@@ -206,28 +216,27 @@ TEST_CASE("cuda dc ae functors: pixel shuffle, the shortcuts and ReLU equal the 
   }
   {
     std::vector<float> expected(wide), actual(wide);
-    tim::vae::relu_inplace_forward(expected.data(), static_cast<std::int64_t>(expected.size()));
-    run_on_host(static_cast<std::int64_t>(actual.size()), detail::ReluInPlace{actual.data()});
+    tim::cpu::relu_forward(expected.data(), expected.data(), static_cast<std::int64_t>(expected.size()));
+    run_on_host(static_cast<std::int64_t>(actual.size()), detail::Relu{actual.data(), actual.data()});
     CHECK(actual == expected);
   }
 }
 
 TEST_CASE("cuda dc ae ops: unsupported shapes are refused before any launch") {
   const std::string too_wide = tim_test::error_of(
-      [] { detail::relu_linear_attention(nullptr, 65, nullptr, 1, 4, 1, 65, 1e-15); });
+      [] { tim::cuda::relu_linear_attention_forward(nullptr, 65, nullptr, 1, 4, 1, 65, 1e-15, 256); });
   CHECK(too_wide.find("head dim 65 must be in [1, 64]") != std::string::npos);
   const std::string shortcut =
-      tim_test::error_of([] { detail::upsample_shortcut(nullptr, nullptr, 1, 1, 1, 3, 2); });
+      tim_test::error_of([] { tim::cuda::upsample_shortcut_forward(nullptr, nullptr, 1, 1, 1, 3, 2); });
   CHECK(shortcut.find("3 input channels do not divide 4 x 2 output channels") != std::string::npos);
 }
 
 TEST_CASE("cuda dc ae (host): a head dim over 64 is refused when the GPU decoder is built") {
-  auto file = tim::io::SafetensorsFile::open(tim_test::golden_path("nonsquare", folder));
-  tim_test::ParametersOnly parameters(file);
-  auto host = tim::vae::load_dc_ae_decoder<float>(parameters, tim_test::dc_ae_options_of(file));
+  auto host = golden_decoder<tim::cpu>("nonsquare");
   host.config.attention_head_dim = 65;
-  const std::string message = tim_test::error_of([&] { tim::vae::CudaDcAeDecoder gpu(host); });
-  CHECK(message.find("attention_head_dim 65 must be in [1, 64] on the GPU") != std::string::npos);
+  CHECK_NOTHROW(host.check_backend());  // the CPU takes any head dim
+  const std::string message = tim_test::error_of([&] { tim::vae::copy_to_backend<tim::cuda>(host); });
+  CHECK(message.find("attention_head_dim 65 must be in [1, 64] on this backend") != std::string::npos);
 }
 
 }  // TEST_SUITE("cuda-host")
@@ -240,9 +249,9 @@ TEST_CASE("cuda dc ae: every golden case within 1e-4 of the float64 reference an
   for (const auto& name : names) {
     CAPTURE(name);
     auto file = tim::io::SafetensorsFile::open(tim_test::golden_path(name, folder));
-    tim_test::ParametersOnly parameters(file);
-    const auto host = tim::vae::load_dc_ae_decoder<float>(parameters, tim_test::dc_ae_options_of(file));
-    tim_test::check_gpu_decoder_golden(host, tim::vae::CudaDcAeDecoder(host), file, name);
+    const auto host = golden_decoder<tim::cpu>(name);
+    tim_test::check_gpu_decoder_golden(host, golden_decoder<tim::cuda>(name), file, name);
+    tim_test::check_gpu_decoder_golden(host, tim::vae::copy_to_backend<tim::cuda>(host), file, name);
   }
 }
 
@@ -250,13 +259,12 @@ TEST_CASE("cuda dc ae: small attention slices and im2col blocks give the same im
   for (const std::string name : {"sana_layout", "nonsquare", "variants"}) {
     CAPTURE(name);
     auto file = tim::io::SafetensorsFile::open(tim_test::golden_path(name, folder));
-    tim_test::ParametersOnly parameters(file);
-    tim::vae::CudaDcAeDecoder gpu(tim::vae::load_dc_ae_decoder<float>(parameters, tim_test::dc_ae_options_of(file)));
-    const auto latents = file.load<float>("input.latents");
-    const auto whole = gpu.decode(latents);
+    auto gpu = golden_decoder<tim::cuda>(name);
+    const auto latents = tim::to_backend<tim::cuda>(file.load<float>("input.latents"));
+    const auto whole = tim::to_host(gpu.decode(latents));
     gpu.attention_slice_pixels = 5;   // several slices per head at every attention stage, the last partial
     gpu.im2col_block_elements = 1000;  // a few pixels per block, with a partial last block
-    const auto sliced = gpu.decode(latents);
+    const auto sliced = tim::to_host(gpu.decode(latents));
     REQUIRE(sliced.shape() == whole.shape());
     const auto n = static_cast<std::size_t>(whole.numel());
     // Other block sizes change the GEMMs' and sums' rounding, which these narrow stages amplify:
@@ -268,20 +276,17 @@ TEST_CASE("cuda dc ae: small attention slices and im2col blocks give the same im
 }
 
 TEST_CASE("cuda dc ae: tim::vae::decode_tiled over the GPU decoder equals it over the CPU decoder") {
-  auto file = tim::io::SafetensorsFile::open(tim_test::golden_path("nonsquare", folder));
-  tim_test::ParametersOnly parameters(file);
-  const auto host = tim::vae::load_dc_ae_decoder<float>(parameters, tim_test::dc_ae_options_of(file));
-  const tim::vae::CudaDcAeDecoder gpu(host);
+  const auto host = golden_decoder<tim::cpu>("nonsquare");
+  const auto gpu = golden_decoder<tim::cuda>("nonsquare");
   auto latents = tim::Tensor<float>::empty({1, host.config.latent_channels, 5, 7});
   const auto values = random_vector<float>(static_cast<std::size_t>(latents.numel()), 61);
   std::copy(values.begin(), values.end(), latents.data());
   const tim::vae::TileOptions options{.tile = 3, .overlap = 1, .tiles_per_call = 2};
-  const auto on_gpu = tim::vae::decode_tiled(gpu, latents, options);
+  const auto on_gpu = tim::to_host(tim::vae::decode_tiled(gpu, tim::to_backend<tim::cuda>(latents), options));
   const auto on_cpu = tim::vae::decode_tiled(host, latents, options);
   REQUIRE(on_gpu.shape() == on_cpu.shape());
   CHECK(tim_test::relative_error(on_gpu.data(), on_cpu.data(), static_cast<std::size_t>(on_cpu.numel())) <= 1e-4);
 }
-
 
 TEST_CASE("cuda dc ae ops: linear attention and RMSNorm kernels at released widths equal the CPU operations") {
   // Linear attention: 3000 pixels (several 64-pixel tiles per slice, a partial last tile), head
@@ -293,12 +298,12 @@ TEST_CASE("cuda dc ae ops: linear attention and RMSNorm kernels at released widt
       const std::int64_t B = 2, heads = 3, P = 3000, row = heads * 3 * hd, stride = 2 * heads * hd;
       const auto qkv = random_vector<float>(static_cast<std::size_t>(B * P * row), 91);
       std::vector<float> expected(static_cast<std::size_t>(B * P * stride), -7.0f);
-      tim::vae::relu_linear_attention_forward(expected.data() + heads * hd, stride, qkv.data(), B, P, heads, hd,
-                                              1e-15);
+      tim::cpu::relu_linear_attention_forward(expected.data() + heads * hd, stride, qkv.data(), B, P, heads, hd,
+                                              1e-15, 0);
       const auto qkv_device = to_device<float>(qkv);
       auto out_device = to_device<float>(std::vector<float>(expected.size(), -7.0f));
-      detail::relu_linear_attention(out_device.data() + heads * hd, stride, qkv_device.data(), B, P, heads, hd, 1e-15,
-                                    slice);
+      tim::cuda::relu_linear_attention_forward(out_device.data() + heads * hd, stride, qkv_device.data(), B, P, heads,
+                                               hd, 1e-15, slice);
       const auto actual = to_host(out_device.data(), expected.size());
       TIM_CHECK_CLOSE(actual.data(), expected.data(), actual.size(), 1e-5, 1e-6);
     }
@@ -310,21 +315,21 @@ TEST_CASE("cuda dc ae ops: linear attention and RMSNorm kernels at released widt
   const auto bias = random_vector<float>(static_cast<std::size_t>(C), 94);
   const auto residual = random_vector<float>(x.size(), 95);
   std::vector<float> expected(residual);
-  tim::vae::rms_norm_channels_forward(expected.data(), x.data(), weight.data(), bias.data(), rows, C, 1e-5,
+  tim::cpu::rms_norm_channels_forward(expected.data(), x.data(), weight.data(), bias.data(), rows, C, 1e-5,
                                       expected.data());
   const auto x_device = to_device<float>(x), w_device = to_device<float>(weight), b_device = to_device<float>(bias);
   auto y_device = to_device<float>(residual);
-  detail::rms_norm(y_device.data(), x_device.data(), w_device.data(), b_device.data(), rows, C, 1e-5, y_device.data());
+  tim::cuda::rms_norm_channels_forward(y_device.data(), x_device.data(), w_device.data(), b_device.data(), rows, C, 1e-5,
+                                       y_device.data());
   const auto actual = to_host(y_device.data(), expected.size());
   TIM_CHECK_CLOSE(actual.data(), expected.data(), actual.size(), 1e-5, 1e-6);
 }
 
 TEST_CASE("cuda dc ae: latents of the wrong shape are a tim::Error") {
-  auto file = tim::io::SafetensorsFile::open(tim_test::golden_path("nonsquare", folder));
-  tim_test::ParametersOnly parameters(file);
-  const tim::vae::CudaDcAeDecoder gpu(tim::vae::load_dc_ae_decoder<float>(parameters, tim_test::dc_ae_options_of(file)));
-  const std::string message = tim_test::error_of([&] { gpu.decode(tim::Tensor<float>::zeros({1, 4, 2, 2})); });
-  CHECK(message.find("DC-AE decode (CUDA): latents must have shape [B, 8, h, w]") != std::string::npos);
+  const auto gpu = golden_decoder<tim::cuda>("nonsquare");
+  const std::string message =
+      tim_test::error_of([&] { gpu.decode(tim::Tensor<float, tim::cuda>::zeros({1, 4, 2, 2})); });
+  CHECK(message.find("DC-AE decode: latents must have shape [B, 8, h, w]") != std::string::npos);
   CHECK(message.find("[1, 4, 2, 2]") != std::string::npos);
 }
 

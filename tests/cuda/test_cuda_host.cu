@@ -5,6 +5,7 @@
 // math/ code, same compiler) -- so the index arithmetic of each kernel is tested here.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -269,6 +270,35 @@ TEST_CASE("cuda host: the element-wise functors reproduce tim::cpu exactly") {
       CHECK(xb[i].bits == tim::bfloat16(xr[i]).bits);  // the float result rounded once
     }
   }
+}
+
+TEST_CASE("cuda host: the tiling functors cut and blend tiles as the CPU's tiled decoding loops did") {
+  // Latents (B, L, h, w); one tile of th x tw at (y0, x0); then an image tile (B, C, th', tw') blended
+  // into images (B, C, H, W) at (Y0, X0) with weights wy (th'), wx (tw').
+  const std::int64_t B = 2, L = 3, h = 5, w = 7, th = 3, tw = 4, y0 = 2, x0 = 3;
+  const auto latents = random_vector<float>(static_cast<std::size_t>(B * L * h * w), 91);
+  std::vector<float> tile(static_cast<std::size_t>(B * L * th * tw), -1.0f), expected(tile.size());
+  run_on_host(B * L * th * tw, tim::vae::TileExtractOp<float>{tile.data(), latents.data(), h, w, th, tw, y0, x0});
+  for (std::int64_t plane = 0; plane < B * L; ++plane)
+    for (std::int64_t y = 0; y < th; ++y)
+      std::copy_n(latents.data() + (plane * h + y0 + y) * w + x0, tw, expected.data() + (plane * th + y) * tw);
+  check_equal(tile, expected);
+
+  const std::int64_t C = 2, H = 9, W = 11, tile_h = 4, tile_w = 6, Y0 = 5, X0 = 3;
+  const auto image_tile = random_vector<float>(static_cast<std::size_t>(B * C * tile_h * tile_w), 92);
+  const auto wy = random_vector<double>(static_cast<std::size_t>(tile_h), 93);
+  const auto wx = random_vector<double>(static_cast<std::size_t>(tile_w), 94);
+  auto images = random_vector<float>(static_cast<std::size_t>(B * C * H * W), 95);
+  auto blended = images;
+  run_on_host(B * C * tile_h * tile_w, tim::vae::TileBlendOp<float>{blended.data(), image_tile.data(), wy.data(),
+                                                                    wx.data(), H, W, tile_h, tile_w, Y0, X0});
+  for (std::int64_t plane = 0; plane < B * C; ++plane)  // the loop of the CPU's decode_tiled before the functor
+    for (std::int64_t y = 0; y < tile_h; ++y) {
+      const float* source = image_tile.data() + (plane * tile_h + y) * tile_w;
+      float* target = images.data() + (plane * H + Y0 + y) * W + X0;
+      for (std::int64_t x = 0; x < tile_w; ++x) target[x] += static_cast<float>(wy[y] * wx[x]) * source[x];
+    }
+  check_equal(blended, images);
 }
 
 }  // TEST_SUITE

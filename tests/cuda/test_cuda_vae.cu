@@ -1,9 +1,12 @@
-// The SD VAE decoder on the GPU (tim/vae/cuda_sd_vae.cuh).
+// The SD VAE decoder on the GPU: tim::vae::SdVaeDecoder<float, tim::cuda> over tim::cuda's decoder
+// operations (tim/cuda/decoder_ops.cuh, decoder_kernels.cuh).
 // Suite "cuda-host" (runs everywhere): the element-wise functors of its kernels run on the host
-// against the CPU decoder's operations (tim/vae/ops.hpp), which test their index arithmetic.
+// against tim::cpu's decoder operations (tim/cpu/decoder_ops.hpp), which test their index arithmetic.
 // Suite "cuda" (needs a GPU): every golden case of tests/data/vae_golden against the float64
-// reference within 1e-4 and against the CPU float decoder, small im2col and score blocks giving
-// the same images, and the shape error.
+// reference within 1e-4 and against the CPU float decoder (loaded onto the GPU directly and copied
+// there from the CPU decoder), small im2col and score blocks giving the same images, a second
+// decode allocating only its images (the workspace reused) and giving the same images, decode_tiled
+// on the device, and the shape error.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -17,7 +20,7 @@
 #include "device_helpers.cuh"
 #include "golden_source.hpp"
 #include "vae_golden.hpp"
-#include "tim/vae/cuda_sd_vae.cuh"
+#include "tim/cuda/tim.cuh"
 
 namespace {
 
@@ -26,7 +29,16 @@ using tim_test::run_on_host;
 using tim_test::run_rows_on_host;
 using tim_test::to_device;
 using tim_test::to_host;
-namespace detail = tim::vae::cuda_vae_detail;
+namespace detail = tim::cuda_detail::decoder;
+using GpuDecoder = tim::vae::SdVaeDecoder<float, tim::cuda>;
+
+//! The golden case `name` of vae_golden loaded onto `Backend`.
+template <class Backend>
+tim::vae::SdVaeDecoder<float, Backend> golden_decoder(const std::string& name) {
+  auto file = tim::io::SafetensorsFile::open(tim_test::golden_path(name, "vae_golden"));
+  tim_test::ParametersOnly parameters(file);
+  return tim::vae::load_sd_vae_decoder<float, Backend>(parameters, tim_test::sd_vae_options_of(file));
+}
 
 }  // namespace
 
@@ -37,18 +49,17 @@ TEST_CASE("cuda sd vae functors: layouts, scaling and upsampling equal the CPU d
   const auto in = random_vector<float>(static_cast<std::size_t>(B * C * P), 11);
 
   std::vector<float> expected(in.size()), actual(in.size());
-  tim::vae::nchw_to_nhwc_forward(expected.data(), in.data(), B, C, H, W);
   const float inverse = 1.0f / 0.18215f;
-  for (auto& x : expected) x *= inverse;
+  tim::cpu::to_channels_last_forward(expected.data(), in.data(), B, C, P, inverse);
   run_on_host(B * P * C, detail::ToChannelsLastScaled{actual.data(), in.data(), C, P, inverse});
   CHECK(actual == expected);
 
-  tim::vae::nhwc_to_nchw_forward(expected.data(), in.data(), B, C, H, W);
+  tim::cpu::to_channels_first_forward(expected.data(), in.data(), B, C, P);
   run_on_host(B * P * C, detail::ToChannelsFirst{actual.data(), in.data(), C, P});
   CHECK(actual == expected);
 
   std::vector<float> up_expected(in.size() * 4), up_actual(in.size() * 4);
-  tim::vae::upsample_nearest2x_forward(up_expected.data(), in.data(), B, H, W, C);
+  tim::cpu::upsample_nearest2x_forward(up_expected.data(), in.data(), B, H, W, C);
   run_rows_on_host(B * 4 * P, C, detail::UpsampleNearest2x{up_actual.data(), in.data(), H, W, static_cast<int>(C)});
   CHECK(up_actual == up_expected);
 }
@@ -61,8 +72,9 @@ TEST_CASE("cuda sd vae functors: im2col blocks times the weights equal the CPU c
   // The CPU convolution in double on the same values.
   const std::vector<double> xd(x.begin(), x.end()), wd(weight.begin(), weight.end()), bd(bias.begin(), bias.end());
   std::vector<double> expected(static_cast<std::size_t>(P * Co));
-  std::vector<double> scratch;
-  tim::vae::conv2d_forward(expected.data(), xd.data(), wd.data(), bd.data(), B, H, W, Ci, Co, k, false, scratch);
+  std::vector<double> scratch(static_cast<std::size_t>(P * K));
+  tim::cpu::conv2d_forward(expected.data(), xd.data(), wd.data(), bd.data(), B, H, W, Ci, Co, k, false, scratch.data(),
+                           P * K);
   // The functor's columns, built in two blocks of rows as the GPU decoder does with small blocks.
   std::vector<float> columns(static_cast<std::size_t>(P * K));
   const std::int64_t first_rows = 17;
@@ -105,7 +117,7 @@ TEST_CASE("cuda sd vae functors: GroupNorm (and SiLU) with double statistics equ
   for (const bool silu : {false, true}) {
     CAPTURE(silu);
     std::vector<float> expected(x.size()), actual(x.size());
-    tim::vae::group_norm_forward(expected.data(), x.data(), weight.data(), bias.data(), B, P, C, G, 1e-6, silu);
+    tim::cpu::group_norm_forward(expected.data(), x.data(), weight.data(), bias.data(), B, P, C, G, 1e-6, silu);
     run_rows_on_host(B * P, C, detail::GroupNormApply{actual.data(), x.data(), weight.data(), bias.data(), mean.data(),
                                                       rstd.data(), P, static_cast<int>(C), static_cast<int>(G), silu});
     TIM_CHECK_CLOSE(actual.data(), expected.data(), actual.size(), 1e-6, 1e-6);
@@ -122,9 +134,9 @@ TEST_CASE("cuda sd vae: every golden case within 1e-4 of the float64 reference a
   for (const auto& name : names) {
     CAPTURE(name);
     auto file = tim::io::SafetensorsFile::open(tim_test::golden_path(name, "vae_golden"));
-    tim_test::ParametersOnly parameters(file);
-    const auto host = tim::vae::load_sd_vae_decoder<float>(parameters, tim_test::sd_vae_options_of(file));
-    tim_test::check_gpu_decoder_golden(host, tim::vae::CudaSdVaeDecoder(host), file, name);
+    const auto host = golden_decoder<tim::cpu>(name);
+    tim_test::check_gpu_decoder_golden(host, golden_decoder<tim::cuda>(name), file, name);
+    tim_test::check_gpu_decoder_golden(host, tim::vae::copy_to_backend<tim::cuda>(host), file, name);
   }
 }
 
@@ -138,29 +150,31 @@ TEST_CASE("cuda sd vae: GroupNorm statistics over many pixel slices equal the CP
   const auto bias = random_vector<float>(static_cast<std::size_t>(C), 43);
   for (const auto& input : {x, shifted}) {
     std::vector<float> expected(input.size());
-    tim::vae::group_norm_forward(expected.data(), input.data(), weight.data(), bias.data(), B, P, C, G, 1e-6, true);
+    tim::cpu::group_norm_forward(expected.data(), input.data(), weight.data(), bias.data(), B, P, C, G, 1e-6, true);
     const auto x_device = to_device<float>(input), w_device = to_device<float>(weight), b_device = to_device<float>(bias);
     auto y_device = tim::Tensor<float, tim::cuda>::empty({B * P * C});
-    tim::vae::cuda_vae_detail::group_norm(y_device.data(), x_device.data(), w_device.data(), b_device.data(), B, P, C,
-                                          G, 1e-6, true);
+    tim::cuda::group_norm_forward(y_device.data(), x_device.data(), w_device.data(), b_device.data(), B, P, C, G, 1e-6,
+                                  true);
     const auto actual = to_host(y_device.data(), input.size());
     TIM_CHECK_CLOSE(actual.data(), expected.data(), actual.size(), 1e-5, 1e-6);
   }
-  CHECK(tim::vae::cuda_vae_detail::group_norm_slices(8, 2100, 132) == 8);  // 2100 / 256 pixels caps the 66 wanted
-  CHECK(tim::vae::cuda_vae_detail::group_norm_slices(8, 65536, 132) == 66);
-  CHECK(tim::vae::cuda_vae_detail::group_norm_slices(1024, 65536, 132) == 1);
+  CHECK(detail::group_norm_slices(8, 2100, 132) == 8);  // 2100 / 256 pixels caps the 66 wanted
+  CHECK(detail::group_norm_slices(8, 65536, 132) == 66);
+  CHECK(detail::group_norm_slices(1024, 65536, 132) == 1);
 }
 
-TEST_CASE("cuda sd vae: small im2col and attention-score blocks give the same images") {
+TEST_CASE("cuda sd vae: small im2col and attention-score blocks give the same images; a second decode allocates only its images") {
   auto file = tim::io::SafetensorsFile::open(tim_test::golden_path("nonsquare", "vae_golden"));
-  tim_test::ParametersOnly parameters(file);
-  const auto host = tim::vae::load_sd_vae_decoder<float>(parameters, tim_test::sd_vae_options_of(file));
-  tim::vae::CudaSdVaeDecoder gpu(host);
-  const auto latents = file.load<float>("input.latents");
-  const auto whole = gpu.decode(latents);
+  auto gpu = golden_decoder<tim::cuda>("nonsquare");
+  const auto latents = tim::to_backend<tim::cuda>(file.load<float>("input.latents"));
+  const auto whole = tim::to_host(gpu.decode(latents));
+  const std::int64_t allocations = tim::cuda::allocation_count();
+  const auto again = tim::to_host(gpu.decode(latents));  // the workspace is reused: only the images are new
+  CHECK(tim::cuda::allocation_count() == allocations + 1);
+  CHECK(tim_test::relative_error(again.data(), whole.data(), static_cast<std::size_t>(whole.numel())) == 0.0);
   gpu.im2col_block_elements = 1000;  // a few dozen pixels per block, with a partial last block
   gpu.score_block_elements = 40;     // 2 query rows of the 15 per sample, the last block 1 row
-  const auto blocked = gpu.decode(latents);
+  const auto blocked = tim::to_host(gpu.decode(latents));
   REQUIRE(blocked.shape() == whole.shape());
   CHECK(tim_test::relative_error(blocked.data(), whole.data(), static_cast<std::size_t>(whole.numel())) <= 1e-6);
   const auto expected = file.load<double>("output.images");
@@ -172,8 +186,8 @@ TEST_CASE("cuda sd vae: the row softmax over more keys than threads equals a dou
   auto scores = random_vector<float>(static_cast<std::size_t>(rows * cols), 51, 4.0);
   scores[7] = 40.0f;  // one dominant score: the max subtraction matters
   auto device = to_device<float>(scores);
-  tim::vae::cuda_vae_detail::softmax_rows_kernel<tim::vae::cuda_vae_detail::softmax_threads>
-      <<<static_cast<unsigned>(rows), tim::vae::cuda_vae_detail::softmax_threads>>>(device.data(), cols);
+  detail::softmax_rows_kernel<detail::softmax_threads>
+      <<<static_cast<unsigned>(rows), detail::softmax_threads, 0, tim::cuda::stream()>>>(device.data(), cols);
   const auto actual = to_host(device.data(), scores.size());
   std::vector<double> expected(scores.size());
   for (std::int64_t r = 0; r < rows; ++r) {
@@ -186,17 +200,15 @@ TEST_CASE("cuda sd vae: the row softmax over more keys than threads equals a dou
 }
 
 TEST_CASE("cuda sd vae: tim::vae::decode_tiled over the GPU decoder equals it over the CPU decoder") {
-  auto file = tim::io::SafetensorsFile::open(tim_test::golden_path("nonsquare", "vae_golden"));
-  tim_test::ParametersOnly parameters(file);
-  const auto host = tim::vae::load_sd_vae_decoder<float>(parameters, tim_test::sd_vae_options_of(file));
-  const tim::vae::CudaSdVaeDecoder gpu(host);
+  const auto host = golden_decoder<tim::cpu>("nonsquare");
+  const auto gpu = golden_decoder<tim::cuda>("nonsquare");
   auto latents = tim::Tensor<float>::empty({2, 4, 7, 9});
   const auto values = random_vector<float>(static_cast<std::size_t>(latents.numel()), 52);
   std::copy(values.begin(), values.end(), latents.data());
   for (const std::int64_t per_call : {1, 3}) {
     CAPTURE(per_call);
     const tim::vae::TileOptions options{.tile = 4, .overlap = 2, .tiles_per_call = per_call};
-    const auto on_gpu = tim::vae::decode_tiled(gpu, latents, options);
+    const auto on_gpu = tim::to_host(tim::vae::decode_tiled(gpu, tim::to_backend<tim::cuda>(latents), options));
     const auto on_cpu = tim::vae::decode_tiled(host, latents, options);
     REQUIRE(on_gpu.shape() == on_cpu.shape());
     CHECK(tim_test::relative_error(on_gpu.data(), on_cpu.data(), static_cast<std::size_t>(on_cpu.numel())) <= 1e-4);
@@ -204,11 +216,10 @@ TEST_CASE("cuda sd vae: tim::vae::decode_tiled over the GPU decoder equals it ov
 }
 
 TEST_CASE("cuda sd vae: latents of the wrong shape are a tim::Error") {
-  auto file = tim::io::SafetensorsFile::open(tim_test::golden_path("sd_layout", "vae_golden"));
-  tim_test::ParametersOnly parameters(file);
-  const tim::vae::CudaSdVaeDecoder gpu(tim::vae::load_sd_vae_decoder<float>(parameters, tim_test::sd_vae_options_of(file)));
-  const std::string message = tim_test::error_of([&] { gpu.decode(tim::Tensor<float>::zeros({1, 3, 4, 4})); });
-  CHECK(message.find("SD VAE decode (CUDA): latents must have shape [B, 4, h, w]") != std::string::npos);
+  const auto gpu = golden_decoder<tim::cuda>("sd_layout");
+  const std::string message =
+      tim_test::error_of([&] { gpu.decode(tim::Tensor<float, tim::cuda>::zeros({1, 3, 4, 4})); });
+  CHECK(message.find("SD VAE decode: latents must have shape [B, 4, h, w]") != std::string::npos);
 }
 
 }  // TEST_SUITE("cuda")

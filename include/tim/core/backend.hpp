@@ -4,7 +4,7 @@
 // nothing above the backends names a backend's internals.
 //
 // A backend is a struct of static functions over raw pointers plus extents (llm.c style), in
-// five groups (docs/architecture.md, "The backend contract"):
+// six groups (docs/architecture.md, "The backend contract"):
 //   memory       allocate<T>(n) -> shared_ptr<T>, fill, and three copies whose direction is in
 //                the name: copy (within the backend), copy_from_host, copy_to_host (complete on
 //                return); synchronize() waits for everything enqueued.
@@ -14,6 +14,11 @@
 //   network ops  layernorm, swiglu, silu, timestep features, modulate, gated residual,
 //                patchify/unpatchify, embedding (labels are host memory), add, difference,
 //                qkv split with qk-norm and rotary, head split, attention (self and cross).
+//   decoder ops  the latent decoders' (vae/) channels-last operations: layout changes, GroupNorm
+//                and RMSNorm (double statistics), nearest upsampling, im2col convolution over the
+//                GEMM, depthwise and grouped 1x1 convolutions, single-head pixel attention, the
+//                ReLU linear attention, pixel shuffle, shortcuts, ReLU; plus their default block
+//                sizes (im2col, attention scores, linear-attention slices) and head-dim limit.
 //   sampling ops convert (T <-> double), normal_forward (the counter-based normals of
 //                core/random.hpp), guidance_forward, transition_forward,
 //                stochastic_transition_forward (state in double, SPEC 6).
@@ -82,6 +87,30 @@ concept BackendNetworkOps = requires(float* out, float* q, float* k, float* v, c
   B::attention_forward(out, q, k, v, n, n, n, n, n, 1.0);  // Nq queries, Nk keys
 };
 
+//! The latent decoders' operations (vae/), as documented on tim::cpu (tim/cpu/decoder_ops.hpp).
+template <class B>
+concept BackendDecoderOps = requires(float* out, const float* in, const float* w, std::int64_t n, double eps) {
+  { B::im2col_block_elements } -> std::convertible_to<std::int64_t>;
+  { B::score_block_elements } -> std::convertible_to<std::int64_t>;
+  { B::linear_attention_slice_pixels } -> std::convertible_to<std::int64_t>;
+  { B::linear_attention_max_head_dim } -> std::convertible_to<std::int64_t>;
+  B::to_channels_last_forward(out, in, n, n, n, 1.0f);
+  B::to_channels_first_forward(out, in, n, n, n);
+  B::group_norm_forward(out, in, w, w, n, n, n, n, eps, true);
+  B::upsample_nearest2x_forward(out, in, n, n, n, n);
+  B::conv2d_forward(out, in, w, w, n, n, n, n, n, n, false, out, n);
+  { B::pixel_attention_scratch_elements(n, n) } -> std::convertible_to<std::int64_t>;
+  B::pixel_attention_forward(out, in, in, in, n, n, n, 1.0, out, n);
+  B::rms_norm_channels_forward(out, in, w, w, n, n, eps, in);
+  B::depthwise_conv2d_forward(out, in, w, w, n, n, n, n, n);
+  B::grouped_pointwise_forward(out, in, w, n, n, n);
+  B::relu_linear_attention_forward(out, n, in, n, n, n, n, eps, n);
+  B::pixel_shuffle2x_forward(out, in, n, n, n, n);
+  B::upsample_shortcut_forward(out, in, n, n, n, n, n);
+  B::repeat_channels_add_forward(out, in, n, n, n);
+  B::relu_forward(out, in, n);
+};
+
 //! The sampler's operations on a double state (and the conversions to and from T).
 template <class B>
 concept BackendSamplingOps = requires(double* x, const double* F, float* y, const float* cy, const std::uint64_t* streams,
@@ -97,6 +126,7 @@ concept BackendSamplingOps = requires(double* x, const double* F, float* y, cons
 
 //! Everything a backend provides: what nn/ modules, the decoders and the sampler are written against.
 template <class B>
-concept Backend = BackendMemory<B> && BackendExecutor<B> && BackendNetworkOps<B> && BackendSamplingOps<B>;
+concept Backend = BackendMemory<B> && BackendExecutor<B> && BackendNetworkOps<B> && BackendDecoderOps<B> &&
+                  BackendSamplingOps<B>;
 
 }  // namespace tim

@@ -22,6 +22,7 @@
 #include "tim/core/backend.hpp"
 #include "tim/core/memory.hpp"
 #include "tim/core/tensor.hpp"
+#include "tim/cpu/decoder_ops.hpp"
 #include "tim/cpu/threads.hpp"
 #include "tim/math/activations.hpp"
 #include "tim/math/attention.hpp"
@@ -59,7 +60,9 @@ inline namespace TIM_CPU_ABI {
 //! The CPU backend type. Modules are templates over a backend; this one runs on the host.
 //! Memory (allocate, fill, the three copies) comes from HostMemory; see tim/core/backend.hpp
 //! for the contract.
-struct cpu : HostMemory {
+//! Decoder operations (the latent decoders' convolutions, norms, attention, upsampling) come from
+//! cpu_detail::DecoderOps (tim/cpu/decoder_ops.hpp).
+struct cpu : HostMemory, cpu_detail::DecoderOps<cpu> {
   //! Runs `body(i)` for i in [0, n) on the backend's threads. The executor for math/ functors.
   template <class Body>
   static void parallel_for(std::int64_t n, Body&& body) {

@@ -19,6 +19,7 @@
 #include "tim/core/backend.hpp"
 #include "tim/core/tensor.hpp"
 #include "tim/cuda/attention.cuh"
+#include "tim/cuda/decoder_ops.cuh"
 #include "tim/cuda/elementwise.cuh"
 #include "tim/cuda/gemm.cuh"
 #include "tim/cuda/reduction.cuh"
@@ -29,7 +30,9 @@ namespace tim {
 
 //! The CUDA backend type. Pointers passed to its operations are device pointers (the one
 //! exception, as on the CPU: embedding_forward's labels are host memory).
-struct cuda {
+//! Decoder operations (the latent decoders', float) come from cuda_detail::DecoderOps
+//! (tim/cuda/decoder_ops.cuh).
+struct cuda : cuda_detail::DecoderOps<cuda> {
   // ------------------------------------------------------------------------------------------
   // Devices and streams
 

@@ -1,10 +1,12 @@
-// The Stable Diffusion VAE decoder (sd-vae-ft-ema, diffusers' AutoencoderKL decoder) on the CPU:
-// turns the latents of the released C2I-256 model into images (SPEC 8, docs/vae.md). Loads the
-// released `diffusion_pytorch_model.safetensors` under its own tensor names.
+// The Stable Diffusion VAE decoder (sd-vae-ft-ema, diffusers' AutoencoderKL decoder) on any
+// backend (SdVaeDecoder<T, tim::cpu> by default, SdVaeDecoder<float, tim::cuda> on a GPU): turns
+// the latents of the released C2I-256 model into images (SPEC 8, docs/vae.md). Loads the released
+// `diffusion_pytorch_model.safetensors` under its own tensor names.
 //
 // Shape legend: B batch, L latent channels (4), h, w latent size, H, W image size (2^(n-1) h, with
 // n up blocks: 8h for the released 4), C channels of a stage, G GroupNorm groups, P = H*W pixels.
-// Activations are channels-last (B, H, W, C) inside decode (see tim/vae/ops.hpp).
+// Activations are channels-last (B, H, W, C) inside decode, in the decoder's workspace; the
+// operations are the backend's decoder operations (tim/core/backend.hpp).
 #pragma once
 
 #include <algorithm>
@@ -19,7 +21,7 @@
 #include "tim/cpu/backend.hpp"
 #include "tim/io/safetensors.hpp"
 #include "tim/nn/modules.hpp"
-#include "tim/vae/ops.hpp"
+#include "tim/vae/modules.hpp"
 
 namespace tim::vae {
 
@@ -55,46 +57,24 @@ struct SdVaeConfig {
   }
 };
 
-//! A stride-1 'same' convolution; weight stored (Co, k, k, Ci) for channels-last im2col.
-template <class T>
-struct Conv2d {
-  Tensor<T> weight;  // (Co, k, k, Ci), from the checkpoint's (Co, Ci, k, k)
-  Tensor<T> bias;    // (Co)
-  std::int64_t in_channels = 0, out_channels = 0, kernel = 0;
-
-  template <class Reader>
-  void load(Reader& reader, const std::string& prefix, std::int64_t in, std::int64_t out, std::int64_t k) {
-    in_channels = in;
-    out_channels = out;
-    kernel = k;
-    auto stored = reader.template take<T, cpu>(prefix + ".weight", {out, in, k, k});
-    bias = reader.template take<T, cpu>(prefix + ".bias", {out});
-    if (k == 1) {
-      weight = stored.reshape({out, 1, 1, in});
-      return;
-    }
-    weight = Tensor<T>::empty({out, k, k, in});
-    const T* src = stored.data();
-    T* dst = weight.data();
-    for (std::int64_t o = 0; o < out; ++o)
-      for (std::int64_t i = 0; i < in; ++i)
-        for (std::int64_t kk = 0; kk < k * k; ++kk) dst[(o * k * k + kk) * in + i] = src[(o * in + i) * k * k + kk];
-  }
-  //! y (B, H, W, Co) = conv(x (B, H, W, Ci)); with `accumulate`, added to y.
-  void forward(T* y, const T* x, std::int64_t batch, std::int64_t height, std::int64_t width,
-               std::vector<T>& columns, bool accumulate = false) const {
-    conv2d_forward(y, x, weight.data(), bias.data(), batch, height, width, in_channels, out_channels, kernel,
-                   accumulate, columns);
-  }
-  std::int64_t parameter_count() const { return weight.numel() + bias.numel(); }
+//! The activations and scratch of one decode, reused by the next (SdVaeDecoder owns one).
+template <class T, class Backend>
+struct SdVaeWorkspace : ConvolutionScratch<T, Backend> {
+  Scratch<T, Backend> x, y;        // the current activation and the next one (swapped after each step)
+  Scratch<T, Backend> normed;      // GroupNorm outputs, the upsampled activation, z, the RGB output
+  Scratch<T, Backend> hidden;      // a resnet's conv1 output, the post_quant_conv output
+  Scratch<T, Backend> q, k, v;     // the mid block's attention projections
+  Scratch<T, Backend> scores;      // the attention's score block (backends that need one)
+  std::int64_t score_block_elements = Backend::score_block_elements;
 };
 
 //! GroupNorm weights (affine) with the group count and eps of the decoder.
-template <class T>
+template <class T, class Backend>
 struct GroupNorm {
-  Tensor<T> weight, bias;  // (C) each
+  Tensor<T, Backend> weight, bias;  // (C) each
   std::int64_t channels = 0, groups = 1;
   double eps = 1e-6;
+  static auto fields(auto& self) { return std::tie(self.weight, self.bias, self.channels, self.groups, self.eps); }
 
   template <class Reader>
   void load(Reader& reader, const std::string& prefix, std::int64_t c, const SdVaeConfig& config) {
@@ -103,22 +83,24 @@ struct GroupNorm {
     channels = c;
     groups = config.groups;
     eps = config.eps;
-    weight = reader.template take<T, cpu>(prefix + ".weight", {c});
-    bias = reader.template take<T, cpu>(prefix + ".bias", {c});
+    weight = reader.template take<T, Backend>(prefix + ".weight", {c});
+    bias = reader.template take<T, Backend>(prefix + ".bias", {c});
   }
   //! y (B, P, C) = GroupNorm(x) [then SiLU]; y may be x.
   void forward(T* y, const T* x, std::int64_t batch, std::int64_t pixels, bool apply_silu) const {
-    group_norm_forward(y, x, weight.data(), bias.data(), batch, pixels, channels, groups, eps, apply_silu);
+    Backend::group_norm_forward(y, x, weight.data(), bias.data(), batch, pixels, channels, groups, eps, apply_silu);
   }
-  std::int64_t parameter_count() const { return weight.numel() + bias.numel(); }
 };
 
 //! GroupNorm, SiLU, conv3x3, GroupNorm, SiLU, conv3x3, plus the input (through the 1x1
 //! `conv_shortcut` when the channel count changes). No time embedding, no dropout at inference.
-template <class T>
+template <class T, class Backend>
 struct ResnetBlock {
-  GroupNorm<T> norm1, norm2;
-  Conv2d<T> conv1, conv2, conv_shortcut;  // conv_shortcut empty when Ci == Co
+  GroupNorm<T, Backend> norm1, norm2;
+  Conv2d<T, Backend> conv1, conv2, conv_shortcut;  // conv_shortcut empty when Ci == Co
+  static auto fields(auto& self) {
+    return std::tie(self.norm1, self.norm2, self.conv1, self.conv2, self.conv_shortcut);
+  }
 
   template <class Reader>
   void load(Reader& reader, const std::string& prefix, std::int64_t in, std::int64_t out, const SdVaeConfig& config) {
@@ -131,36 +113,33 @@ struct ResnetBlock {
   std::int64_t in_channels() const { return conv1.in_channels; }
   std::int64_t out_channels() const { return conv1.out_channels; }
 
-  //! Returns y (B, H, W, Co) from x (B, H, W, Ci).
-  Tensor<T> forward(const Tensor<T>& x, std::int64_t batch, std::int64_t height, std::int64_t width,
-                    std::vector<T>& columns) const {
+  //! y (B, H, W, Co) from x (B, H, W, Ci); y != x; ws.normed and ws.hidden are scratch.
+  void forward(T* y, const T* x, std::int64_t batch, std::int64_t height, std::int64_t width,
+               SdVaeWorkspace<T, Backend>& ws) const {
     const std::int64_t pixels = height * width, ci = in_channels(), co = out_channels();
-    auto normed = Tensor<T>::empty({batch, height, width, std::max(ci, co)});
-    auto hidden = Tensor<T>::empty({batch, height, width, co});
-    auto y = Tensor<T>::empty({batch, height, width, co});
-    norm1.forward(normed.data(), x.data(), batch, pixels, true);
-    conv1.forward(hidden.data(), normed.data(), batch, height, width, columns);
-    norm2.forward(normed.data(), hidden.data(), batch, pixels, true);
+    T* normed = ws.normed.reserve(batch * pixels * std::max(ci, co));
+    T* hidden = ws.hidden.reserve(batch * pixels * co);
+    norm1.forward(normed, x, batch, pixels, true);
+    conv1.forward(hidden, normed, batch, height, width, ws);
+    norm2.forward(normed, hidden, batch, pixels, true);
     if (conv_shortcut.kernel)
-      conv_shortcut.forward(y.data(), x.data(), batch, height, width, columns);
+      conv_shortcut.forward(y, x, batch, height, width, ws);
     else
-      cpu::copy(y.data(), x.data(), static_cast<std::size_t>(y.numel()));
-    conv2.forward(y.data(), normed.data(), batch, height, width, columns, /*accumulate=*/true);
-    return y;
-  }
-  std::int64_t parameter_count() const {
-    return norm1.parameter_count() + conv1.parameter_count() + norm2.parameter_count() + conv2.parameter_count() +
-           conv_shortcut.parameter_count();
+      Backend::copy(y, x, static_cast<std::size_t>(batch * pixels * co));
+    conv2.forward(y, normed, batch, height, width, ws, /*accumulate=*/true);
   }
 };
 
 //! The mid block's attention: GroupNorm, then single-head softmax attention over the P pixels
 //! with C features (q, k, v, out Linear projections, scale 1/sqrt(C)), plus the input.
-template <class T>
+template <class T, class Backend>
 struct AttentionBlock {
-  GroupNorm<T> group_norm;
-  nn::Linear<T, cpu> to_q, to_k, to_v, to_out;  // older checkpoints: query, key, value, proj_attn
+  GroupNorm<T, Backend> group_norm;
+  nn::Linear<T, Backend> to_q, to_k, to_v, to_out;  // older checkpoints: query, key, value, proj_attn
   bool older_names = false;
+  static auto fields(auto& self) {
+    return std::tie(self.group_norm, self.to_q, self.to_k, self.to_v, self.to_out, self.older_names);
+  }
 
   //! Accepts the current names (to_q, to_k, to_v, to_out.0) and the older ones (query, key,
   //! value, proj_attn), each weight either a Linear (C, C) or a 1x1 convolution (C, C, 1, 1).
@@ -173,7 +152,7 @@ struct AttentionBlock {
           ".query.weight')");
     const char* current[] = {"to_q", "to_k", "to_v", "to_out.0"};
     const char* older[] = {"query", "key", "value", "proj_attn"};
-    nn::Linear<T, cpu>* projections[] = {&to_q, &to_k, &to_v, &to_out};
+    nn::Linear<T, Backend>* projections[] = {&to_q, &to_k, &to_v, &to_out};
     for (int i = 0; i < 4; ++i) {
       const std::string name = prefix + "." + (older_names ? older[i] : current[i]);
       check(reader.has(name + ".weight"), "checkpoint: missing tensor '", name, ".weight' (expected shape [",
@@ -185,117 +164,132 @@ struct AttentionBlock {
             ", ", channels, ", 1, 1] (1x1 convolution)");
       auto& projection = *projections[i];
       projection.in_features = projection.out_features = channels;
-      projection.weight = reader.template take<T, cpu>(name + ".weight", stored).reshape({channels, channels});
-      projection.bias = reader.template take<T, cpu>(name + ".bias", {channels});
+      projection.weight = reader.template take<T, Backend>(name + ".weight", stored).reshape({channels, channels});
+      projection.bias = reader.template take<T, Backend>(name + ".bias", {channels});
     }
   }
 
-  //! Returns y (B, P, C) = x + out_proj(attention(GroupNorm(x))).
-  Tensor<T> forward(const Tensor<T>& x, std::int64_t batch, std::int64_t pixels) const {
-    const std::int64_t channels = group_norm.channels, rows = batch * pixels;
-    auto normed = Tensor<T>::empty({batch, pixels, channels});
-    auto q = Tensor<T>::empty({batch, pixels, channels});
-    auto k = Tensor<T>::empty({batch, pixels, channels});
-    auto v = Tensor<T>::empty({batch, pixels, channels});
-    group_norm.forward(normed.data(), x.data(), batch, pixels, false);
-    to_q.forward(q.data(), normed.data(), rows);
-    to_k.forward(k.data(), normed.data(), rows);
-    to_v.forward(v.data(), normed.data(), rows);
-    // q, k, v (B, P, C) are (B, nh = 1, N = P, hd = C); the output (B, P, 1, C) reuses `normed`.
-    cpu::attention_forward(normed.data(), q.data(), k.data(), v.data(), batch, 1, pixels, channels,
-                           1.0 / std::sqrt(static_cast<double>(channels)));
-    auto y = x.clone();
-    to_out.forward(y.data(), normed.data(), rows, /*accumulate=*/true);
-    return y;
-  }
-  std::int64_t parameter_count() const {
-    return group_norm.parameter_count() + to_q.parameter_count() + to_k.parameter_count() + to_v.parameter_count() +
-           to_out.parameter_count();
+  //! y (B, P, C) = x + to_out(attention(GroupNorm(x))); y != x; ws.normed, q, k, v, scores are scratch.
+  void forward(T* y, const T* x, std::int64_t batch, std::int64_t pixels, SdVaeWorkspace<T, Backend>& ws) const {
+    const std::int64_t channels = group_norm.channels, rows = batch * pixels, n = rows * channels;
+    T* normed = ws.normed.reserve(n);
+    T* q = ws.q.reserve(n);
+    T* k = ws.k.reserve(n);
+    T* v = ws.v.reserve(n);
+    T* scores = ws.scores.reserve(Backend::pixel_attention_scratch_elements(pixels, ws.score_block_elements));
+    group_norm.forward(normed, x, batch, pixels, false);
+    to_q.forward(q, normed, rows);
+    to_k.forward(k, normed, rows);
+    to_v.forward(v, normed, rows);
+    // q, k, v (B, P, C): one head of C channels; the output (B, P, C) reuses `normed`.
+    Backend::pixel_attention_forward(normed, q, k, v, batch, pixels, channels,
+                                     1.0 / std::sqrt(static_cast<double>(channels)), scores, ws.score_block_elements);
+    Backend::copy(y, x, static_cast<std::size_t>(n));
+    to_out.forward(y, normed, rows, /*accumulate=*/true);
   }
 };
 
 //! One decoder up block: resnets, then (all but the last block) nearest 2x upsampling and a 3x3 conv.
-template <class T>
+template <class T, class Backend>
 struct UpBlock {
-  std::vector<ResnetBlock<T>> resnets;
-  Conv2d<T> upsampler;  // checkpoint name upsamplers.0.conv; empty in the last block
+  std::vector<ResnetBlock<T, Backend>> resnets;
+  Conv2d<T, Backend> upsampler;  // checkpoint name upsamplers.0.conv; empty in the last block
+  static auto fields(auto& self) { return std::tie(self.resnets, self.upsampler); }
 
   bool upsamples() const { return upsampler.kernel != 0; }
-  std::int64_t parameter_count() const {
-    std::int64_t n = upsampler.parameter_count();
-    for (const auto& r : resnets) n += r.parameter_count();
-    return n;
-  }
 };
 
 //! The SD VAE decoder. Build it with load_sd_vae_decoder / open_sd_vae_decoder.
 //! Example:
 //!   auto vae = tim::vae::open_sd_vae_decoder<float>("diffusion_pytorch_model.safetensors");
 //!   tim::Tensor<float> images = vae.decode(latents);  // (B, 4, 32, 32) -> (B, 3, 256, 256)
-template <class T>
+//!   auto gpu = tim::vae::open_sd_vae_decoder<float, tim::cuda>(path);  // latents, images on the device
+template <class T, class Backend = cpu>
 struct SdVaeDecoder {
   SdVaeConfig config;
-  Conv2d<T> post_quant_conv;  // 1x1, L -> L
-  Conv2d<T> conv_in;          // decoder.conv_in, 3x3, L -> C_top
-  ResnetBlock<T> mid_resnet_0, mid_resnet_1;  // decoder.mid_block.resnets.{0,1}
-  AttentionBlock<T> mid_attention;            // decoder.mid_block.attentions.0
-  std::vector<UpBlock<T>> up_blocks;          // decoder.up_blocks.{i}
-  GroupNorm<T> conv_norm_out;
-  Conv2d<T> conv_out;  // 3x3, C_bottom -> 3
+  Conv2d<T, Backend> post_quant_conv;  // 1x1, L -> L
+  Conv2d<T, Backend> conv_in;          // decoder.conv_in, 3x3, L -> C_top
+  ResnetBlock<T, Backend> mid_resnet_0, mid_resnet_1;  // decoder.mid_block.resnets.{0,1}
+  AttentionBlock<T, Backend> mid_attention;            // decoder.mid_block.attentions.0
+  std::vector<UpBlock<T, Backend>> up_blocks;          // decoder.up_blocks.{i}
+  GroupNorm<T, Backend> conv_norm_out;
+  Conv2d<T, Backend> conv_out;  // 3x3, C_bottom -> 3
+  static auto fields(auto& self) {
+    return std::tie(self.config, self.post_quant_conv, self.conv_in, self.mid_resnet_0, self.mid_resnet_1,
+                    self.mid_attention, self.up_blocks, self.conv_norm_out, self.conv_out);
+  }
+  //! Largest im2col block (values) and block of attention scores (query rows x keys) a decode
+  //! builds at once; the backend's defaults (CPU: 2^21 and unused; CUDA: 128 and 256 MiB). Tests
+  //! make them small.
+  std::int64_t im2col_block_elements = Backend::im2col_block_elements;
+  std::int64_t score_block_elements = Backend::score_block_elements;
 
-  //! images (B, 3, H, W) from latents (B, L, h, w), H = upscale() h: divides by the scaling
-  //! factor, then runs the decoder. Values are about [-1, 1] and are NOT clamped; to get bytes,
-  //! clamp(255 (x + 1) / 2, 0, 255) (SPEC 8). Throws tim::Error on a wrong latent shape.
-  //! Allocates its activations per call (the convolutions dominate the time by far).
-  Tensor<T> decode(const Tensor<T>& latents) const {
+  //! images (B, 3, H, W) from latents (B, L, h, w), H = upscale() h, both in the backend's memory:
+  //! divides by the scaling factor, then runs the decoder. Values are about [-1, 1] and are NOT
+  //! clamped; to get bytes, clamp(255 (x + 1) / 2, 0, 255) (SPEC 8). Throws tim::Error on a wrong
+  //! latent shape. The activations live in the decoder's workspace, which the next decode reuses
+  //! (a repeated decode of the same size allocates only the returned images): not re-entrant,
+  //! use one decoder per thread (a copy has its own workspace).
+  Tensor<T, Backend> decode(const Tensor<T, Backend>& latents) const {
     check(latents.rank() == 4 && latents.dim(1) == config.latent_channels && latents.dim(0) >= 1 &&
               latents.dim(2) >= 1 && latents.dim(3) >= 1,
           "SD VAE decode: latents must have shape [B, ", config.latent_channels, ", h, w] with B, h, w >= 1, got ",
           latents.shape());
-    const std::int64_t batch = latents.dim(0);
+    auto& ws = workspace_.get();
+    ws.im2col_block_elements = im2col_block_elements;
+    ws.score_block_elements = score_block_elements;
+    const std::int64_t batch = latents.dim(0), L = config.latent_channels;
     std::int64_t height = latents.dim(2), width = latents.dim(3);
-    std::vector<T> columns;  // im2col scratch, shared by every convolution
+    const auto values = [&](std::int64_t channels) { return batch * height * width * channels; };
 
-    const std::int64_t L = config.latent_channels;
-    auto z = Tensor<T>::empty({batch, height, width, L});
-    nchw_to_nhwc_forward(z.data(), latents.data(), batch, L, height, width);
-    const T inverse_scale = T(1) / T(config.scaling_factor);
-    cpu::parallel_for(z.numel(), [&](std::int64_t i) { z.data()[i] *= inverse_scale; });
-    auto moments = Tensor<T>::empty({batch, height, width, L});
-    post_quant_conv.forward(moments.data(), z.data(), batch, height, width, columns);
-    auto x = Tensor<T>::empty({batch, height, width, conv_in.out_channels});
-    conv_in.forward(x.data(), moments.data(), batch, height, width, columns);
-
-    x = mid_resnet_0.forward(x, batch, height, width, columns);
-    x = mid_attention.forward(x, batch, height * width);
-    x = mid_resnet_1.forward(x, batch, height, width, columns);
+    T* z = ws.normed.reserve(values(L));
+    Backend::to_channels_last_forward(z, latents.data(), batch, L, height * width, T(1) / T(config.scaling_factor));
+    T* moments = ws.hidden.reserve(values(L));
+    post_quant_conv.forward(moments, z, batch, height, width, ws);
+    T* x = ws.x.reserve(values(conv_in.out_channels));
+    conv_in.forward(x, moments, batch, height, width, ws);
+    // y = step(x) into the other activation buffer, which then becomes the current one.
+    const auto step = [&](std::int64_t channels, const auto& body) {
+      T* y = ws.y.reserve(values(channels));
+      body(y, x);
+      std::swap(ws.x, ws.y);
+      x = y;
+    };
+    const auto resnet = [&](const ResnetBlock<T, Backend>& r) {
+      step(r.out_channels(), [&](T* y, const T* in) { r.forward(y, in, batch, height, width, ws); });
+    };
+    resnet(mid_resnet_0);
+    step(mid_attention.group_norm.channels,
+         [&](T* y, const T* in) { mid_attention.forward(y, in, batch, height * width, ws); });
+    resnet(mid_resnet_1);
     for (const auto& block : up_blocks) {
-      for (const auto& resnet : block.resnets) x = resnet.forward(x, batch, height, width, columns);
+      for (const auto& r : block.resnets) resnet(r);
       if (!block.upsamples()) continue;
       const std::int64_t channels = block.upsampler.in_channels;
-      auto up = Tensor<T>::empty({batch, 2 * height, 2 * width, channels});
-      upsample_nearest2x_forward(up.data(), x.data(), batch, height, width, channels);
+      T* up = ws.normed.reserve(4 * values(channels));
+      Backend::upsample_nearest2x_forward(up, x, batch, height, width, channels);
       height *= 2;
       width *= 2;
-      x = Tensor<T>::empty({batch, height, width, channels});
-      block.upsampler.forward(x.data(), up.data(), batch, height, width, columns);
+      step(block.upsampler.out_channels,
+           [&](T* y, const T*) { block.upsampler.forward(y, up, batch, height, width, ws); });
     }
-    conv_norm_out.forward(x.data(), x.data(), batch, height * width, true);
-    auto rgb = Tensor<T>::empty({batch, height, width, config.out_channels});
-    conv_out.forward(rgb.data(), x.data(), batch, height, width, columns);
-    auto images = Tensor<T>::empty({batch, config.out_channels, height, width});
-    nhwc_to_nchw_forward(images.data(), rgb.data(), batch, config.out_channels, height, width);
+    conv_norm_out.forward(x, x, batch, height * width, true);
+    T* rgb = ws.normed.reserve(values(config.out_channels));
+    conv_out.forward(rgb, x, batch, height, width, ws);
+    auto images = Tensor<T, Backend>::empty({batch, config.out_channels, height, width});
+    Backend::to_channels_first_forward(images.data(), rgb, batch, config.out_channels, height * width);
     return images;
   }
 
   //! Parameters the decoder uses (the ignored encoder not counted).
-  std::int64_t parameter_count() const {
-    std::int64_t n = post_quant_conv.parameter_count() + conv_in.parameter_count() + mid_resnet_0.parameter_count() +
-                     mid_attention.parameter_count() + mid_resnet_1.parameter_count() +
-                     conv_norm_out.parameter_count() + conv_out.parameter_count();
-    for (const auto& block : up_blocks) n += block.parameter_count();
-    return n;
-  }
+  std::int64_t parameter_count() const { return detail::count_parameters(*this); }
+  //! Frees the workspace (the next decode allocates it again).
+  void release_workspace() const { workspace_.release(); }
+  //! Checks that the backend can run this decoder (every backend can run an SD VAE).
+  void check_backend() const {}
+
+ private:
+  WorkspaceSlot<SdVaeWorkspace<T, Backend>> workspace_;
 };
 
 namespace detail {
@@ -340,12 +334,13 @@ SdVaeConfig infer_sd_vae_config(const Source& source, const SdVaeOptions& option
 }
 
 //! Loads the decoder from a safetensors source (tim::io::SafetensorsFile, or anything with the
-//! same reads) with the released names (decoder.*, post_quant_conv.*). The encoder
-//! (encoder.*, quant_conv.*) is ignored and listed in config.ignored; any other tensor is an
-//! error. Missing tensors and wrong shapes throw tim::Error naming the tensor and the expected shape.
-template <class T, class Source>
-SdVaeDecoder<T> load_sd_vae_decoder(const Source& source, const SdVaeOptions& options = {}) {
-  SdVaeDecoder<T> vae;
+//! same reads) with the released names (decoder.*, post_quant_conv.*) onto `Backend` (read and
+//! repacked on the host, then copied there). The encoder (encoder.*, quant_conv.*) is ignored and
+//! listed in config.ignored; any other tensor is an error. Missing tensors and wrong shapes throw
+//! tim::Error naming the tensor and the expected shape.
+template <class T, class Backend = cpu, class Source>
+SdVaeDecoder<T, Backend> load_sd_vae_decoder(const Source& source, const SdVaeOptions& options = {}) {
+  SdVaeDecoder<T, Backend> vae;
   vae.config = infer_sd_vae_config(source, options);
   const SdVaeConfig& c = vae.config;
   nn::ParameterReader<Source> reader{source, {}};
@@ -358,7 +353,7 @@ SdVaeDecoder<T> load_sd_vae_decoder(const Source& source, const SdVaeOptions& op
   vae.mid_attention.load(reader, "decoder.mid_block.attentions.0", top, c);
   vae.mid_resnet_1.load(reader, "decoder.mid_block.resnets.1", top, top, c);
   for (std::size_t i = 0; i < widths.size(); ++i) {
-    UpBlock<T> block;
+    UpBlock<T, Backend> block;
     const std::string prefix = detail::up_block_name(i);
     std::int64_t in = widths[i == 0 ? 0 : i - 1];
     for (std::int64_t j = 0; j < c.resnets_per_block; ++j) {
@@ -400,9 +395,9 @@ std::vector<std::uint8_t> image_bytes(const Tensor<T>& images, std::int64_t inde
 }
 
 //! Opens a safetensors file (memory-mapped) and loads the decoder from it; see load_sd_vae_decoder.
-template <class T>
-SdVaeDecoder<T> open_sd_vae_decoder(const std::string& path, const SdVaeOptions& options = {}) {
-  return load_sd_vae_decoder<T>(io::SafetensorsFile::open(path), options);
+template <class T, class Backend = cpu>
+SdVaeDecoder<T, Backend> open_sd_vae_decoder(const std::string& path, const SdVaeOptions& options = {}) {
+  return load_sd_vae_decoder<T, Backend>(io::SafetensorsFile::open(path), options);
 }
 
 }  // namespace tim::vae

@@ -1,6 +1,8 @@
-// Tiled decoding: decodes large latents through any latent decoder one tile (or a few tiles) at
-// a time and blends the overlapping image tiles with linear ramps, so the decoder's activation
-// memory is bounded by the tile size instead of the image size (docs/vae.md, "Tiled decoding").
+// Tiled decoding: decodes large latents through any latent decoder on any backend one tile (or a
+// few tiles) at a time and blends the overlapping image tiles with linear ramps, so the decoder's
+// activation memory is bounded by the tile size instead of the image size (docs/vae.md, "Tiled
+// decoding"). The tiles are cut and blended in the decoder's backend memory by two element-wise
+// functors (TileExtractOp, TileBlendOp) run by the backend's executor (for_each).
 //
 // Shape legend: B batch, L latent channels, h, w latent size, C image channels, U upscale (image
 // pixels per latent pixel), H = U h, W = U w image size, t tile side, o overlap (latent pixels),
@@ -12,11 +14,39 @@
 #include <limits>
 #include <vector>
 
+#include "tim/core/config.hpp"
 #include "tim/core/error.hpp"
 #include "tim/core/tensor.hpp"
 #include "tim/cpu/backend.hpp"
 
 namespace tim::vae {
+
+//! Element i of one tile's latents out (B, L, th, tw) = latents (B, L, h, w) at (y0 + y, x0 + x).
+template <class T>
+struct TileExtractOp {
+  T* out;
+  const T* latents;
+  std::int64_t height, width, tile_h, tile_w, y0, x0;
+  TIM_HD void operator()(std::int64_t i) const {
+    const std::int64_t x = i % tile_w, y = (i / tile_w) % tile_h, plane = i / (tile_w * tile_h);  // plane b L + c
+    out[i] = latents[(plane * height + y0 + y) * width + x0 + x];
+  }
+};
+
+//! Element i of one decoded tile (B, C, th', tw') added to images (B, C, H, W) at (Y0 + y, X0 + x)
+//! with the weight wy[y] wx[x] (double products, rounded once to T): images += T(wy wx) tile.
+template <class T>
+struct TileBlendOp {
+  T* images;
+  const T* tile;
+  const double* wy;  // (th') this tile row's weights
+  const double* wx;  // (tw') this tile column's weights
+  std::int64_t image_h, image_w, tile_h, tile_w, y0, x0;
+  TIM_HD void operator()(std::int64_t i) const {
+    const std::int64_t x = i % tile_w, y = (i / tile_w) % tile_h, plane = i / (tile_w * tile_h);  // plane b C + c
+    images[(plane * image_h + y0 + y) * image_w + x0 + x] += static_cast<T>(wy[y] * wx[x]) * tile[i];
+  }
+};
 
 //! How decode_tiled cuts the latents. Sizes are in latent pixels.
 struct TileOptions {
@@ -86,8 +116,11 @@ inline std::vector<std::vector<double>> tile_blend_weights(const std::vector<std
 //! the weights of the tiles covering a pixel sum to 1). A single tile covering the latents
 //! reproduces decoder.decode(latents) exactly.
 //!
-//! `Decoder` needs `decode(const Tensor<T>&) -> Tensor<T>` mapping (N, L, th, tw) to
-//! (N, C, U th, U tw), `config.upscale()` (U) and `config.latent_channels` (L): SdVaeDecoder has them.
+//! `Decoder` needs `decode(const Tensor<T, Backend>&) -> Tensor<T, Backend>` mapping (N, L, th, tw)
+//! to (N, C, U th, U tw), `config.upscale()` (U) and `config.latent_channels` (L): SdVaeDecoder and
+//! DcAeDecoder on any backend have them. `latents` and the result are in the backend's memory; the
+//! tiles are cut and blended there (Backend::for_each over TileExtractOp, TileBlendOp), the blend
+//! weights computed on the host and copied there once.
 //! Memory: the output and the latents, plus one decode of k B tiles (its activations are those
 //! of a min(t, h) x min(t, w) latent) and O(U (h + w)) weights; nothing grows with the image
 //! beyond the output. The decoder's GroupNorms and attention see one tile at a time, so the
@@ -97,8 +130,9 @@ inline std::vector<std::vector<double>> tile_blend_weights(const std::vector<std
 //!   auto vae = tim::vae::open_sd_vae_decoder<float>("diffusion_pytorch_model.safetensors");
 //!   // latents (1, 4, 128, 128) -> images (1, 3, 1024, 1024), 25 tiles
 //!   auto images = tim::vae::decode_tiled(vae, latents, {.tile = 32, .overlap = 8});
-template <class Decoder, class T>
-Tensor<T> decode_tiled(const Decoder& decoder, const Tensor<T>& latents, const TileOptions& options = {}) {
+template <class Decoder, class T, class Backend>
+Tensor<T, Backend> decode_tiled(const Decoder& decoder, const Tensor<T, Backend>& latents,
+                                const TileOptions& options = {}) {
   check(options.tile >= 1, "decode_tiled: tile must be >= 1 latent pixel, got ", options.tile);
   check(options.overlap >= 0 && options.overlap < options.tile, "decode_tiled: overlap must be in [0, tile), got ",
         options.overlap, " with tile ", options.tile);
@@ -113,54 +147,55 @@ Tensor<T> decode_tiled(const Decoder& decoder, const Tensor<T>& latents, const T
   const std::int64_t tile_h = std::min(options.tile, height), tile_w = std::min(options.tile, width);
   const auto rows = tile_starts(height, options.tile, options.overlap);
   const auto columns = tile_starts(width, options.tile, options.overlap);
-  const auto row_weights = tile_blend_weights(rows, tile_h, height, upscale);
-  const auto column_weights = tile_blend_weights(columns, tile_w, width, upscale);
   const std::int64_t tiles = static_cast<std::int64_t>(rows.size() * columns.size());
   const std::int64_t image_h = upscale * height, image_w = upscale * width;
   const std::int64_t tile_image_h = upscale * tile_h, tile_image_w = upscale * tile_w;
+  // The blend weights of every tile row, then of every tile column, in the backend's memory.
+  const auto row_weights = tile_blend_weights(rows, tile_h, height, upscale);
+  const auto column_weights = tile_blend_weights(columns, tile_w, width, upscale);
+  const auto row_count = static_cast<std::int64_t>(rows.size()), column_count = static_cast<std::int64_t>(columns.size());
+  auto host_weights = Tensor<double, cpu>::empty({row_count * tile_image_h + column_count * tile_image_w});
+  double* w = host_weights.data();
+  for (const auto& axis : {&row_weights, &column_weights})
+    for (const auto& weights : *axis) w = std::copy(weights.begin(), weights.end(), w);
+  const Tensor<double, Backend> weights = to_backend<Backend>(host_weights);
+  const double* column_weight_base = weights.data() + row_count * tile_image_h;
 
-  Tensor<T> images;  // (B, C, H, W), allocated once the first tile says what C is
+  Tensor<T, Backend> images;  // (B, C, H, W), allocated once the first tile says what C is
   std::int64_t channels = 0;
   for (std::int64_t first = 0; first < tiles; first += options.tiles_per_call) {
     const std::int64_t count = std::min(options.tiles_per_call, tiles - first);
     // The tiles' latents stacked along the batch, tile-major: (count B, L, th, tw).
-    auto tile_latents = Tensor<T>::empty({count * batch, latent_channels, tile_h, tile_w});
-    cpu::parallel_for(count * batch * latent_channels, [&](std::int64_t plane) {
-      const std::int64_t tile = first + plane / (batch * latent_channels);
-      const std::int64_t b = plane / latent_channels % batch, c = plane % latent_channels;
-      const std::int64_t y0 = rows[static_cast<std::size_t>(tile) / columns.size()];
-      const std::int64_t x0 = columns[static_cast<std::size_t>(tile) % columns.size()];
-      const T* source = latents.data() + ((b * latent_channels + c) * height + y0) * width + x0;
-      T* target = tile_latents.data() + plane * tile_h * tile_w;
-      for (std::int64_t y = 0; y < tile_h; ++y)
-        std::copy(source + y * width, source + y * width + tile_w, target + y * tile_w);
-    });
-    const Tensor<T> decoded = decoder.decode(tile_latents);  // (count B, C, U th, U tw)
+    auto tile_latents = Tensor<T, Backend>::empty({count * batch, latent_channels, tile_h, tile_w});
+    const std::int64_t per_tile = batch * latent_channels * tile_h * tile_w;
+    for (std::int64_t t = 0; t < count; ++t) {
+      const auto tile = static_cast<std::size_t>(first + t);
+      Backend::for_each(per_tile, TileExtractOp<T>{tile_latents.data() + t * per_tile, latents.data(), height, width,
+                                                   tile_h, tile_w, rows[tile / columns.size()],
+                                                   columns[tile % columns.size()]});
+    }
+    const Tensor<T, Backend> decoded = decoder.decode(tile_latents);  // (count B, C, U th, U tw)
     if (channels == 0) {
       check(decoded.rank() == 4 && decoded.dim(1) >= 1, "decode_tiled: the decoder returned shape ", decoded.shape(),
             " for tile latents ", tile_latents.shape(), ", expected [N, C, U th, U tw]");
       channels = decoded.dim(1);
-      images = Tensor<T>::zeros({batch, channels, image_h, image_w});
+      images = Tensor<T, Backend>::zeros({batch, channels, image_h, image_w});
     }
     check(decoded.shape() == Shape{count * batch, channels, tile_image_h, tile_image_w},
           "decode_tiled: the decoder returned shape ", decoded.shape(), " for tile latents ", tile_latents.shape(),
           ", expected [", count * batch, ", ", channels, ", ", tile_image_h, ", ", tile_image_w, "] (upscale ",
           upscale, ")");
-    // Blend: images[b, c, Y0 + y, X0 + x] += wy[y] wx[x] decoded[tile B + b, c, y, x], one image row per job.
+    // Blend: images[b, c, Y0 + y, X0 + x] += wy[y] wx[x] decoded[tile B + b, c, y, x], tile by tile.
+    const std::int64_t per_image_tile = batch * channels * tile_image_h * tile_image_w;
     for (std::int64_t t = 0; t < count; ++t) {
-      const std::size_t tile = static_cast<std::size_t>(first + t);
-      const std::size_t row = tile / columns.size(), column = tile % columns.size();
-      const std::int64_t y0 = upscale * rows[row], x0 = upscale * columns[column];
-      const std::vector<double>& wy = row_weights[row];
-      const std::vector<double>& wx = column_weights[column];
-      cpu::parallel_for(batch * channels * tile_image_h, [&](std::int64_t job) {
-        const std::int64_t y = job % tile_image_h, plane = job / tile_image_h;  // plane = b C + c
-        const T* source = decoded.data() + ((t * batch * channels + plane) * tile_image_h + y) * tile_image_w;
-        T* target = images.data() + (plane * image_h + y0 + y) * image_w + x0;
-        const double weight_y = wy[static_cast<std::size_t>(y)];
-        for (std::int64_t x = 0; x < tile_image_w; ++x)
-          target[x] += static_cast<T>(weight_y * wx[static_cast<std::size_t>(x)]) * source[x];
-      });
+      const auto tile = static_cast<std::size_t>(first + t);
+      const auto row = static_cast<std::int64_t>(tile / columns.size());
+      const auto column = static_cast<std::int64_t>(tile % columns.size());
+      Backend::for_each(per_image_tile,
+                        TileBlendOp<T>{images.data(), decoded.data() + t * per_image_tile,
+                                       weights.data() + row * tile_image_h, column_weight_base + column * tile_image_w,
+                                       image_h, image_w, tile_image_h, tile_image_w, upscale * rows[tile / columns.size()],
+                                       upscale * columns[tile % columns.size()]});
     }
   }
   return images;

@@ -1,12 +1,13 @@
-// The CUDA operations the DC-AE decoder (tim/vae/cuda_dc_ae.cuh) adds to those of
-// tim/vae/cuda_ops.cuh, float, channels-last: RMSNorm over channels (sum of squares in double),
-// depthwise and grouped 1x1 convolutions, the ReLU linear attention (its sums over pixels in
-// double, over slices of pixels added in a fixed order), pixel shuffle and the channel-repeat
-// shortcuts. Each is the device twin of a CPU operation of tim/vae/dc_ae_ops.hpp with the same
-// formulas; the sums run in double, in another fixed order (warp lanes, pixel slices), so
-// results agree to float rounding, not bit for bit. The math is in host-and-device (TIM_HD)
-// functors that tests/cuda/test_cuda_dc_ae.cu runs on the host against those CPU operations.
-// Include from a .cu file compiled by nvcc.
+// The CUDA kernels the DC-AE decoder's operations add to those of tim/cuda/decoder_kernels.cuh
+// (tim::cuda's decoder operations, tim/cuda/decoder_ops.cuh), float, channels-last: RMSNorm over
+// channels (sum of squares in double), depthwise and grouped 1x1 convolutions, the ReLU linear
+// attention (its sums over pixels in double, over slices of pixels added in a fixed order), pixel
+// shuffle, the channel-repeat shortcuts and ReLU. Each is the device twin of a tim::cpu decoder
+// operation (tim/cpu/decoder_ops.hpp) over the same formulas (tim/math/decoder.hpp); the sums run
+// in double, in another fixed order (warp lanes, pixel slices), so results agree to float
+// rounding, not bit for bit. The math is in host-and-device (TIM_HD) functors that
+// tests/cuda/test_cuda_dc_ae.cu runs on the host against the CPU operations.
+// Internal: include <tim/cuda/tim.cuh>.
 //
 // Shape legend: B batch, H, W spatial size, P pixels (rows), C channels (Ci in, Co out), k kernel
 // size, n channels per group, nh heads, hd head dim, E = (hd + 1) hd the linear attention's sums
@@ -18,22 +19,17 @@
 #include <cstdint>
 #include <limits>
 
-#include "tim/cuda/tim.cuh"
-#include "tim/math/normalization.hpp"
-#include "tim/vae/cuda_ops.cuh"
+#include "tim/core/error.hpp"
+#include "tim/cuda/decoder_kernels.cuh"
+#include "tim/math/decoder.hpp"
 
-namespace tim::vae {
-
-namespace cuda_dc_ae_detail {
-
-using cuda_detail::for_each;
-using cuda_vae_detail::for_each_row;
+namespace tim::cuda_detail::decoder {
 
 // ------------------------------------------------------------------------------------------------
 // RMSNorm over channels
 
 //! out (P, C) = in / sqrt(mean_c in^2 + eps) * weight + bias [+ residual], as
-//! rms_norm_channels_forward; `out` may be `in` or `residual`. The kernel sums a row's squares
+//! tim::cpu::rms_norm_channels_forward; `out` may be `in` or `residual`. The kernel sums a row's squares
 //! (square) in double, turns the sum into the row's float rstd (rstd), then writes each value
 //! (operator()).
 struct RmsNormChannels {
@@ -48,9 +44,7 @@ struct RmsNormChannels {
     const double u = in[r * channels + j];
     return u * u;
   }
-  TIM_HD float rstd(double squares) const {
-    return static_cast<float>(math::layernorm_rstd(squares / static_cast<double>(channels), eps));
-  }
+  TIM_HD float rstd(double squares) const { return math::rms_norm_rstd<float>(squares, channels, eps); }
   TIM_HD void operator()(float row_rstd, std::int64_t r, int j) const {
     const std::int64_t i = r * channels + j;
     const float value = math::rms_norm_value(in[i], row_rstd, weight, bias, j);
@@ -95,7 +89,7 @@ inline void rms_norm(float* y, const float* x, const float* weight, const float*
 
 //! Row r = output pixel (b, y, x) of out (B, H, W, C), column c = channel: the depthwise k x k
 //! 'same' convolution of in (B, H, W, C) with weight (k, k, C) and bias (C; may be null), taps in
-//! the order of depthwise_conv2d_forward. `out` must not be `in`.
+//! the order of tim::cpu::depthwise_conv2d_forward. `out` must not be `in`.
 struct DepthwiseConv {
   struct Pixel {
     std::int64_t b, y, x;
@@ -108,13 +102,12 @@ struct DepthwiseConv {
   int channels, kernel;
   TIM_HD Pixel row(std::int64_t r) const { return {r / (height * width), (r / width) % height, r % width}; }
   TIM_HD void operator()(const Pixel& p, std::int64_t r, int c) const {
-    const int pad = kernel / 2;
     float sum = bias ? bias[c] : 0.0f;
     for (int ky = 0; ky < kernel; ++ky) {
-      const std::int64_t sy = p.y + ky - pad;
+      const std::int64_t sy = math::same_padding_source(p.y, ky, kernel);
       if (sy < 0 || sy >= height) continue;
       for (int kx = 0; kx < kernel; ++kx) {
-        const std::int64_t sx = p.x + kx - pad;
+        const std::int64_t sx = math::same_padding_source(p.x, kx, kernel);
         if (sx < 0 || sx >= width) continue;
         sum += weight[(ky * kernel + kx) * channels + c] * in[((p.b * height + sy) * width + sx) * channels + c];
       }
@@ -124,7 +117,7 @@ struct DepthwiseConv {
 };
 
 //! Row r = pixel of out (P, G n), column j = g n + o: the grouped 1x1 convolution
-//! sum_i in[r, g n + i] weight_t[g, i, o] of grouped_pointwise_forward (weight_t (G, n, n) as
+//! sum_i in[r, g n + i] weight_t[g, i, o] of tim::cpu::grouped_pointwise_forward (weight_t (G, n, n) as
 //! (group, in, out)), summed over i in order. `out` must not be `in`.
 struct GroupedPointwise {
   float* out;
@@ -144,10 +137,6 @@ struct GroupedPointwise {
 // ------------------------------------------------------------------------------------------------
 // ReLU linear attention
 
-//! The relu of the CPU's linear attention (std::max(0, x)), in float and double.
-TIM_HD inline float relu_value(float x) { return 0.0f < x ? x : 0.0f; }
-TIM_HD inline double relu_value(double x) { return 0.0 < x ? x : 0.0; }
-
 inline constexpr int linear_attention_threads = 256;
 inline constexpr int linear_attention_max_head_dim = 64;
 inline constexpr int linear_attention_tile = 64;  // pixels staged in shared memory at once
@@ -155,7 +144,7 @@ inline constexpr int linear_attention_tile = 64;  // pixels staged in shared mem
 inline constexpr int linear_attention_sums_per_thread =
     ((linear_attention_max_head_dim + 1) * linear_attention_max_head_dim + linear_attention_threads - 1) /
     linear_attention_threads;
-//! Default pixels per slice of the linear attention's sums (CudaDcAeDecoder::attention_slice_pixels).
+//! Default pixels per slice of the linear attention's sums (DcAeDecoder::attention_slice_pixels).
 inline constexpr std::int64_t linear_attention_slice = 256;
 
 //! The sums of one (sample, head) of the linear attention over one slice of its pixels. Sum
@@ -180,7 +169,7 @@ struct LinearAttentionPartial {
   TIM_HD void load(float* keys, float* values, const float* head_pixels, std::int64_t first, int i) const {
     const int t = i / head_dim, d = i % head_dim;
     const float* at = head_pixels + (first + t) * row_width();
-    keys[t * head_dim + d] = relu_value(at[head_dim + d]);
+    keys[t * head_dim + d] = math::relu_feature(at[head_dim + d]);
     values[t * (head_dim + 1) + d] = at[2 * head_dim + d];
   }
   //! The column of ones of tile pixel t (values[t, hd]), for ksum.
@@ -248,7 +237,7 @@ struct LinearAttentionFinish {
 
 //! Row r = pixel (b, p), column j = h hd + e: out[r, h hd + e] = (V^T K q)_e / (ksum . q + eps)
 //! with q = relu(q of head h at pixel r), from state (B nh, hd, hd + 1) of LinearAttentionFinish,
-//! the products with q in double in the order of relu_linear_attention_forward. out (B, P,
+//! the products with q in double in the order of tim::cpu::relu_linear_attention_forward. out (B, P,
 //! out_stride): columns [0, nh hd) of each row written.
 struct LinearAttentionApply {
   float* out;
@@ -267,7 +256,7 @@ struct LinearAttentionApply {
     const double* s = sample_state + static_cast<std::int64_t>(h) * (hd + 1) * hd;
     double denominator = eps, numerator = 0;
     for (int d = 0; d < hd; ++d) {
-      const double qd = relu_value(static_cast<double>(q[d]));
+      const double qd = math::relu_feature(static_cast<double>(q[d]));
       denominator += s[d * (hd + 1) + hd] * qd;
       numerator += s[d * (hd + 1) + e] * qd;
     }
@@ -275,7 +264,7 @@ struct LinearAttentionApply {
   }
 };
 
-//! relu_linear_attention_forward on the device: out (B, P, out_stride) channels [0, nh hd) from
+//! tim::cpu::relu_linear_attention_forward on the device: out (B, P, out_stride) channels [0, nh hd) from
 //! qkv (B, P, nh 3 hd). The sums over pixels: one block per (sample, head, slice of
 //! `slice_pixels` pixels; more when 65535 slices would not cover P), then added in slice order.
 inline void relu_linear_attention(float* out, std::int64_t out_stride, const float* qkv, std::int64_t batch,
@@ -291,9 +280,9 @@ inline void relu_linear_attention(float* out, std::int64_t out_stride, const flo
   check(bhs <= std::numeric_limits<int>::max(), "tim::cuda DC-AE: ", bhs, " attention heads exceed the grid");
   const int hd = static_cast<int>(head_dim);
   const std::int64_t entries = (head_dim + 1) * head_dim;
-  auto sums = cuda_vae_detail::scratch<double>({bhs * slices * entries + bhs * entries});  // partial, then state
-  double* partial = sums.data();
-  double* state = sums.data() + bhs * slices * entries;
+  const auto sums = scratch<double>(bhs * slices * entries + bhs * entries);  // partial, then state
+  double* partial = sums.get();
+  double* state = sums.get() + bhs * slices * entries;
   const dim3 grid(static_cast<unsigned>(bhs), static_cast<unsigned>(slices));
   linear_attention_partial_kernel<<<grid, linear_attention_threads, 0, cuda_detail::current_stream()>>>(
       LinearAttentionPartial{partial, qkv, pixels, slice_pixels, static_cast<int>(heads), hd});
@@ -306,42 +295,46 @@ inline void relu_linear_attention(float* out, std::int64_t out_stride, const flo
 // ------------------------------------------------------------------------------------------------
 // Upsampling, shortcuts, ReLU
 
-//! Row r = output pixel (b, y, x) of out (B, 2H, 2W, C), column c: pixel_shuffle2x_forward,
+//! The source pixel of an output pixel of a 2x upsampling and its sub-pixel (math::upsample_phase).
+struct UpsampleSource {
+  const float* pixel;
+  int phase;
+};
+
+//! Row r = output pixel (b, y, x) of out (B, 2H, 2W, C), column c: tim::cpu::pixel_shuffle2x_forward,
 //! out[b, y, x, c] = in[b, y / 2, x / 2, 4c + 2 (y % 2) + x % 2] for in (B, H, W, 4C).
 struct PixelShuffle2x {
   float* out;
   const float* in;
   std::int64_t height, width;  // of in
   int channels;                // C of out
-  TIM_HD const float* row(std::int64_t r) const {  // the source pixel, offset by the phase
+  TIM_HD UpsampleSource row(std::int64_t r) const {
     const std::int64_t x = r % (2 * width), y = (r / (2 * width)) % (2 * height), b = r / (4 * width * height);
-    return in + ((b * height + y / 2) * width + x / 2) * 4 * channels + 2 * (y % 2) + x % 2;
+    return {in + ((b * height + y / 2) * width + x / 2) * 4 * channels, static_cast<int>(math::upsample_phase(y, x))};
   }
-  TIM_HD void operator()(const float* source, std::int64_t r, int c) const { out[r * channels + c] = source[4 * c]; }
+  TIM_HD void operator()(const UpsampleSource& s, std::int64_t r, int c) const {
+    out[r * channels + c] = s.pixel[math::pixel_shuffle_channel(c, s.phase)];
+  }
 };
 
-//! Row r = output pixel (b, y, x) of out (B, 2H, 2W, Co), column c: upsample_shortcut_forward,
+//! Row r = output pixel (b, y, x) of out (B, 2H, 2W, Co), column c: tim::cpu::upsample_shortcut_forward,
 //! out[b, y, x, c] += in[b, y / 2, x / 2, (4c + phase) / r] with phase 2 (y % 2) + x % 2 and
 //! r = 4 Co / Ci repeats, for in (B, H, W, Ci).
 struct UpsampleShortcut {
-  struct Source {
-    const float* pixel;
-    int phase;
-  };
   float* out;
   const float* in;
   std::int64_t height, width;  // of in
   int in_channels, out_channels, repeats;
-  TIM_HD Source row(std::int64_t r) const {
+  TIM_HD UpsampleSource row(std::int64_t r) const {
     const std::int64_t x = r % (2 * width), y = (r / (2 * width)) % (2 * height), b = r / (4 * width * height);
-    return {in + ((b * height + y / 2) * width + x / 2) * in_channels, static_cast<int>(2 * (y % 2) + x % 2)};
+    return {in + ((b * height + y / 2) * width + x / 2) * in_channels, static_cast<int>(math::upsample_phase(y, x))};
   }
-  TIM_HD void operator()(const Source& s, std::int64_t r, int c) const {
-    out[r * out_channels + c] += s.pixel[(4 * c + s.phase) / repeats];
+  TIM_HD void operator()(const UpsampleSource& s, std::int64_t r, int c) const {
+    out[r * out_channels + c] += s.pixel[math::upsample_shortcut_channel(c, s.phase, repeats)];
   }
 };
 
-//! Row r = pixel, column c: out (P, Ci r)[r, c] += in (P, Ci)[r, c / r] (repeat_channels_add_forward).
+//! Row r = pixel, column c: out (P, Ci r)[r, c] += in (P, Ci)[r, c / r] (tim::cpu::repeat_channels_add_forward).
 struct RepeatChannelsAdd {
   float* out;
   const float* in;
@@ -350,56 +343,11 @@ struct RepeatChannelsAdd {
   TIM_HD void operator()(const float* u, std::int64_t r, int c) const { out[r * out_channels + c] += u[c / repeats]; }
 };
 
-//! x[i] = max(x[i], 0) (relu_inplace_forward).
-struct ReluInPlace {
-  float* x;
-  TIM_HD void operator()(std::int64_t i) const { x[i] = x[i] < 0.0f ? 0.0f : x[i]; }
+//! out[i] = math::relu(in[i]) (tim::cpu::relu_forward); `out` may be `in`.
+struct Relu {
+  float* out;
+  const float* in;
+  TIM_HD void operator()(std::int64_t i) const { out[i] = math::relu(in[i]); }
 };
 
-//! y (B, H, W, C) = depthwise k x k convolution of x (B, H, W, C) + bias (may be null).
-inline void depthwise_conv2d(float* y, const float* x, const float* weight, const float* bias, std::int64_t batch,
-                             std::int64_t height, std::int64_t width, std::int64_t channels, std::int64_t kernel) {
-  for_each_row(batch * height * width, channels,
-               DepthwiseConv{y, x, weight, bias, height, width, static_cast<int>(channels), static_cast<int>(kernel)});
-}
-
-//! y (P, G n) = grouped 1x1 convolution of x (P, G n) with weight_t (G, n, n).
-inline void grouped_pointwise(float* y, const float* x, const float* weight_t, std::int64_t rows, std::int64_t groups,
-                              std::int64_t group_channels) {
-  for_each_row(rows, groups * group_channels,
-               GroupedPointwise{y, x, weight_t, static_cast<int>(groups * group_channels),
-                                static_cast<int>(group_channels)});
-}
-
-//! y (B, 2H, 2W, C) = pixel shuffle of x (B, H, W, 4C).
-inline void pixel_shuffle2x(float* y, const float* x, std::int64_t batch, std::int64_t height, std::int64_t width,
-                            std::int64_t channels) {
-  for_each_row(batch * 4 * height * width, channels,
-               PixelShuffle2x{y, x, height, width, static_cast<int>(channels)});
-}
-
-//! y (B, 2H, 2W, Co) += the upsampling shortcut of x (B, H, W, Ci); Ci must divide 4 Co.
-inline void upsample_shortcut(float* y, const float* x, std::int64_t batch, std::int64_t height, std::int64_t width,
-                              std::int64_t in_channels, std::int64_t out_channels) {
-  const std::int64_t repeats = 4 * out_channels / in_channels;
-  check(repeats >= 1 && repeats * in_channels == 4 * out_channels, "upsample_shortcut (CUDA): ", in_channels,
-        " input channels do not divide 4 x ", out_channels, " output channels");
-  for_each_row(batch * 4 * height * width, out_channels,
-               UpsampleShortcut{y, x, height, width, static_cast<int>(in_channels), static_cast<int>(out_channels),
-                                static_cast<int>(repeats)});
-}
-
-//! y (P, Ci r) += x (P, Ci) with each channel repeated r times.
-inline void repeat_channels_add(float* y, const float* x, std::int64_t rows, std::int64_t in_channels,
-                                std::int64_t repeats) {
-  for_each_row(rows, in_channels * repeats,
-               RepeatChannelsAdd{y, x, static_cast<int>(in_channels), static_cast<int>(in_channels * repeats),
-                                 static_cast<int>(repeats)});
-}
-
-//! x = max(x, 0) over n values.
-inline void relu_inplace(float* x, std::int64_t n) { for_each(n, ReluInPlace{x}); }
-
-}  // namespace cuda_dc_ae_detail
-
-}  // namespace tim::vae
+}  // namespace tim::cuda_detail::decoder

@@ -1,11 +1,12 @@
-// The CUDA operations of the convolutional latent decoders (tim/vae/cuda_sd_vae.cuh), float,
-// channels-last (B, H, W, C) like the CPU ones of tim/vae/ops.hpp: layout changes, nearest 2x
-// upsampling, im2col convolutions through the backend's cuBLAS GEMM, GroupNorm (+ SiLU) with
-// double statistics, and the row softmax of single-head attention. Per-pixel kernels run one
-// pixel row per block-stride step with the threads across its channels (for_each_row), so the
-// 64-bit index arithmetic happens once per row, not once per value. The functors are
-// host-and-device (TIM_HD): tests/cuda/test_cuda_vae.cu runs them on the host against the CPU ops.
-// Include from a .cu file compiled by nvcc.
+// The CUDA kernels of the convolutional latent decoders' operations (tim::cuda's decoder
+// operations, tim/cuda/decoder_ops.cuh), float, channels-last (B, H, W, C) like tim::cpu's
+// (tim/cpu/decoder_ops.hpp): layout changes, nearest 2x upsampling, im2col blocks, GroupNorm (+
+// SiLU) with double statistics, and the row softmax of single-head attention. Per-pixel kernels
+// run one pixel row per block-stride step with the threads across its channels (for_each_row), so
+// the 64-bit index arithmetic happens once per row, not once per value. The functors are
+// host-and-device (TIM_HD) over the formulas of tim/math/decoder.hpp: tests/cuda/test_cuda_vae.cu
+// runs them on the host against the CPU operations.
+// Internal: include <tim/cuda/tim.cuh>.
 //
 // Shape legend: B batch, H, W spatial size, C channels (Ci in, Co out), G groups, P = H*W pixels,
 // k kernel size, K = k*k*Ci im2col row width.
@@ -19,42 +20,40 @@
 #include <limits>
 #include <memory>
 
-#include "tim/cuda/tim.cuh"
-#include "tim/math/activations.hpp"
-#include "tim/math/normalization.hpp"
+#include "tim/core/error.hpp"
+#include "tim/cuda/elementwise.cuh"
+#include "tim/cuda/runtime.cuh"
+#include "tim/math/decoder.hpp"
 
-namespace tim::vae {
-
-namespace cuda_vae_detail {
+namespace tim::cuda_detail::decoder {
 
 using cuda_detail::for_each;
 
-//! Device scratch memory for the decoders' activations and work buffers: stream-ordered
-//! (cudaMallocAsync / cudaFreeAsync on the current stream, from the device's default memory pool),
-//! so neither the allocation nor the free waits for the device, as cudaMalloc and cudaFree do
-//! (cudaFree synchronises the device: ~150 of them per SD VAE decode left the GPU idle
-//! between kernels). Only for tensors that never leave the call that made them, on this host thread: the
-//! free is ordered on the stream that was current at allocation. Devices without memory pools
-//! get ordinary allocations.
+//! Device scratch memory for the temporaries of one decoder operation (statistics, partial sums),
+//! stream-ordered (cudaMallocAsync / cudaFreeAsync on the current stream, from the device's default
+//! memory pool), so neither the allocation nor the free waits for the device, as cudaMalloc and
+//! cudaFree do (cudaFree synchronises the device). Only for memory that never leaves the
+//! operation that made it, on this host thread: the free is ordered on the stream that was current
+//! at allocation. Devices without memory pools get ordinary allocations. The decoders' activations
+//! live in their workspace (tim/vae/modules.hpp), not here.
 template <class T>
-Tensor<T, cuda> scratch(const Shape& shape) {
+std::shared_ptr<T> scratch(std::int64_t count) {
   static const bool pools = [] {
     int supported = 0;
     return cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, cuda_detail::current_device()) ==
                cudaSuccess &&
            supported != 0;
   }();
-  if (!pools) return Tensor<T, cuda>::empty(shape);
   void* p = nullptr;
-  const std::size_t bytes = static_cast<std::size_t>(std::max<std::int64_t>(shape.numel(), 1)) * sizeof(T);
+  const std::size_t bytes = static_cast<std::size_t>(std::max<std::int64_t>(count, 1)) * sizeof(T);
   const cudaStream_t stream = cuda_detail::current_stream();
-  const cudaError_t status = cudaMallocAsync(&p, bytes, stream);
+  const cudaError_t status = pools ? cudaMallocAsync(&p, bytes, stream) : cudaMalloc(&p, bytes);
   if (status != cudaSuccess) {
     (void)cudaGetLastError();
     fail("tim::cuda: cannot allocate ", bytes, " bytes of device scratch memory: ", cudaGetErrorString(status));
   }
-  std::shared_ptr<const void> owner(p, [stream](const void* q) { (void)cudaFreeAsync(const_cast<void*>(q), stream); });
-  return Tensor<T, cuda>::view(static_cast<T*>(p), shape, std::move(owner));
+  if (!pools) return std::shared_ptr<T>(static_cast<T*>(p), [](T* q) { (void)cudaFree(q); });
+  return std::shared_ptr<T>(static_cast<T*>(p), [stream](T* q) { (void)cudaFreeAsync(q, stream); });
 }
 
 inline constexpr int row_threads = 128;
@@ -73,10 +72,10 @@ __global__ void __launch_bounds__(row_threads) for_each_row_kernel(std::int64_t 
 template <class Op>
 void for_each_row(std::int64_t rows, std::int64_t cols, const Op& op) {
   if (rows <= 0 || cols <= 0) return;
-  check(cols <= std::numeric_limits<int>::max(), "tim::cuda VAE: row width ", cols, " too large");
+  check(cols <= std::numeric_limits<int>::max(), "tim::cuda decoder: row width ", cols, " too large");
   const auto blocks = static_cast<unsigned>(std::min<std::int64_t>(rows, cuda_detail::elementwise_max_blocks));
   for_each_row_kernel<<<blocks, row_threads, 0, cuda_detail::current_stream()>>>(rows, static_cast<int>(cols), op);
-  cuda_detail::check_launch("tim::cuda VAE row kernel");
+  cuda_detail::check_launch("tim::cuda decoder row kernel");
 }
 
 //! out (B, P, L) = in (B, L, P) * scale: the latents to channels-last, divided by the scaling factor.
@@ -118,7 +117,7 @@ struct UpsampleNearest2x {
 
 //! Row r of a block of the im2col matrix (B*H*W, k*k*Ci) of in (B, H, W, Ci), for pixel first + r,
 //! zero padding k/2: column j = (ky k + kx) Ci + ci (the layout of the (Co, k, k, Ci) weights, as
-//! tim::vae::conv2d_forward builds it on the CPU).
+//! tim::cpu::conv2d_forward builds it).
 struct Im2col {
   struct Pixel {
     std::int64_t b, y, x;
@@ -133,7 +132,8 @@ struct Im2col {
   }
   TIM_HD void operator()(const Pixel& p, std::int64_t r, int j) const {
     const int ci = j % in_channels, kk = j / in_channels;
-    const std::int64_t sy = p.y + kk / kernel - kernel / 2, sx = p.x + kk % kernel - kernel / 2;
+    const std::int64_t sy = math::same_padding_source(p.y, kk / kernel, kernel);
+    const std::int64_t sx = math::same_padding_source(p.x, kk % kernel, kernel);
     const bool outside = sy < 0 || sy >= height || sx < 0 || sx >= width;
     columns[r * kernel * kernel * in_channels + j] =
         outside ? 0.0f : in[((p.b * height + sy) * width + sx) * in_channels + ci];
@@ -155,8 +155,7 @@ struct GroupNormApply {
   TIM_HD std::int64_t row(std::int64_t r) const { return (r / pixels) * groups; }  // b G
   TIM_HD void operator()(std::int64_t first_group, std::int64_t r, int j) const {
     const std::int64_t bg = first_group + j / (channels / groups), i = r * channels + j;
-    const float value = math::layernorm_value(in[i], mean[bg], rstd[bg], weight, bias, j);
-    out[i] = apply_silu ? math::silu(value) : value;
+    out[i] = math::group_norm_value(in[i], mean[bg], rstd[bg], weight, bias, j, apply_silu);
   }
 };
 
@@ -257,73 +256,32 @@ inline void group_norm(float* y, const float* x, const float* weight, const floa
                           "cudaDeviceGetAttribute");
   const std::int64_t slices = group_norm_slices(bgs, pixels, sms);
   const std::int64_t slice_pixels = (pixels + slices - 1) / slices;
-  auto partial = scratch<double>({bgs * slices + bgs});  // partial sums, then the double means
-  double* mean = partial.data() + bgs * slices;
-  auto stats = scratch<float>({2, bgs});
-  float* mean_float = stats.data();
-  float* rstd = stats.data() + bgs;
+  const auto partial = scratch<double>(bgs * slices + bgs);  // partial sums, then the double means
+  double* mean = partial.get() + bgs * slices;
+  const auto stats = scratch<float>(2 * bgs);
+  float* mean_float = stats.get();
+  float* rstd = stats.get() + bgs;
   const dim3 grid(static_cast<unsigned>(bgs), static_cast<unsigned>(slices));
   const auto finish_blocks = static_cast<unsigned>((bgs + 127) / 128);
   const double count = static_cast<double>(pixels * (channels / groups));
   for (const bool variance_pass : {false, true}) {
     group_partial_sums_kernel<group_norm_threads><<<grid, group_norm_threads, 0, cuda_detail::current_stream()>>>(
-        partial.data(), x, variance_pass ? mean : nullptr, pixels, static_cast<int>(channels), static_cast<int>(groups),
+        partial.get(), x, variance_pass ? mean : nullptr, pixels, static_cast<int>(channels), static_cast<int>(groups),
         slice_pixels);
-    cuda_detail::check_launch("tim::cuda VAE group partial sums");
+    cuda_detail::check_launch("tim::cuda GroupNorm partial sums");
     group_finish_kernel<128><<<finish_blocks, 128, 0, cuda_detail::current_stream()>>>(
-        mean, mean_float, rstd, partial.data(), bgs, slices, count, eps, variance_pass);
-    cuda_detail::check_launch("tim::cuda VAE group statistics");
+        mean, mean_float, rstd, partial.get(), bgs, slices, count, eps, variance_pass);
+    cuda_detail::check_launch("tim::cuda GroupNorm statistics");
   }
   for_each_row(batch * pixels, channels,
                GroupNormApply{y, x, weight, bias, mean_float, rstd, pixels, static_cast<int>(channels),
                               static_cast<int>(groups), silu});
 }
 
-//! Largest im2col block (elements) a convolution builds at once: 2^25 floats, 128 MiB.
-inline constexpr std::int64_t im2col_chunk_elements = std::int64_t{1} << 25;
-//! Largest block of attention scores (query rows x keys) at once: 2^26 floats, 256 MiB.
-inline constexpr std::int64_t score_chunk_elements = std::int64_t{1} << 26;
-
 inline int as_int(std::int64_t value, const char* what) {
-  check(value > 0 && value <= std::numeric_limits<int>::max(), "tim::cuda VAE: ", what, " ", value,
+  check(value > 0 && value <= std::numeric_limits<int>::max(), "tim::cuda decoder: ", what, " ", value,
         " does not fit cuBLAS's int");
   return static_cast<int>(value);
 }
 
-
-//! y (B, H, W, Co) = stride-1 'same' convolution of x (B, H, W, Ci) + bias (+= y with `accumulate`),
-//! weight (Co, k, k, Ci) as tim::vae::Conv2d stores it: a 1x1 is one GEMM over the pixels, a k x k
-//! one is im2col blocks of at most `block_elements` values, each times the weights by cuBLAS.
-inline void conv2d(float* y, const float* x, const float* weight, const float* bias, std::int64_t batch,
-                   std::int64_t height, std::int64_t width, std::int64_t in_channels, std::int64_t out_channels,
-                   std::int64_t kernel, bool accumulate, std::int64_t block_elements = im2col_chunk_elements) {
-  const std::int64_t pixels = batch * height * width;
-  if (kernel == 1) {
-    cuda::linear_forward(y, x, weight, bias, pixels, in_channels, out_channels, accumulate);
-    return;
-  }
-  const std::int64_t row_width = kernel * kernel * in_channels;
-  const std::int64_t chunk = std::max<std::int64_t>(1, std::min(pixels, block_elements / row_width));
-  auto columns = scratch<float>({chunk, row_width});
-  for (std::int64_t first = 0; first < pixels; first += chunk) {
-    const std::int64_t rows = std::min(chunk, pixels - first);
-    for_each_row(rows, row_width,
-                 Im2col{columns.data(), x, first, height, width, static_cast<int>(in_channels), static_cast<int>(kernel)});
-    cuda::linear_forward(y + first * out_channels, columns.data(), weight, bias, rows, row_width, out_channels,
-                         accumulate);
-  }
-}
-
-//! A CUDA decoder's decode on host tensors: the latents copied to the device, decode_device, the
-//! images copied back (which waits for the device).
-template <class Decoder>
-Tensor<float> decode_on_host(const Decoder& decoder, const Tensor<float>& latents) {
-  const Tensor<float, cuda> images = decoder.decode_device(to_backend<cuda>(latents));
-  auto out = Tensor<float>::empty(images.shape());
-  cuda::copy(out.data(), images.data(), static_cast<std::size_t>(out.numel()));
-  return out;
-}
-
-}  // namespace cuda_vae_detail
-
-}  // namespace tim::vae
+}  // namespace tim::cuda_detail::decoder
