@@ -167,6 +167,10 @@ const tim::nn::T2IConfig& CudaModel::t2i_config() const {
   return *c;
 }
 
+std::string CudaModel::describe() const {
+  return text_to_image() ? t2i_config().describe() : c2i_config().describe();
+}
+
 std::string CudaModel::device() const { return tim::cuda::device_description(); }
 
 void CudaModel::forward(tim::Tensor<double>& out, const tim::Tensor<double>& x, const tim::Tensor<double>& t_in,
@@ -192,7 +196,7 @@ tim::SampleResult<> CudaModel::sample(const tim::AnyTransport& transport, const 
 
 struct CudaVaeDecoder::Impl {
   virtual ~Impl() = default;
-  virtual tim::Tensor<float> decode(const tim::Tensor<float>& latents) const = 0;
+  virtual tim::Tensor<float> decode(const tim::Tensor<float>& latents, const tim::vae::TileOptions& tiles) const = 0;
 };
 
 namespace {
@@ -202,8 +206,10 @@ template <class Decoder>
 struct TypedVae final : CudaVaeDecoder::Impl {
   Decoder decoder;
   explicit TypedVae(Decoder d) : decoder(std::move(d)) {}
-  tim::Tensor<float> decode(const tim::Tensor<float>& latents) const override {
-    return tim::to_host(decoder.decode(tim::to_backend<tim::cuda>(latents)));
+  tim::Tensor<float> decode(const tim::Tensor<float>& latents, const tim::vae::TileOptions& tiles) const override {
+    const auto device_latents = tim::to_backend<tim::cuda>(latents);
+    if (tiles.tile == 0) return tim::to_host(decoder.decode(device_latents));
+    return tim::to_host(tim::vae::decode_tiled(decoder, device_latents, tiles));
   }
 };
 
@@ -229,6 +235,8 @@ CudaVaeDecoder CudaVaeDecoder::upload(const tim::vae::DcAeDecoder<float>& host) 
   return uploaded;
 }
 
-tim::Tensor<float> CudaVaeDecoder::decode(const tim::Tensor<float>& latents) const { return impl_->decode(latents); }
+tim::Tensor<float> CudaVaeDecoder::decode(const tim::Tensor<float>& latents, const tim::vae::TileOptions& tiles) const {
+  return impl_->decode(latents, tiles);
+}
 
 }  // namespace tim_cli

@@ -1,5 +1,5 @@
 // What the `tim` program needs from the CUDA backend, behind a plain C++ interface so that the
-// g++ translation units of apps/ need no nvcc: apps/cuda_backend.cu implements it with nvcc (the
+// g++ translation units of apps/cli/ need no nvcc: apps/cuda_backend.cu implements it with nvcc (the
 // static library tim_cli_cuda, built when TIM_CUDA is on). A TiM (class-conditional or
 // text-to-image) loaded onto the GPU in float32 or bfloat16, its forward on host tensors
 // (`tim forward --device cuda`), and whole sampling runs on the GPU (`tim sample --device cuda`):
@@ -23,6 +23,7 @@
 #include "tim/transport/transports.hpp"
 #include "tim/vae/dc_ae.hpp"
 #include "tim/vae/sd_vae.hpp"
+#include "tim/vae/tiling.hpp"
 
 namespace tim_cli {
 
@@ -44,6 +45,8 @@ class CudaModel {
   const tim::nn::BackboneConfig& config() const;
   const tim::nn::C2IConfig& c2i_config() const;
   const tim::nn::T2IConfig& t2i_config() const;
+  //! The configuration in words (C2IConfig::describe or T2IConfig::describe).
+  std::string describe() const;
   //! The device the model lives on, in words.
   std::string device() const;
 
@@ -82,8 +85,9 @@ class CudaVaeDecoder {
   //! Copies a loaded decoder's weights to the GPU. Throws tim::Error when there is no usable device.
   static CudaVaeDecoder upload(const tim::vae::SdVaeDecoder<float>& host);
   static CudaVaeDecoder upload(const tim::vae::DcAeDecoder<float>& host);
-  //! images (B, 3, H, W) from latents (B, L, h, w), host tensors.
-  tim::Tensor<float> decode(const tim::Tensor<float>& latents) const;
+  //! images (B, 3, H, W) from latents (B, L, h, w), host tensors; with tiles.tile > 0 decoded in
+  //! tiles on the GPU (tim::vae::decode_tiled over the device decoder).
+  tim::Tensor<float> decode(const tim::Tensor<float>& latents, const tim::vae::TileOptions& tiles = {}) const;
 
   struct Impl;  // in cuda_backend.cu
 

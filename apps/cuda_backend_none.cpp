@@ -19,6 +19,7 @@ bool CudaModel::text_to_image() const { not_built(); }
 const tim::nn::BackboneConfig& CudaModel::config() const { not_built(); }
 const tim::nn::C2IConfig& CudaModel::c2i_config() const { not_built(); }
 const tim::nn::T2IConfig& CudaModel::t2i_config() const { not_built(); }
+std::string CudaModel::describe() const { not_built(); }
 std::string CudaModel::device() const { not_built(); }
 void CudaModel::forward(tim::Tensor<double>&, const tim::Tensor<double>&, const tim::Tensor<double>&,
                         const tim::Tensor<double>&, const tim::Tensor<std::int64_t>&) const {
@@ -41,6 +42,6 @@ tim::SampleResult<> CudaModel::sample(const tim::AnyTransport&, const tim::AnySc
 
 CudaVaeDecoder CudaVaeDecoder::upload(const tim::vae::SdVaeDecoder<float>&) { not_built(); }
 CudaVaeDecoder CudaVaeDecoder::upload(const tim::vae::DcAeDecoder<float>&) { not_built(); }
-tim::Tensor<float> CudaVaeDecoder::decode(const tim::Tensor<float>&) const { not_built(); }
+tim::Tensor<float> CudaVaeDecoder::decode(const tim::Tensor<float>&, const tim::vae::TileOptions&) const { not_built(); }
 
 }  // namespace tim_cli

@@ -802,6 +802,47 @@ TEST_CASE("cli sample: the model's sample_* metadata are the defaults, options w
                                  quote(out)));
 }
 
+TEST_CASE("cli sample: --verbose says where each setting came from; bad metadata values name their key") {
+  TempDir dir;
+  const std::string source = std::string(TIM_TEST_DATA_DIR) + "/golden/patch4.safetensors";
+  const std::string tuned = make_model(dir, source, "tuned", {{"image_size", "16x16x1"}, {"sample_steps", "3"}});
+  const std::string out = dir.file("out.safetensors");
+  const auto verbose = run_tim(dir, "sample --model " + quote(tuned) + " --class 1 --cfg-scale 1 --verbose --out " +
+                                        quote(out));
+  check_success(verbose);
+  for (const char* line : {"tim sample: steps 3 (metadata 'sample_steps')\n", "tim sample: cfg_scale 1 (--cfg-scale)\n",
+                           "tim sample: transport ot-fm (default)\n", "tim sample: height 16 (metadata 'image_size')\n",
+                           "tim sample: width 16 (metadata 'image_size')\n"}) {
+    CAPTURE(line);
+    CHECK(verbose.err.find(line) != std::string::npos);
+  }
+  CHECK(tim::io::SafetensorsFile::open(out).metadata().at("steps") == "3");
+
+  // Every metadata value that is read must be valid; the option or a listed schedule replaces it.
+  const auto bad = [&](const std::string& name, const std::map<std::string, std::string>& metadata) {
+    auto all = metadata;
+    all.emplace("image_size", "16x16x1");
+    return make_model(dir, source, name, all);
+  };
+  const std::string sample = " --class 1 --out " + quote(out);
+  check_user_error(run_tim(dir, "sample --model " + quote(bad("size", {{"latent_size", "big"}})) + sample),
+                   {"metadata 'latent_size'", "'big'", "not a size"});
+  check_user_error(run_tim(dir, "sample --model " + quote(bad("range", {{"transport", "edm"}, {"t_max", "far"}})) + sample),
+                   {"metadata 't_max'", "'far'", "not a finite number"});
+  check_user_error(run_tim(dir, "sample --model " + quote(bad("mode", {{"sample_type", "sideways"}})) + sample),
+                   {"metadata 'sample_type'", "unknown sample mode 'sideways'", "pass --mode"});
+  check_user_error(run_tim(dir, "sample --model " + quote(bad("transport", {{"transport", "flow"}})) + sample),
+                   {"metadata 'transport'", "unknown transport 'flow'", "pass --transport"});
+  check_success(run_tim(dir, "sample --model " + quote(bad("range2", {{"transport", "edm"}, {"t_max", "far"}})) +
+                                 sample + " --t-max 40"));
+  check_success(run_tim(dir, "sample --model " + quote(bad("steps", {{"sample_steps", "four"}})) + sample +
+                                 " --schedule 1,0.5,0"));
+  CHECK(tim::io::SafetensorsFile::open(out).metadata().at("steps") == "2");
+  // tim bench reads the latent size by the same rule.
+  check_user_error(run_tim(dir, "bench --runs 1 --warmup 0 --model " + quote(bad("bench", {{"latent_size", "0x0"}}))),
+                   {"metadata 'latent_size'", "not a size"});
+}
+
 TEST_CASE("cli: --device and --precision") {
   TempDir dir;
   const std::string model = fashion_model(dir), out = dir.file("out.safetensors");

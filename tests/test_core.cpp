@@ -1,11 +1,18 @@
 // Core types: float16/bfloat16 conversion against double-precision rounding, Shape and Tensor.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string>
 
 #include "compare.hpp"
+#include "tim/core/cast.hpp"
+#include "tim/core/decimal.hpp"
 #include "tim/tim.hpp"
 
 namespace {
@@ -104,4 +111,81 @@ TEST_CASE("dtype names parse and convert") {
   tim::convert_elements(half_bits, tim::DType::F16, out, 2);
   CHECK(out[0] == 1.0f);
   CHECK(out[1] == -2.0f);
+}
+
+TEST_CASE("shortest_decimal: the fewest %g digits that read back exactly") {
+  CHECK(tim::shortest_decimal(0.6) == "0.6");
+  CHECK(tim::shortest_decimal(2.5) == "2.5");
+  CHECK(tim::shortest_decimal(1.0) == "1");
+  CHECK(tim::shortest_decimal(0.0) == "0");
+  CHECK(tim::shortest_decimal(-0.1) == "-0.1");
+  CHECK(tim::shortest_decimal(1.0 / 3.0) == "0.3333333333333333");
+  CHECK(tim::shortest_decimal(0.1 + 0.2) == "0.30000000000000004");
+  CHECK(tim::shortest_decimal(100.0) == "1e+02");  // %g's spelling, exact
+  CHECK(tim::shortest_decimal(1e-05) == "1e-05");
+  CHECK(tim::shortest_decimal(1.5707963267948966) == "1.5707963267948966");
+  CHECK(tim::shortest_decimal(std::numeric_limits<double>::infinity()) == "inf");
+  CHECK(tim::shortest_decimal(-std::numeric_limits<double>::infinity()) == "-inf");
+  // Every spelling reads back to the same double, for values spread over the whole range.
+  std::uint64_t state = 12345;
+  for (int i = 0; i < 2000; ++i) {
+    state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+    double value;
+    const std::uint64_t bits = state & 0x7fefffffffffffffULL;  // finite, positive
+    std::memcpy(&value, &bits, sizeof value);
+    const std::string text = tim::shortest_decimal(value);
+    REQUIRE(std::strtod(text.c_str(), nullptr) == value);
+    // One digit fewer would not read back (unless it is already a single digit).
+    char shorter[400];
+    int digits = 0;
+    bool significant = false;  // leading zeros (0.000123) are not significant digits
+    for (char ch : text.substr(0, text.find('e'))) {
+      significant = significant || (ch >= '1' && ch <= '9');
+      digits += significant && ch >= '0' && ch <= '9';
+    }
+    if (digits > 1) {
+      std::snprintf(shorter, sizeof shorter, "%.*g", digits - 1, value);
+      CHECK(std::strtod(shorter, nullptr) != value);
+    }
+  }
+}
+
+TEST_CASE("cast: element conversion of host tensors, shape kept, always a copy") {
+  auto f = tim::Tensor<float>::empty({2, 3});
+  const float values[6] = {0.1f, -2.5f, 3.0e38f, 1e-40f, 0.0f, 7.0f};
+  std::copy_n(values, 6, f.data());
+  const auto d = tim::cast<double>(f);
+  REQUIRE(d.shape() == tim::Shape{2, 3});
+  for (int i = 0; i < 6; ++i) CHECK(d.data()[i] == static_cast<double>(values[i]));  // widening is exact
+  // Narrowing rounds to nearest: 0.1 (double) -> the float nearest to it.
+  auto wide = tim::Tensor<double>::empty({3});
+  wide.data()[0] = 0.1;
+  wide.data()[1] = 1e300;  // beyond float: inf
+  wide.data()[2] = -1.0 / 3.0;
+  const auto narrow = tim::cast<float>(wide);
+  CHECK(narrow.data()[0] == 0.1f);
+  CHECK(std::isinf(narrow.data()[1]));
+  CHECK(narrow.data()[2] == -1.0f / 3.0f);
+  // To bfloat16 and back: 1 + 2^-8 is halfway between bfloat16 1 and 1 + 2^-7, ties to even (1).
+  auto halves = tim::Tensor<double>::empty({2});
+  halves.data()[0] = 1.0 + std::ldexp(1.0, -8);
+  halves.data()[1] = 3.0;
+  const auto bf = tim::cast<tim::bfloat16>(halves);
+  CHECK(static_cast<float>(bf.data()[0]) == 1.0f);
+  CHECK(static_cast<float>(bf.data()[1]) == 3.0f);
+  CHECK(tim::cast<double>(bf).data()[1] == 3.0);
+  // Same type: a deep copy.
+  auto copy = tim::cast<float>(f);
+  copy.data()[0] = 42;
+  CHECK(f.data()[0] == 0.1f);
+  CHECK(copy.data() != f.data());
+  // Empty stays empty.
+  CHECK(tim::cast<double>(tim::Tensor<float>{}).empty_tensor());
+  // Integers to floating.
+  auto labels = tim::Tensor<std::int64_t>::empty({2});
+  labels.data()[0] = -3;
+  labels.data()[1] = 1000;
+  const auto as_double = tim::cast<double>(labels);
+  CHECK(as_double.data()[0] == -3.0);
+  CHECK(as_double.data()[1] == 1000.0);
 }

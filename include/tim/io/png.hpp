@@ -1,5 +1,6 @@
 // PNG files for sampled images: write an 8-bit grayscale or RGB image with text chunks (the
-// generation parameters), and read one back (tests, tools). A thin layer over libpng.
+// generation parameters), and read one back (tests, tools). A thin layer over libpng; the image
+// type (PngImage, PngText) and the pixel mappings live in tim/io/image.hpp.
 //
 // Needs libpng, a compiled library: a target including this header must link it (CMake:
 // `find_package(PNG REQUIRED)` and `target_link_libraries(app PRIVATE PNG::PNG)`). tim/tim.hpp
@@ -19,32 +20,9 @@
 #include <vector>
 
 #include "tim/core/error.hpp"
+#include "tim/io/image.hpp"
 
 namespace tim::io {
-
-//! One text chunk: `key` (1 to 79 printable ASCII characters, no leading or trailing space) and
-//! its text (no NUL bytes). Written as tEXt when the text is ASCII, as iTXt (UTF-8) otherwise.
-struct PngText {
-  std::string key;
-  std::string text;
-};
-
-//! An 8-bit image: `pixels` holds height rows of width pixels of `channels` interleaved bytes
-//! (1: gray, 3: RGB), top row first.
-struct PngImage {
-  int width = 0;
-  int height = 0;
-  int channels = 0;
-  std::vector<std::uint8_t> pixels;  // (height, width, channels)
-  std::vector<PngText> text;         // the text chunks, in file order (read_png)
-
-  //! The text of chunk `key`, or nullptr when the image has none.
-  const std::string* find_text(const std::string& key) const {
-    for (const auto& entry : text)
-      if (entry.key == key) return &entry.text;
-    return nullptr;
-  }
-};
 
 namespace detail {
 

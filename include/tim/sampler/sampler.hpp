@@ -28,26 +28,11 @@
 #include "tim/core/error.hpp"
 #include "tim/core/random.hpp"
 #include "tim/core/tensor.hpp"
+#include "tim/sampler/mode.hpp"
 #include "tim/sampler/schedule.hpp"
 #include "tim/transport/transports.hpp"
 
 namespace tim {
-
-//! What the network's second time input is. `transition` (default): c_noise(r), F is the
-//! transition over [r, t]. `diffusion`: c_noise(t) twice, F is the instantaneous velocity; the
-//! update still moves to the next grid time.
-enum class SampleMode { transition, diffusion };
-
-inline constexpr std::string_view sample_mode_name(SampleMode mode) {
-  return mode == SampleMode::transition ? "transition" : "diffusion";
-}
-
-//! Parses "transition", "diffusion" or the released spelling "ddiffusion".
-inline SampleMode parse_sample_mode(std::string_view text) {
-  if (text == "transition") return SampleMode::transition;
-  if (text == "diffusion" || text == "ddiffusion") return SampleMode::diffusion;
-  fail("unknown sample mode '", text, "' (expected transition, diffusion or ddiffusion)");
-}
 
 //! Whether a step starting at time t is guided: cfg_scale > 1 and
 //! guidance_low * t_max < t < guidance_high * t_max, both strict (SPEC 6). With the window

@@ -1,45 +1,19 @@
-// Images from sampled latents, for `tim sample`: the pixel mapping of SPEC 8 (C2I), one image
-// per sample, and a labelled grid with one row per class whose name is drawn left of the row in
-// a built-in 5x7 bitmap font (no font files, no text library).
+// The labelled grid of `tim sample` (--grid, --png-dir): one row per class whose name is drawn
+// left of the row in a built-in 5x7 bitmap font (no font files, no text library). The images
+// themselves come from tim::io::latent_image (tim/io/image.hpp, the pixel mappings of SPEC 8).
 #pragma once
 
 #include <algorithm>
 #include <array>
-#include <cmath>
 #include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "tim/core/error.hpp"
-#include "tim/io/png.hpp"
+#include "tim/io/image.hpp"
 
 namespace tim::cli {
-
-//! How values in [-1, 1] become bytes (SPEC 8): the released C2I script's clamp(255 (x + 1) / 2,
-//! 0, 255), or the T2I scripts' clamp(127.5 x + 128, 0, 255); both in float, truncated to uint8.
-enum class PixelMapping { c2i, t2i };
-
-//! One latent value to a byte by `mapping`. NaN maps to 0.
-inline std::uint8_t pixel_from_latent(float x, PixelMapping mapping = PixelMapping::c2i) {
-  const float value = mapping == PixelMapping::c2i ? 255.0f * (x + 1.0f) / 2.0f : 127.5f * x + 128.0f;
-  if (!(value > 0.0f)) return 0;  // also NaN
-  return static_cast<std::uint8_t>(std::min(value, 255.0f));
-}
-
-//! The image of one sample (C, H, W) of float latents: gray for C = 1, RGB for C = 3.
-inline io::PngImage latent_image(const float* sample, int channels, int height, int width,
-                                 PixelMapping mapping = PixelMapping::c2i) {
-  check(channels == 1 || channels == 3, "an image needs 1 or 3 channels, got ", channels);
-  io::PngImage image{width, height, channels, {}, {}};
-  image.pixels.resize(static_cast<std::size_t>(width) * height * channels);
-  for (int c = 0; c < channels; ++c)
-    for (int y = 0; y < height; ++y)
-      for (int x = 0; x < width; ++x)
-        image.pixels[(static_cast<std::size_t>(y) * width + x) * channels + c] =
-            pixel_from_latent(sample[(static_cast<std::size_t>(c) * height + y) * width + x], mapping);
-  return image;
-}
 
 // ---------------------------------------------------------------------------------------------
 // The font: 5 columns x 7 rows per glyph, one byte per row, bit 4 the leftmost column.
