@@ -118,7 +118,11 @@ struct TypedModel final : CudaModel::Impl {
     if constexpr (is_t2i) {
       tim::check(cap_feats != nullptr, "--device cuda: a text-to-image model needs caption features");
       condition = upload_as<T>(*cap_feats);
-      if (null_cap_feats && !null_cap_feats->empty_tensor()) model->set_null_caption(upload_as<T>(*null_cap_feats));
+      // This run's null caption, or none (a guided step then fails with the sampler's message).
+      if (null_cap_feats && !null_cap_feats->empty_tensor())
+        model->set_null_caption(upload_as<T>(*null_cap_feats));
+      else
+        model->clear_null_caption();
     } else {
       tim::check(labels != nullptr, "--device cuda: a class-conditional model needs labels");
       condition = *labels;

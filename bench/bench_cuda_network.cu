@@ -51,6 +51,7 @@
 #include "random_dc_ae_checkpoint.hpp"
 #include "random_vae_checkpoint.hpp"
 #include "tim/cuda/tim.cuh"
+#include "tim/tim.hpp"  // the CPU backend (random weights are made on the host)
 
 namespace {
 

@@ -11,8 +11,22 @@
 #include <vector>
 
 #include "tim/io/safetensors.hpp"
+#include "tim/sampler/sampler.hpp"
 
 namespace tim_test {
+
+//! The sampler options a sampler golden case's __metadata__ records (tools/reference/
+//! make_sampler_golden.py and make_t2i_sampler_golden.py), for a sampler on `Backend`.
+template <class Backend = tim::cpu>
+tim::SamplerOptions<Backend> sampler_options_of(const std::map<std::string, std::string>& meta) {
+  return {.cfg_scale = std::stod(meta.at("cfg_scale")),
+          .guidance_low = std::stod(meta.at("guidance_low")),
+          .guidance_high = std::stod(meta.at("guidance_high")),
+          .stochasticity = std::stod(meta.at("stochasticity")),
+          .mode = tim::parse_sample_mode(meta.at("mode")),
+          .seed = std::stoull(meta.at("noise_seed")),
+          .first_sample_index = std::stoull(meta.at("first_sample_index"))};
+}
 
 struct ParametersOnly {
   const tim::io::SafetensorsFile& file;

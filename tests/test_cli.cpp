@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "golden_source.hpp"
 #include "random_t2i_checkpoint.hpp"
 #include "tim/io/png.hpp"
 #include "tim/tim.hpp"
@@ -1367,13 +1368,7 @@ tim::Tensor<double> library_sample(const CaptionCase& c, int steps) {
   auto model = tim::load_t2i<float>(t2i_model);
   model.set_null_caption(c.null_cap_feats);
   const auto& m = c.meta;
-  const tim::SamplerOptions<> options{.cfg_scale = std::stod(m.at("cfg_scale")),
-                                    .guidance_low = std::stod(m.at("guidance_low")),
-                                    .guidance_high = std::stod(m.at("guidance_high")),
-                                    .stochasticity = std::stod(m.at("stochasticity")),
-                                    .mode = tim::parse_sample_mode(m.at("mode")),
-                                    .seed = std::stoull(m.at("noise_seed")),
-                                    .first_sample_index = std::stoull(m.at("first_sample_index"))};
+  const auto options = tim_test::sampler_options_of(m);
   return std::visit(
       [&](auto transport) {
         tim::TransitionSampler sampler{model, transport, tim::linspace_schedule(steps)};

@@ -139,7 +139,7 @@ TEST_CASE("guidance: F = F_u + cfg (F_c - F_u), combined in double") {
   }
 }
 
-TEST_CASE("stochasticity: only when s > 0, t < T_max and r > T_min, with the stream (seed, sample, step)") {
+TEST_CASE("stochasticity: only when s > 0, t < T_max and r' > T_min (r' = r in transition mode), with the stream (seed, sample, step)") {
   const auto y = make_labels({0, 1});
   const auto z = make_noise(2, 6);
   const std::uint64_t seed = 77;
@@ -418,7 +418,7 @@ TEST_CASE("no allocation inside the step loop after the first step") {
     const auto latents = tim::initial_noise({3, 4, 8, 8}, 1);
     tim::TransitionSampler network{model, tim::OtFm{}, tim::linspace_schedule(8)};
     network.sample(latents, y, {.cfg_scale = 2.0, .guidance_high = 0.95, .on_step = measure});
-    // The workspace grows to 2B rows on the first guided step and is reused after.
+    // The sampler sizes the workspace for 2B rows before the first step; guided steps reuse it.
     CHECK(during_steps == 0);
   }
   SUBCASE("the T2I network in float, guided (2B caption rows) alternating with unguided steps, stochastic") {

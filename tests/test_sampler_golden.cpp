@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "compare.hpp"
+#include "golden_source.hpp"
 #include "tim/tim.hpp"
 
 namespace {
@@ -41,13 +42,7 @@ double run_case(const std::string& name, double tolerance) {
   const auto& meta = file.metadata();
   const auto z = file.load<double>("input.z");
   const auto y = file.load<std::int64_t>("input.y");
-  tim::SamplerOptions<> options{.cfg_scale = std::stod(meta.at("cfg_scale")),
-                              .guidance_low = std::stod(meta.at("guidance_low")),
-                              .guidance_high = std::stod(meta.at("guidance_high")),
-                              .stochasticity = std::stod(meta.at("stochasticity")),
-                              .mode = tim::parse_sample_mode(meta.at("mode")),
-                              .seed = std::stoull(meta.at("noise_seed")),
-                              .first_sample_index = std::stoull(meta.at("first_sample_index"))};
+  const auto options = tim_test::sampler_options_of(meta);
   CHECK(std::stoll(meta.at("null_label")) == model.config.num_classes);
   double worst = 0;
   for (int steps : parse_steps(meta.at("steps"))) {

@@ -37,15 +37,6 @@ std::vector<int> parse_steps(const std::string& text) {
   return steps;
 }
 
-tim::SamplerOptions<> options_of(const std::map<std::string, std::string>& meta) {
-  return {.cfg_scale = std::stod(meta.at("cfg_scale")),
-          .guidance_low = std::stod(meta.at("guidance_low")),
-          .guidance_high = std::stod(meta.at("guidance_high")),
-          .stochasticity = std::stod(meta.at("stochasticity")),
-          .mode = tim::parse_sample_mode(meta.at("mode")),
-          .seed = std::stoull(meta.at("noise_seed")),
-          .first_sample_index = std::stoull(meta.at("first_sample_index"))};
-}
 
 //! Samples case `name` with the network in T; returns the largest relative error over its step counts.
 template <class T>
@@ -64,7 +55,7 @@ double run_case(const std::string& name, double tolerance) {
     const auto result = std::visit(
         [&](auto transport) {
           tim::TransitionSampler sampler{model, transport, tim::linspace_schedule(steps)};
-          return sampler.sample(z, captions, options_of(meta));
+          return sampler.sample(z, captions, tim_test::sampler_options_of(meta));
         },
         tim::parse_transport(meta.at("transport")));
     REQUIRE(result.x.shape() == expected.shape());
@@ -107,7 +98,7 @@ TEST_CASE("T2I sampler golden: guidance and the null caption change the guided c
   const auto null_cap_feats = file.load<double>("input.null_cap_feats");
   model.set_null_caption(null_cap_feats);
   tim::TransitionSampler sampler{model, tim::OtFm{}, tim::linspace_schedule(4)};
-  auto options = options_of(file.metadata());
+  auto options = tim_test::sampler_options_of(file.metadata());
   const auto difference = [&](const Tensor<double>& x) {
     return tim_test::relative_error(x.data(), expected.data(), std::size_t(expected.numel()));
   };

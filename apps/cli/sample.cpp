@@ -229,7 +229,7 @@ void create_png_dir(const SampleOptions& options) {
 //! What load_sample_decode hands back.
 struct SampleOutcome {
   SamplePlan plan;
-  tim::SampleResult result;     // the state in double: x, and trajectory and times when kept
+  tim::SampleResult<> result;   // the state in double: x, and trajectory and times when kept
   tim::Tensor<float> latents;   // result.x in float
   tim::Tensor<float> decoded;   // the --vae images (B, 3, H, W); empty without --vae
   std::string vae_description;  // empty without --vae
@@ -313,7 +313,10 @@ SampleOutcome load_sample_decode(const SampleOptions& options, const ModelOption
         [&](auto chosen) {
           if (facts.text) {
             auto& network = std::get<T2IModel>(loaded->model);
-            if (!plan.captions->null_cap_feats.empty_tensor()) network.set_null_caption(plan.captions->null_cap_feats);
+            if (plan.captions->null_cap_feats.empty_tensor())
+              network.clear_null_caption();
+            else
+              network.set_null_caption(plan.captions->null_cap_feats);
             tim::TransitionSampler sampler{network, chosen, schedule};
             return sampler.sample(plan.batch.noise, plan.captions->cap_feats, host_options);
           }

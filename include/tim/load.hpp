@@ -3,7 +3,6 @@
 
 #include <string>
 
-#include "tim/cpu/backend.hpp"  // the default backend of the loaders
 #include "tim/io/safetensors.hpp"
 #include "tim/nn/c2i.hpp"
 #include "tim/nn/t2i.hpp"

@@ -1,30 +1,6 @@
-// The one header a CPU user includes: core types, the Eigen backend, the networks (C2I and T2I),
-// the latent decoders (SD VAE, DC-AE, tiled decoding) and file I/O.
+// The one header a CPU user includes: the whole library (tim/library.hpp: core types, the networks
+// (C2I and T2I), the sampler, the latent decoders, file I/O) with the Eigen/OpenMP CPU backend.
 #pragma once
 
-#include "tim/version.hpp"
-#include "tim/core/dtype.hpp"
-#include "tim/core/error.hpp"
-#include "tim/core/shape.hpp"
-#include "tim/core/tensor.hpp"
 #include "tim/cpu/backend.hpp"
-#include "tim/math/activations.hpp"
-#include "tim/math/embedding.hpp"
-#include "tim/math/normalization.hpp"
-#include "tim/math/attention.hpp"
-#include "tim/io/safetensors.hpp"
-#include "tim/nn/config.hpp"
-#include "tim/nn/modules.hpp"
-#include "tim/nn/backbone.hpp"
-#include "tim/nn/c2i.hpp"
-#include "tim/nn/t2i.hpp"
-#include "tim/nn/flops.hpp"
-#include "tim/load.hpp"
-#include "tim/core/random.hpp"
-#include "tim/math/transport.hpp"
-#include "tim/transport/transports.hpp"
-#include "tim/sampler/schedule.hpp"
-#include "tim/sampler/sampler.hpp"
-#include "tim/vae/sd_vae.hpp"
-#include "tim/vae/tiling.hpp"
-#include "tim/vae/dc_ae.hpp"
+#include "tim/library.hpp"

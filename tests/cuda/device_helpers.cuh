@@ -11,6 +11,7 @@
 
 #include "compare.hpp"
 #include "tim/cuda/tim.cuh"
+#include "tim/tim.hpp"  // the CPU backend, the reference of every device test
 
 namespace tim_test {
 

@@ -93,6 +93,9 @@ struct cuda : cuda_detail::DecoderOps<cuda> {
   }
   //! How many device allocations allocate() has made in this program (for tests and tools).
   static std::int64_t allocation_count() { return cuda_detail::allocation_counter().load(); }
+  //! How many stream-ordered scratch allocations the decoder operations have made (their
+  //! per-operation temporaries, from the device's memory pool; freed on the stream).
+  static std::int64_t scratch_allocation_count() { return cuda_detail::scratch_allocation_counter().load(); }
   //! data[0 .. n) = value (device memory).
   template <class T>
   static void fill(T* data, std::size_t n, T value) {

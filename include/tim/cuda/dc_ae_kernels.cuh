@@ -194,12 +194,13 @@ __global__ void __launch_bounds__(linear_attention_threads) linear_attention_par
   const std::int64_t bh = blockIdx.x, slice = blockIdx.y;
   const int entries = op.entries();
   const float* head_pixels = op.head(bh);
-  const std::int64_t first = slice * op.slice_pixels, last = std::min(op.pixels, first + op.slice_pixels);
+  const std::int64_t first = slice * op.slice_pixels,
+                     last = op.pixels < first + op.slice_pixels ? op.pixels : first + op.slice_pixels;
   double sums[linear_attention_sums_per_thread];
 #pragma unroll
   for (int s = 0; s < linear_attention_sums_per_thread; ++s) sums[s] = 0.0;
   for (std::int64_t start = first; start < last; start += tile) {
-    const int count = static_cast<int>(std::min<std::int64_t>(tile, last - start));
+    const int count = static_cast<int>(last - start < tile ? last - start : tile);
     __syncthreads();  // every thread is done reading the previous tile
     for (int i = threadIdx.x; i < count * op.head_dim; i += threads) op.load(keys, values, head_pixels, start, i);
     for (int t = threadIdx.x; t < count; t += threads) op.load_one(values, t);

@@ -52,6 +52,7 @@ std::shared_ptr<T> scratch(std::int64_t count) {
     (void)cudaGetLastError();
     fail("tim::cuda: cannot allocate ", bytes, " bytes of device scratch memory: ", cudaGetErrorString(status));
   }
+  ++cuda_detail::scratch_allocation_counter();  // tim::cuda::scratch_allocation_count()
   if (!pools) return std::shared_ptr<T>(static_cast<T*>(p), [](T* q) { (void)cudaFree(q); });
   return std::shared_ptr<T>(static_cast<T*>(p), [stream](T* q) { (void)cudaFreeAsync(q, stream); });
 }
@@ -180,7 +181,7 @@ __global__ void __launch_bounds__(Threads)
   __shared__ typename Reduce::TempStorage storage;
   const std::int64_t bg = blockIdx.x, b = bg / groups, slice = blockIdx.y;
   const int per_group = channels / groups;
-  const std::int64_t first = slice * slice_pixels, last = std::min(pixels, first + slice_pixels);
+  const std::int64_t first = slice * slice_pixels, last = pixels < first + slice_pixels ? pixels : first + slice_pixels;
   const float* base = in + b * pixels * channels + (bg % groups) * per_group;
   const double center = mean ? mean[bg] : 0.0;
   double sum = 0;

@@ -58,6 +58,13 @@ inline std::atomic<std::int64_t>& allocation_counter() {
   return count;
 }
 
+//! Stream-ordered scratch allocations (cudaMallocAsync, or cudaMalloc without memory pools) made
+//! by the decoder operations for their temporaries: the other allocation path, counted apart.
+inline std::atomic<std::int64_t>& scratch_allocation_counter() {
+  static std::atomic<std::int64_t> count{0};
+  return count;
+}
+
 //! The stream tim::cuda operations of this host thread are enqueued on (default: the per-thread
 //! default stream, so two host threads driving two models do not serialise on stream 0).
 inline cudaStream_t& current_stream() {

@@ -1,6 +1,7 @@
 // The one header a CUDA user includes (from a .cu file compiled by nvcc): the whole library
-// (tim/tim.hpp: tensors, loading, transports, the sampler, the decoders) plus the tim::cuda
-// backend. The sampler runs on the model's backend, so the CPU line works unchanged:
+// (tim/library.hpp: tensors, loading, transports, the sampler, the decoders) plus the tim::cuda
+// backend, without the CPU backend (no Eigen, no OpenMP: host tensors need only core/memory.hpp).
+// A file that also runs models on the CPU includes tim/tim.hpp as well. The sampler runs on the model's backend, so the CPU line works unchanged:
 //
 //   auto model = tim::load_c2i<tim::bfloat16, tim::cuda>("c2i_model_256.safetensors");
 //   tim::TransitionSampler sampler{model, tim::OtFm{}, tim::linspace_schedule(4)};
@@ -10,6 +11,6 @@
 // Link with CUDA::cudart and CUDA::cublas (the CMake target tim::cuda does). See docs/cuda.md.
 #pragma once
 
-#include "tim/tim.hpp"
+#include "tim/library.hpp"
 #include "tim/cuda/runtime.cuh"
 #include "tim/cuda/backend.cuh"

@@ -171,6 +171,8 @@ class T2IModel {
           "] (M >= 1 tokens), got ", null_cap_feats.shape());
     null_cap_feats_ = std::move(null_cap_feats);
   }
+  //! Forgets the null caption (guided sampling then fails until one is set again).
+  void clear_null_caption() { null_cap_feats_ = {}; }
   //! Checks a batch's caption features: shape [B, M, cap_dim], M >= 1.
   void check_condition(const Condition& cap_feats, std::int64_t B) const {
     check(!cap_feats.empty_tensor() && cap_feats.rank() == 3 && cap_feats.dim(0) == B &&

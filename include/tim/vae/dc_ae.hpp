@@ -20,7 +20,6 @@
 
 #include "tim/core/error.hpp"
 #include "tim/core/tensor.hpp"
-#include "tim/cpu/backend.hpp"
 #include "tim/io/safetensors.hpp"
 #include "tim/nn/modules.hpp"
 #include "tim/vae/dc_ae_config.hpp"
@@ -172,7 +171,7 @@ struct MultiscaleLinearAttention {
     const char* names[] = {".to_q.weight", ".to_k.weight", ".to_v.weight"};
     for (int r = 0; r < 3; ++r) {
       auto part = reader.template take<T, cpu>(prefix + names[r], {inner, channels});
-      cpu::copy(stacked.data() + r * inner * channels, part.data(), static_cast<std::size_t>(inner * channels));
+      HostMemory::copy(stacked.data() + r * inner * channels, part.data(), static_cast<std::size_t>(inner * channels));
     }
     to_qkv.weight = to_backend<Backend>(stacked);
     for (std::size_t s = 0; s < scales.size(); ++s) {

@@ -18,7 +18,6 @@
 
 #include "tim/core/error.hpp"
 #include "tim/core/tensor.hpp"
-#include "tim/cpu/backend.hpp"
 #include "tim/io/safetensors.hpp"
 #include "tim/nn/modules.hpp"
 #include "tim/vae/modules.hpp"

@@ -17,7 +17,6 @@
 #include "tim/core/config.hpp"
 #include "tim/core/error.hpp"
 #include "tim/core/tensor.hpp"
-#include "tim/cpu/backend.hpp"
 
 namespace tim::vae {
 

@@ -1,0 +1,31 @@
+// Everything of tim that is not a backend: core types, the backend contract, the math, file I/O,
+// the networks (C2I and T2I), transports, schedules, the sampler, the latent decoders. Free of
+// Eigen and OpenMP: tim/tim.hpp adds the CPU backend, tim/cuda/tim.cuh the CUDA backend.
+#pragma once
+
+#include "tim/version.hpp"
+#include "tim/core/dtype.hpp"
+#include "tim/core/error.hpp"
+#include "tim/core/shape.hpp"
+#include "tim/core/tensor.hpp"
+#include "tim/math/activations.hpp"
+#include "tim/math/embedding.hpp"
+#include "tim/math/normalization.hpp"
+#include "tim/math/attention.hpp"
+#include "tim/io/safetensors.hpp"
+#include "tim/nn/config.hpp"
+#include "tim/nn/modules.hpp"
+#include "tim/nn/backbone.hpp"
+#include "tim/nn/c2i.hpp"
+#include "tim/nn/t2i.hpp"
+#include "tim/nn/flops.hpp"
+#include "tim/load.hpp"
+#include "tim/core/random.hpp"
+#include "tim/math/transport.hpp"
+#include "tim/transport/transports.hpp"
+#include "tim/sampler/schedule.hpp"
+#include "tim/sampler/sampler.hpp"
+#include "tim/vae/sd_vae.hpp"
+#include "tim/vae/tiling.hpp"
+#include "tim/vae/dc_ae.hpp"
+#include "tim/core/backend.hpp"
