@@ -11,6 +11,7 @@
 #include <variant>
 #include <vector>
 
+#include "golden_source.hpp"
 #include "tim/sampler/settings.hpp"
 
 namespace {
@@ -18,20 +19,13 @@ namespace {
 using Metadata = std::map<std::string, std::string>;
 using tim::SettingSource;
 
-std::string error_of(auto&& body) {
-  try {
-    body();
-  } catch (const tim::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using tim_test::error_of;
 
 bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 void check_error(const std::string& message, const std::vector<std::string>& parts) {
   INFO("message: ", message);
-  REQUIRE(!message.empty());
+  REQUIRE(message != "<no error>");
   for (const auto& part : parts) CHECK_MESSAGE(contains(message, part), "missing: ", part);
 }
 
