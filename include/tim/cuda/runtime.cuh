@@ -148,17 +148,4 @@ inline cublasHandle_t cublas_handle() {
   return slot.handle;
 }
 
-//! Whether `pointer` is host memory the GPU cannot address directly as device memory
-//! (pageable or pinned host memory), i.e. whether a copy from or to it must complete before the
-//! host may reuse it.
-inline bool is_host_pointer(const void* pointer) {
-  cudaPointerAttributes attributes{};
-  const cudaError_t status = cudaPointerGetAttributes(&attributes, pointer);
-  if (status != cudaSuccess) {
-    (void)cudaGetLastError();  // clear the sticky-free error of an unknown pointer
-    return true;
-  }
-  return attributes.type == cudaMemoryTypeUnregistered || attributes.type == cudaMemoryTypeHost;
-}
-
 }  // namespace tim::cuda_detail
