@@ -127,3 +127,17 @@ def test_batch_size_runs_each_row_with_its_own_stream(model):
     # 5, so values agree to float32 rounding through 4 steps, not necessarily bit for bit.
     assert np.array_equal(parts.trajectory[0], whole.trajectory[0])
     assert np.allclose(parts.x, whole.x, rtol=0, atol=1e-4)
+
+
+def test_the_grid_of_docs_python_md_equals_the_programs(model, tim_program, tmp_path):
+    # docs/python.md's first run: 4 of every class, column k drawing stream k under every class.
+    out = tmp_path / "x.safetensors"
+    tim_program("sample", "--model", MODEL, "--grid", tmp_path / "grid.png", "--per-class", "4", "--steps", "4",
+                "--cfg-scale", "2", "--out", out)
+    labels = [c for c in range(model.num_classes) for _ in range(4)]
+    result = model.sample(labels=labels, steps=4, cfg_scale=2.0, seed=0,
+                          sample_indices=[k for _ in range(model.num_classes) for k in range(4)])
+    expected = read_safetensors(out)[0]
+    assert np.array_equal(result.labels, expected["labels"])
+    assert np.array_equal(result.latents, expected["latents"])
+    assert tim.make_grid(tim.to_uint8(result.latents), columns=4).shape == (10 * 34 + 2, 4 * 34 + 2, 1)
