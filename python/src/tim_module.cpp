@@ -580,5 +580,11 @@ NB_MODULE(_tim, m) {
       "Standard normal noise (B, ...) float64 from tim's counter-based generator: sample b is stream "
       "first_index + b of `seed`, the noise `tim sample` and Model.sample start from.");
   m.def("set_num_threads", &tim::set_num_threads, "threads"_a, "Sets the CPU threads of every computation.");
-  m.def("num_threads", &tim::num_threads, "The CPU threads computations use.");
+  m.def(
+      "num_threads",
+      [] {
+        tim::detail::ensure_default_threads();  // the default applies before the first computation
+        return tim::num_threads();
+      },
+      "The CPU threads computations use (set_num_threads, else OMP_NUM_THREADS, else the physical cores).");
 }

@@ -16,7 +16,7 @@ while tim computes; Ctrl-C stops a sampling run at the next step. tim's errors r
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -100,7 +100,6 @@ class SampleOutput:
     cancelled: bool  # on_step returned False before the last step
     settings: dict  # the resolved settings; settings["described"]: value and source of each
     trajectory: Optional[np.ndarray] = None  # (K + 1, B, C, H, W) float64 when trajectory=True
-    extra: dict = field(default_factory=dict)
 
 
 class Model:

@@ -179,3 +179,13 @@ def test_the_typing_stub_is_installed():
     for name in ("class StepInfo", "class NativeModel", "def sample(", "def to_uint8(", "def initial_noise("):
         assert name in text
     assert (Path(tim.__file__).with_name("py.typed")).is_file()
+
+
+def test_thread_count_is_settable():
+    before = tim.num_threads()
+    assert before >= 1
+    tim.set_num_threads(1)
+    assert tim.num_threads() == 1
+    with pytest.raises(tim.Error, match="thread count must be >= 1"):
+        tim.set_num_threads(0)
+    tim.set_num_threads(before)
