@@ -99,6 +99,18 @@ def test_forward_equals_the_program(model, tim_program, tmp_path):
     assert np.array_equal(out, read_safetensors(tmp_path / "o.safetensors")[0]["out"])
 
 
+def test_text_to_image_forward_equals_the_program(tim_program, tmp_path):
+    path = DATA / "sampler_golden_t2i" / "model.safetensors"
+    rng = np.random.default_rng(10)
+    inputs = {"x": rng.uniform(-1, 1, (2, 4, 8, 12)).astype(np.float32),
+              "t": np.array([0.8, 0.3], np.float32), "r": np.array([0.2, 0.0], np.float32),
+              "cap_feats": rng.uniform(-1, 1, (2, 5, 8)).astype(np.float32)}
+    write_safetensors(tmp_path / "in.safetensors", inputs)
+    tim_program("forward", "--model", path, "--inputs", tmp_path / "in.safetensors", "--out", tmp_path / "o.safetensors")
+    out = tim.load(path).forward(inputs["x"], inputs["t"], inputs["r"], cap_feats=inputs["cap_feats"])
+    assert np.array_equal(out, read_safetensors(tmp_path / "o.safetensors")[0]["out"])
+
+
 def test_callable_schedule_is_its_listed_grid(model):
     listed = model.sample(labels=[3], schedule=[1.0, 0.75, 0.5, 0.25, 0.0])
     two = model.sample(labels=[3], steps=4, schedule=lambda i, n: 1.0 - i / n)
