@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Installs everything tim's build, tests, tools and benchmarks need from Debian's packages.
+# Installs everything tim's build, tests, tools and benchmarks need from Debian's packages (the
+# Python package's build tools, NumPy and pytest come from PyPI into a virtual environment:
+# scripts/test.sh).
 # Safe to run again; needs root (or sudo).
 set -euo pipefail
 packages=(
   build-essential cmake ninja-build
   libeigen3-dev nlohmann-json3-dev doctest-dev libbenchmark-dev libopenblas-openmp-dev
   libcli11-dev libyaml-cpp-dev libpng-dev
+  python3-dev python3-venv
   dataset-fashion-mnist
 )
 sudo_cmd=()

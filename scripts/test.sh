@@ -2,7 +2,9 @@
 # Builds tim and runs the whole test suite through CTest. When nvcc is found (PATH or
 # /usr/local/cuda) the build also compiles the CUDA backend's tests, example and benchmark
 # (-DTIM_CUDA=ON); on a machine without a GPU the CUDA device tests report themselves skipped.
-# TIM_CUDA=OFF in the environment keeps the CUDA targets out.
+# TIM_CUDA=OFF in the environment keeps the CUDA targets out. Then the Python package
+# (docs/python.md) as a user installs it, `pip install .` in a fresh virtual environment, and its
+# tests, which compare it with the tim program just built; TIM_PYTHON=OFF skips that part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cuda_args=()
@@ -21,3 +23,12 @@ fi
 bash scripts/build.sh "${cuda_args[@]}"
 # Passive OpenMP waiting: parallel test processes would otherwise spin against each other.
 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} ctest --test-dir build --output-on-failure --parallel "$(nproc)"
+
+if [ "${TIM_PYTHON:-ON}" != "OFF" ]; then
+  venv=build/python-venv
+  python3 -m venv --clear "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check numpy pytest
+  "$venv/bin/pip" install --quiet --disable-pip-version-check .
+  TIM_PROGRAM=build/apps/tim TIM_REQUIRE_PROGRAM=1 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} \
+    "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/python
+fi

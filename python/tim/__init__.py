@@ -1,0 +1,341 @@
+"""tim: Transition Models (TiM) from Python, on tim's C++ library (docs/python.md).
+
+    import tim
+    model = tim.load("models/tim-fmnist.safetensors")
+    out = model.sample(labels=[0, 1, 2], steps=4, cfg_scale=2.0, seed=0)
+    out.latents          # (3, 1, 32, 32) float32, equal to `tim sample --out` bit for bit
+    tim.to_uint8(out.latents)   # (3, 32, 32, 1) uint8 images
+
+Settings not given come from the checkpoint's metadata, else tim's defaults, resolved by the same
+library function as the `tim` program (tim::resolve_sample_settings). Arrays are NumPy arrays;
+any DLPack tensor (PyTorch, JAX, CuPy on the host) is accepted as input. The GIL is released
+while tim computes; Ctrl-C stops a sampling run at the next step. tim's errors raise tim.Error
+(a ValueError) with tim's message.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from . import _tim
+from ._tim import Error, StepInfo, initial_noise, num_threads, set_num_threads, to_uint8
+
+__version__ = _tim.__version__
+
+__all__ = [
+    "Decoder",
+    "Error",
+    "Model",
+    "SampleOutput",
+    "StepInfo",
+    "caption_features",
+    "initial_noise",
+    "load",
+    "load_decoder",
+    "make_grid",
+    "num_threads",
+    "set_num_threads",
+    "to_uint8",
+]
+
+ArrayLike = Any  # a NumPy array, a DLPack tensor (torch.Tensor on the CPU, jax.Array), or a list
+Schedule = Union[str, Sequence[float], Callable[..., float]]
+
+
+def _as_array(value: ArrayLike, dtype: Any, name: str) -> np.ndarray:
+    """`value` as a C-contiguous NumPy array of `dtype`, without a copy where it already is one.
+
+    DLPack tensors are read through np.from_dlpack (shared memory). Integers are required for
+    integer arrays (labels); floating arrays accept any real floating or integer input.
+    """
+    if not isinstance(value, np.ndarray) and hasattr(value, "__dlpack__"):
+        try:
+            value = np.from_dlpack(value)
+        except (TypeError, RuntimeError, BufferError, ValueError) as e:
+            raise Error(f"{name}: cannot read this tensor through DLPack ({e}); pass a CPU tensor or a NumPy array") from e
+    array = np.asarray(value)
+    want = np.dtype(dtype)
+    if want.kind == "i":
+        if array.size and array.dtype.kind not in "iu":
+            raise Error(f"{name}: expected integers, got an array of {array.dtype}")
+    elif array.dtype.kind not in "fiu":
+        raise Error(f"{name}: expected real numbers, got an array of {array.dtype}")
+    return np.ascontiguousarray(array, dtype=want)
+
+
+def _schedule_text(schedule: Any) -> Optional[str]:
+    """A schedule given as a name or a list of times, in the spelling tim parses ("1.0,0.5,0.0")."""
+    if schedule is None or isinstance(schedule, str):
+        return schedule
+    times = [float(t) for t in schedule]
+    return ",".join(repr(t) for t in times)  # repr: the shortest decimal that reads back exactly
+
+
+def _call_schedule(function: Callable[..., float], steps: int, t_max: float, t_min: float) -> list:
+    """t_i = function(i, N) or function(i, N, t_max, t_min) for i = 0..N (tim::function_schedule)."""
+    try:
+        inspect.signature(function).bind(0, steps, t_max, t_min)
+        with_range = True
+    except TypeError:
+        with_range = False
+    except ValueError:  # no signature (a builtin): try (i, N)
+        with_range = False
+    return [float(function(i, steps, t_max, t_min) if with_range else function(i, steps)) for i in range(steps + 1)]
+
+
+@dataclass
+class SampleOutput:
+    """What Model.sample returns. Arrays are NumPy arrays in host memory."""
+
+    latents: np.ndarray  # (B, C, H, W) float32: x cast to float, what `tim sample --out` stores
+    x: np.ndarray  # (B, C, H, W) float64: the sampler's state
+    labels: Optional[np.ndarray]  # (B) int64 for a class-conditional model, None for text-to-image
+    sample_indices: list  # each row's noise stream
+    times: list  # the time grid t_0 .. t_N
+    steps_done: int  # N unless cancelled (with batch_size: of the last batch run)
+    cancelled: bool  # on_step returned False before the last step
+    settings: dict  # the resolved settings; settings["described"]: value and source of each
+    trajectory: Optional[np.ndarray] = None  # (K + 1, B, C, H, W) float64 when trajectory=True
+
+
+class Model:
+    """A TiM checkpoint loaded on the CPU in float32 (class-conditional C2I or text-to-image T2I).
+
+    Use tim.load(path). One computation at a time per model: threads sharing a model wait for
+    each other (the network has one workspace).
+    """
+
+    def __init__(self, native: Any):
+        self._native = native
+
+    @property
+    def path(self) -> str:
+        return self._native.path
+
+    @property
+    def kind(self) -> str:
+        """'c2i' (class-conditional) or 't2i' (text-to-image)."""
+        return "t2i" if self._native.text_to_image else "c2i"
+
+    @property
+    def config(self) -> dict:
+        """The network's configuration (from shapes and metadata)."""
+        return self._native.config
+
+    @property
+    def metadata(self) -> dict:
+        """The checkpoint's __metadata__ (strings)."""
+        return self._native.metadata
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of a C2I model (labels 0..num_classes-1; num_classes is the null class); 0 for T2I."""
+        return self._native.num_classes
+
+    @property
+    def caption_dim(self) -> int:
+        """Width of a T2I model's caption features; 0 for C2I."""
+        return self._native.caption_dim
+
+    @property
+    def parameter_count(self) -> int:
+        return self._native.parameter_count
+
+    def describe(self) -> str:
+        return self._native.describe()
+
+    def __repr__(self) -> str:
+        return f"tim.Model({self.path!r}: {self.describe()})"
+
+    def forward(self, x: ArrayLike, t: ArrayLike, r: ArrayLike, labels: ArrayLike = None,
+                cap_feats: ArrayLike = None) -> np.ndarray:
+        """One network evaluation: F (B, C_out, H, W) float32 from x (B, C, H, W), the network
+        time inputs t and r (after the transport's c_noise; arrays (B) or numbers), and labels
+        (B) (C2I) or caption features cap_feats (B, M, caption_dim) (T2I). `tim forward` computes
+        the same."""
+        x = _as_array(x, np.float32, "x")
+        batch = x.shape[0] if x.ndim else 0
+        t = _as_array(np.full(batch, t) if np.ndim(t) == 0 else t, np.float32, "t")
+        r = _as_array(np.full(batch, r) if np.ndim(r) == 0 else r, np.float32, "r")
+        return self._native.forward(
+            x, t, r,
+            None if labels is None else _as_array(labels, np.int64, "labels"),
+            None if cap_feats is None else _as_array(cap_feats, np.float32, "cap_feats"))
+
+    def resolve_settings(self, *, steps: Optional[int] = None, cfg_scale: Optional[float] = None,
+                         guidance_low: Optional[float] = None, guidance_high: Optional[float] = None,
+                         stochasticity: Optional[float] = None, transport: Optional[str] = None,
+                         t_max: Optional[float] = None, t_min: Optional[float] = None,
+                         schedule: Optional[Schedule] = None, mode: Optional[str] = None,
+                         height: Optional[int] = None, width: Optional[int] = None) -> dict:
+        """The settings a sample() call with these arguments runs with: each the argument, else
+        the checkpoint's metadata, else tim's default (tim::resolve_sample_settings)."""
+        if callable(schedule):
+            base = self._native.resolve(steps, cfg_scale, guidance_low, guidance_high, stochasticity, transport,
+                                        t_max, t_min, None, mode, height, width)
+            schedule = _call_schedule(schedule, base["steps"], base["t_max"], base["t_min"])
+        return self._native.resolve(steps, cfg_scale, guidance_low, guidance_high, stochasticity, transport,
+                                    t_max, t_min, _schedule_text(schedule), mode, height, width)
+
+    def sample(self, labels: ArrayLike = None, *, cap_feats: ArrayLike = None, null_cap_feats: ArrayLike = None,
+               prompts: Optional[Sequence[str]] = None, noise: ArrayLike = None, steps: Optional[int] = None,
+               cfg_scale: Optional[float] = None, guidance_low: Optional[float] = None,
+               guidance_high: Optional[float] = None, stochasticity: Optional[float] = None,
+               transport: Optional[str] = None, t_max: Optional[float] = None, t_min: Optional[float] = None,
+               schedule: Optional[Schedule] = None, mode: Optional[str] = None, height: Optional[int] = None,
+               width: Optional[int] = None, seed: int = 0, first_index: int = 0,
+               sample_indices: Optional[Sequence[int]] = None, batch_size: Optional[int] = None,
+               on_step: Optional[Callable[[StepInfo], Optional[bool]]] = None,
+               trajectory: bool = False) -> SampleOutput:
+        """Samples with the any-step transition sampler, as `tim sample` does.
+
+        What is sampled: `labels` (B) for a class-conditional model (num_classes = unconditional),
+        or `cap_feats` (B, M, caption_dim) and, for guidance, `null_cap_feats` (1, M, caption_dim)
+        for a text-to-image one (`prompts` needs the text encoder: not yet, see caption_features).
+
+        Settings (None: the checkpoint's metadata, else tim's default): steps, cfg_scale (guidance
+        when > 1), guidance_low/guidance_high (the window, fractions of t_max), stochasticity
+        (OT-FM only), transport ('ot-fm', 'trigflow', 'edm', 'vp', 've'), t_max/t_min, schedule
+        ('linspace', 'shift:S', 'karras:RHO', a list of decreasing times, or a callable t(i, N) or
+        t(i, N, t_max, t_min)), mode ('transition', 'diffusion'), height/width (latent pixels).
+
+        Noise: `noise` (B, C, H, W), else tim.initial_noise from `seed`, row b drawing stream
+        first_index + b (or sample_indices[b]); the same stream feeds the row's stochastic steps.
+        batch_size: sample at most this many rows per run (every row keeps its own stream).
+        on_step(info): called after every step with a tim.StepInfo; return False to stop.
+        trajectory: also return the states after every step.
+        """
+        if prompts is not None:
+            caption_features(prompts)  # raises until the text encoder exists
+        if callable(schedule):
+            base = self._native.resolve(steps, cfg_scale, guidance_low, guidance_high, stochasticity, transport,
+                                        t_max, t_min, None, mode, height, width)
+            schedule = _call_schedule(schedule, base["steps"], base["t_max"], base["t_min"])
+        settings = (steps, cfg_scale, guidance_low, guidance_high, stochasticity, transport, t_max, t_min,
+                    _schedule_text(schedule), mode, height, width)
+        labels = None if labels is None else _as_array(labels, np.int64, "labels")
+        cap_feats = None if cap_feats is None else _as_array(cap_feats, np.float32, "cap_feats")
+        null_cap_feats = None if null_cap_feats is None else _as_array(null_cap_feats, np.float32, "null_cap_feats")
+        noise = None if noise is None else _as_array(noise, np.float64, "noise")
+        if sample_indices is not None:
+            sample_indices = [int(i) for i in sample_indices]
+            if any(i < 0 for i in sample_indices):
+                raise Error("sample_indices: every index must be >= 0")
+        if seed < 0 or first_index < 0:
+            raise Error(f"seed and first_index must be >= 0, got {seed} and {first_index}")
+
+        def run(rows: Optional[slice]) -> dict:
+            pick = (lambda a: a) if rows is None else (lambda a: None if a is None else a[rows])
+            indices = sample_indices if sample_indices is None or rows is None else sample_indices[rows]
+            first = first_index if rows is None or sample_indices is not None else first_index + rows.start
+            return self._native.sample(*settings, pick(labels), pick(cap_feats), null_cap_feats, pick(noise), seed,
+                                       first, indices, trajectory, on_step)
+
+        batch = len(labels) if labels is not None else len(cap_feats) if cap_feats is not None else 0
+        if batch_size is None or batch == 0 or batch_size >= batch:
+            if batch_size is not None and batch_size < 1:
+                raise Error(f"batch_size must be at least 1, got {batch_size}")
+            return _output(run(None))
+        if batch_size < 1:
+            raise Error(f"batch_size must be at least 1, got {batch_size}")
+        parts = []
+        for start in range(0, batch, batch_size):
+            parts.append(run(slice(start, min(start + batch_size, batch))))
+            if parts[-1]["cancelled"]:
+                break
+        last = parts[-1]
+        joined = dict(last)
+        joined["latents"] = np.concatenate([p["latents"] for p in parts])
+        joined["x"] = np.concatenate([p["x"] for p in parts])
+        joined["labels"] = None if last["labels"] is None else np.concatenate([p["labels"] for p in parts])
+        joined["sample_indices"] = [i for p in parts for i in p["sample_indices"]]
+        if trajectory and all(p["steps_done"] == last["steps_done"] for p in parts):
+            joined["trajectory"] = np.concatenate([p["trajectory"] for p in parts], axis=1)
+        return _output(joined)
+
+
+def _output(result: dict) -> SampleOutput:
+    return SampleOutput(latents=result["latents"], x=result["x"], labels=result["labels"],
+                        sample_indices=list(result["sample_indices"]), times=list(result["times"]),
+                        steps_done=result["steps_done"], cancelled=result["cancelled"], settings=result["settings"],
+                        trajectory=result["trajectory"])
+
+
+def load(path: str, device: str = "cpu", dtype: str = "float32", *, num_heads: Optional[int] = None,
+         new_condition: Optional[str] = None, mlp_ratio: Optional[float] = None) -> Model:
+    """Loads a TiM checkpoint (.safetensors), class-conditional or text-to-image by its tensors.
+
+    device: 'cpu' (this package runs on the CPU); dtype: 'float32' (the `tim` program's CPU
+    precision). num_heads, new_condition ('t-r', 'r', 't,r'), mlp_ratio: what a released
+    checkpoint's shapes cannot tell, as the YAML --config of `tim sample` gives it; otherwise the
+    checkpoint's metadata says.
+    """
+    if device != "cpu":
+        raise Error(f"device '{device}': tim's Python package computes on the CPU (device='cpu'); for a GPU use "
+                    "the tim program built with -DTIM_CUDA=ON (docs/cuda.md)")
+    if dtype not in ("float32", np.float32):
+        raise Error(f"dtype '{dtype}': the CPU runs float32 (dtype='float32')")
+    return Model(_tim.NativeModel(str(path), num_heads, new_condition, mlp_ratio))
+
+
+class Decoder:
+    """A latent decoder on the CPU in float32: the SD VAE (AutoencoderKL) or the DC-AE
+    (AutoencoderDC), chosen by its tensors, configured by a diffusers config.json beside the
+    weights when there is one (as `tim sample --vae`)."""
+
+    def __init__(self, native: Any):
+        self._native = native
+
+    @property
+    def latent_channels(self) -> int:
+        return self._native.latent_channels
+
+    @property
+    def upscale(self) -> int:
+        """Image pixels per latent pixel (8 for the SD VAE, 32 for the DC-AE)."""
+        return self._native.upscale
+
+    def describe(self) -> str:
+        return self._native.describe()
+
+    def decode(self, latents: ArrayLike) -> np.ndarray:
+        """images (B, 3, H, W) float32 in about [-1, 1] from latents (B, L, h, w); tim.to_uint8
+        makes bytes of them."""
+        return self._native.decode(_as_array(latents, np.float32, "latents"))
+
+
+def load_decoder(path: str, tile: int = 0, overlap: int = 8) -> Decoder:
+    """Loads a decoder's diffusion_pytorch_model.safetensors. tile > 0: decode in tiles of that
+    many latent pixels sharing `overlap` (bounded memory; the image differs slightly, docs/vae.md)."""
+    return Decoder(_tim.NativeDecoder(str(path), tile, overlap))
+
+
+def caption_features(prompts: Sequence[str]) -> np.ndarray:
+    """The hook for prompts: caption features (B, M, caption_dim) of text prompts through the
+    Gemma-3 text encoder. Not available yet (the encoder is being added to tim); until then pass
+    cap_feats computed by tools/caption_features.py (docs/t2i.md)."""
+    raise Error("prompts: tim's Python package has no text encoder yet; pass cap_feats (B, M, caption_dim) and "
+                "null_cap_feats from tools/caption_features.py (docs/python.md, \"Prompts\")")
+
+
+def make_grid(images: ArrayLike, columns: int = 8, padding: int = 2) -> np.ndarray:
+    """One uint8 image (rows H', W', C) of uint8 images (B, H, W, C) (tim.to_uint8's), `columns`
+    to a row with `padding` black pixels between them; for display (matplotlib's imshow, PIL)."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise Error(f"make_grid: expected uint8 images (B, H, W, C), got {images.dtype} of shape {images.shape}")
+    if columns < 1 or padding < 0:
+        raise Error(f"make_grid: columns must be >= 1 and padding >= 0, got {columns} and {padding}")
+    count, height, width, channels = images.shape
+    columns = min(columns, count)
+    rows = -(-count // columns)
+    grid = np.zeros((rows * (height + padding) + padding, columns * (width + padding) + padding, channels), np.uint8)
+    for i in range(count):
+        top = padding + (i // columns) * (height + padding)
+        left = padding + (i % columns) * (width + padding)
+        grid[top:top + height, left:left + width] = images[i]
+    return grid
