@@ -83,7 +83,7 @@ TEST_CASE("Gemma encoder: padding is masked, each prompt alone equals its batch 
   auto expected_file = tim::io::SafetensorsFile::open(case_dir("gqa_layer_types") + "/expected.safetensors");
   auto ids = expected_file.load<std::int64_t>("input_ids").clone();
   auto mask = expected_file.load<std::int64_t>("attention_mask");
-  const auto lengths = decltype(encoder)::lengths_from_mask(mask);
+  const auto lengths = tim::text::lengths_from_mask(mask);
   const auto N = ids.dim(1), D = encoder.config.hidden;
   tim::Tensor<double> batch;
   encoder.forward(batch, ids, lengths);

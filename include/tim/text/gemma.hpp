@@ -40,6 +40,25 @@ inline HiddenState parse_hidden_state(std::string_view name, std::string_view wh
   fail(what, ": expected \"last\" or \"penultimate\", got \"", name, "\"");
 }
 
+//! Real tokens per prompt from an attention mask (B, N) of right padding: 1 on a prefix of at
+//! least one token (BOS), 0 after. Throws tim::Error naming the row otherwise.
+inline std::vector<std::int64_t> lengths_from_mask(const Tensor<std::int64_t>& mask) {
+  check(mask.rank() == 2, "attention mask: expected shape [B, N], got ", mask.shape());
+  const auto B = mask.dim(0), N = mask.dim(1);
+  std::vector<std::int64_t> lengths(static_cast<std::size_t>(B));
+  for (std::int64_t b = 0; b < B; ++b) {
+    const std::int64_t* row = mask.data() + b * N;
+    std::int64_t n = 0;
+    while (n < N && row[n] == 1) ++n;
+    for (std::int64_t j = n; j < N; ++j)
+      check(row[j] == 0, "attention mask: row ", b, " is not right padding (ones, then zeros): position ", j,
+            " is ", row[j]);
+    check(n >= 1, "attention mask: row ", b, " has no real token (the first position, BOS, must be 1)");
+    lengths[static_cast<std::size_t>(b)] = n;
+  }
+  return lengths;
+}
+
 //! Hugging Face's names, written once: `model.layers.{i}.` + these.
 namespace gemma_keys {
 inline constexpr const char* embed_tokens = "model.embed_tokens.weight";
@@ -83,25 +102,6 @@ class GemmaEncoder {
       n += l.q_proj.numel() + l.k_proj.numel() + l.v_proj.numel() + l.o_proj.numel() + l.gate_proj.numel() +
            l.up_proj.numel() + l.down_proj.numel() + l.q_norm.numel() + l.k_norm.numel() + 4 * config.hidden;
     return n;
-  }
-
-  //! Real tokens per prompt from an attention mask (B, N) of right padding: 1 on a prefix of at
-  //! least one token (BOS), 0 after. Throws tim::Error naming the row otherwise.
-  static std::vector<std::int64_t> lengths_from_mask(const Tensor<std::int64_t>& mask) {
-    check(mask.rank() == 2, "attention mask: expected shape [B, N], got ", mask.shape());
-    const auto B = mask.dim(0), N = mask.dim(1);
-    std::vector<std::int64_t> lengths(static_cast<std::size_t>(B));
-    for (std::int64_t b = 0; b < B; ++b) {
-      const std::int64_t* row = mask.data() + b * N;
-      std::int64_t n = 0;
-      while (n < N && row[n] == 1) ++n;
-      for (std::int64_t j = n; j < N; ++j)
-        check(row[j] == 0, "attention mask: row ", b, " is not right padding (ones, then zeros): position ", j,
-              " is ", row[j]);
-      check(n >= 1, "attention mask: row ", b, " has no real token (the first position, BOS, must be 1)");
-      lengths[static_cast<std::size_t>(b)] = n;
-    }
-    return lengths;
   }
 
   //! out (B, N, D) = the chosen hidden state of token ids (B, N) (host memory) whose first
