@@ -191,3 +191,23 @@ TEST_CASE("Gemma config: the released form, the newer form, and clear errors") {
   CHECK(error_of(R"({"model_type": "llama"})").find("is not a Gemma-3 text decoder") != std::string::npos);
   CHECK(error_of("{" + base + R"(, "rms_norm_eps": -1})").find("positive finite") != std::string::npos);
 }
+
+TEST_CASE("Gemma attention: the CPU's tiled products equal the reference loop (math::GemmaAttentionOp)") {
+  // 2 prompts of 150 tokens (three query tiles), 4 heads on 2 kv heads of 8, window 40 and none,
+  // one prompt padded after 101 tokens and with rows that see no key (window 40 < 49 padded rows).
+  const std::int64_t B = 2, N = 150, nh = 4, nkv = 2, hd = 8;
+  const auto q = tim_test::random_vector<double>(B * N * nh * hd, 1), k = tim_test::random_vector<double>(B * N * nkv * hd, 2),
+             v = tim_test::random_vector<double>(B * N * nkv * hd, 3);
+  const std::vector<std::int64_t> lengths{150, 101};
+  for (const std::int64_t window : {std::int64_t{40}, std::int64_t{0}}) {
+    CAPTURE(window);
+    std::vector<double> tiled(q.size()), loop(q.size(), 99.0);
+    tim::cpu::gemma_attention_forward(tiled.data(), q.data(), k.data(), v.data(), lengths.data(), B, N, nh, nkv, hd,
+                                      window);
+    tim::cpu::for_each(B * N * nh, tim::math::GemmaAttentionOp<double>{loop.data(), q.data(), k.data(), v.data(),
+                                                                        lengths.data(), N, nh, nkv, hd, window});
+    TIM_CHECK_CLOSE(tiled.data(), loop.data(), tiled.size(), 1e-12, 1e-12);
+    // A padded query 49 or more past the last real token sees no key in a window of 40: zeros.
+    if (window == 40) CHECK(loop[((1 * N) + 149) * nh * hd] == 0.0);
+  }
+}

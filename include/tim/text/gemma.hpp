@@ -144,9 +144,16 @@ class GemmaEncoder {
                                                      config.rms_norm_eps, q_factor});
       Backend::for_each(R * nkv, math::GemmaHeadOp<T>{ws.k.data(), l.k_norm.data(), cos, sin, N, nkv, hd,
                                                       config.rms_norm_eps, T(1)});
-      Backend::for_each(R * nh, math::GemmaAttentionOp<T>{ws.attention.data(), ws.q.data(), ws.k.data(), ws.v.data(),
-                                                          ws.lengths.data(), N, nh, nkv, hd,
-                                                          sliding ? config.sliding_window : 0});
+      const std::int64_t window = sliding ? config.sliding_window : 0;
+      if constexpr (requires { Backend::gemma_attention_forward(ws.attention.data(), ws.q.data(), ws.k.data(),
+                                                                ws.v.data(), lengths.data(), B, N, nh, nkv, hd,
+                                                                window); })
+        // A backend's own (the CPU's: Eigen products over query tiles), lengths in host memory.
+        Backend::gemma_attention_forward(ws.attention.data(), ws.q.data(), ws.k.data(), ws.v.data(), lengths.data(),
+                                         B, N, nh, nkv, hd, window);
+      else
+        Backend::for_each(R * nh, math::GemmaAttentionOp<T>{ws.attention.data(), ws.q.data(), ws.k.data(),
+                                                            ws.v.data(), ws.lengths.data(), N, nh, nkv, hd, window});
       linear(ws.h.data(), ws.attention.data(), l.o_proj, R, nh * hd, D);
       rms_norm(ws.h.data(), ws.h.data(), l.post_attention_layernorm, R, D);
       Backend::add_forward(x, ws.h.data(), R * D);
