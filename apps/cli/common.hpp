@@ -32,11 +32,12 @@ struct Subcommand {
   std::function<void()> run;
 };
 
-//! The subcommands, each in its own file (inspect.cpp, forward.cpp, sample.cpp, bench.cpp).
+//! The subcommands, each in its own file (inspect.cpp, forward.cpp, sample.cpp, bench.cpp, encode.cpp).
 Subcommand add_inspect(CLI::App& app);
 Subcommand add_forward(CLI::App& app);
 Subcommand add_sample(CLI::App& app);
 Subcommand add_bench(CLI::App& app);
+Subcommand add_encode(CLI::App& app);
 
 //! Whether the option was given on the command line.
 inline bool given(const CLI::Option* option) { return option != nullptr && option->count() > 0; }

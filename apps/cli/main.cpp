@@ -1,7 +1,7 @@
 // The `tim` command-line program: inspect a checkpoint, run one network evaluation on inputs
 // from a safetensors file, sample latents and images, and time the network, for
 // class-conditional (labels) and text-to-image (caption features) models. Each subcommand lives
-// in its own file (inspect.cpp, forward.cpp, sample*.cpp, bench.cpp) over common.hpp; this file
+// in its own file (inspect.cpp, forward.cpp, sample*.cpp, bench.cpp, encode.cpp) over common.hpp; this file
 // builds the parser, runs the chosen subcommand and turns errors into exit codes. Usage and exit
 // codes: docs/cli.md.
 #include <CLI/CLI.hpp>
@@ -21,7 +21,8 @@ int main(int argc, char** argv) {
   app.footer("Exit codes: 0 success, 1 error (message on stderr), other: command-line usage error. See docs/cli.md.");
 
   const std::vector<tim_cli::Subcommand> subcommands{tim_cli::add_inspect(app), tim_cli::add_forward(app),
-                                                     tim_cli::add_sample(app), tim_cli::add_bench(app)};
+                                                     tim_cli::add_sample(app), tim_cli::add_bench(app),
+                                                     tim_cli::add_encode(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -60,7 +60,10 @@ void require_parent_folder(const std::string& path, const char* option) {
 void check_sample_options(const SampleOptions& o) {
   tim::validate_sample_request(sample_request(o));  // the sampling settings, by the library's rules
   const bool grid = !o.grid_path.empty(), labels = given(o.labels_option), single_class = given(o.class_option);
-  const bool captions = !o.captions_path.empty();
+  const bool captions = !o.captions_path.empty() || o.prompts.given();
+  check_prompt_options(o.prompts);
+  tim::check(o.captions_path.empty() || !o.prompts.given(), "--captions and --prompt/--prompts-file cannot be used "
+             "together: give caption features or prompts");
   tim::check(o.vae_tile >= 0, "--vae-tile must be >= 0 latent pixels (0: untiled), got ", o.vae_tile);
   tim::check(o.vae_tile == 0 || !o.vae_path.empty(), "--vae-tile needs --vae");
   tim::check(!given(o.vae_overlap_option) || o.vae_tile > 0, "--vae-overlap needs --vae-tile");
@@ -152,16 +155,19 @@ SamplePlan plan_sample(const SampleOptions& options, const std::string& model_pa
     const char* given_instead = given(options.labels_option)  ? "--labels"
                                 : given(options.class_option) ? "--class"
                                                               : "a class --grid";
-    tim::check(!options.captions_path.empty(), model_path, " is a text-to-image (T2I) TiM: it samples from caption "
-               "features, not from ", given_instead, "; give --captions FEATS.safetensors (cap_feats [B, M, cap_dim], "
-               "and null_cap_feats [1, M, cap_dim] for guidance; tools/caption_features.py writes them)");
-    plan.captions = read_captions(options.captions_path, model.caption_dim);
+    tim::check(!options.captions_path.empty() || options.prompts.given(), model_path, " is a text-to-image (T2I) TiM: "
+               "it samples from prompts or caption features, not from ", given_instead, "; give --text-encoder DIR "
+               "--prompt TEXT, or --captions FEATS.safetensors (cap_feats [B, M, cap_dim], and null_cap_feats "
+               "[1, M, cap_dim] for guidance; tim encode writes them)");
+    plan.captions = options.prompts.given() ? captions_from_prompts(options, model.caption_dim)
+                                            : read_captions(options.captions_path, model.caption_dim);
     tim::check(s.cfg_scale.value <= 1 || !plan.captions->null_cap_feats.empty_tensor(), "--cfg-scale ",
                tim::shortest_decimal(s.cfg_scale.value), " needs the null caption for guidance, but the --captions "
                "file '", options.captions_path, "' has no tensor 'null_cap_feats' [1, M, cap_dim] "
                "(tools/caption_features.py writes it: the features of the empty caption)");
   } else {
-    tim::check(options.captions_path.empty(), "--captions needs a text-to-image model; ", model_path,
+    tim::check(options.captions_path.empty() && !options.prompts.given(), "--captions and --prompt need a "
+               "text-to-image model; ", model_path,
                " is a class-conditional (C2I) TiM: give --labels, --class or --grid");
     plan.class_names = class_names_of(metadata, model.num_classes);
     plan.num_classes = model.num_classes;
@@ -210,7 +216,12 @@ SamplePlan plan_sample(const SampleOptions& options, const std::string& model_pa
   };
   if (!options.model.config_path.empty())
     plan.parameters.insert(plan.parameters.begin() + 1, {"config", options.model.config_path});
-  if (model.text) plan.parameters.insert(plan.parameters.begin() + 1, {"captions", options.captions_path});
+  if (model.text && options.prompts.given()) {
+    plan.parameters.insert(plan.parameters.begin() + 1, {"text_encoder", options.prompts.text_encoder});
+    plan.parameters.insert(plan.parameters.begin() + 2, {"caption_batching", options.prompts.caption_batching});
+  } else if (model.text) {
+    plan.parameters.insert(plan.parameters.begin() + 1, {"captions", options.captions_path});
+  }
 
   if (options.compute.verbose)  // where each setting came from
     for (const auto& [key, value] : s.describe()) std::cerr << "tim sample: " << key << " " << value << '\n';
@@ -298,33 +309,42 @@ SampleOutcome load_sample_decode(const SampleOptions& options, const ModelOption
                                               .keep_trajectory = options.trajectory};
   const tim::AnySchedule& schedule = s.schedule.value;
   const Progress progress;
-  if (cuda) {
-    // The whole run on the GPU (tim::TransitionSampler over the network on tim::cuda): the state
-    // stays on the device; the progress line instead of a host on_step.
-    const auto report = [progress](int step, int steps) { return progress(step, steps); };
-    outcome.result = facts.text ? gpu->sample(s.transport.value, schedule, plan.batch.noise, plan.captions->cap_feats,
-                                              plan.captions->null_cap_feats, sampler_options, report)
-                                : gpu->sample(s.transport.value, schedule, plan.batch.noise, plan.labels,
-                                              sampler_options, report);
-  } else {
-    auto host_options = sampler_options;
+  // One sampling run over rows of noise (and, for a T2I model, their captions and null caption).
+  const auto sample_rows = [&](const tim::Tensor<double>& noise, const tim::Tensor<float>& cap_feats,
+                               const tim::Tensor<float>& null_cap_feats,
+                               const tim::SamplerOptions<>& run_options) -> tim::SampleResult<> {
+    if (cuda) {
+      // The whole run on the GPU (tim::TransitionSampler over the network on tim::cuda): the state
+      // stays on the device; the progress line instead of a host on_step.
+      const auto report = [progress](int step, int steps) { return progress(step, steps); };
+      return facts.text ? gpu->sample(s.transport.value, schedule, noise, cap_feats, null_cap_feats, run_options, report)
+                        : gpu->sample(s.transport.value, schedule, noise, plan.labels, run_options, report);
+    }
+    auto host_options = run_options;
     host_options.on_step = progress;
-    outcome.result = std::visit(
+    return std::visit(
         [&](auto chosen) {
           if (facts.text) {
             auto& network = std::get<T2IModel>(loaded->model);
-            if (plan.captions->null_cap_feats.empty_tensor())
+            if (null_cap_feats.empty_tensor())
               network.clear_null_caption();
             else
-              network.set_null_caption(plan.captions->null_cap_feats);
+              network.set_null_caption(null_cap_feats);
             tim::TransitionSampler sampler{network, chosen, schedule};
-            return sampler.sample(plan.batch.noise, plan.captions->cap_feats, host_options);
+            return sampler.sample(noise, cap_feats, host_options);
           }
           tim::TransitionSampler sampler{std::get<C2IModel>(loaded->model), chosen, schedule};
-          return sampler.sample(plan.batch.noise, plan.labels, host_options);
+          return sampler.sample(noise, plan.labels, host_options);
         },
         s.transport.value);
-  }
+  };
+  if (facts.text && sample_per_prompt(options, *plan.captions))  // each prompt as if sampled alone
+    outcome.result = tim::text::sample_each_prompt_alone(plan.batch.noise, plan.captions->cap_feats,
+                                                         plan.captions->null_cap_feats, plan.captions->lengths,
+                                                         sampler_options, sample_rows);
+  else
+    outcome.result = sample_rows(plan.batch.noise, facts.text ? plan.captions->cap_feats : tim::Tensor<float>{},
+                                 facts.text ? plan.captions->null_cap_feats : tim::Tensor<float>{}, sampler_options);
   outcome.sample_seconds = seconds_since(sample_start);
   outcome.latents = tim::cast<float>(outcome.result.x);
 
@@ -432,6 +452,7 @@ Subcommand add_sample(CLI::App& app) {
   command->add_option("--captions", options.captions_path,
                       "Text-to-image models: caption features, a safetensors file with cap_feats [B,M,cap_dim] (one "
                       "sample per caption) and null_cap_feats [1,M,cap_dim] (needed for --cfg-scale > 1)");
+  add_prompt_options(*command, options.prompts, /*sampling=*/true);
   command->add_option("--transport", options.transport,
                       "ot-fm, trigflow, edm, vp or ve (default: the model's metadata, else ot-fm)");
   options.t_max_option = command->add_option("--t-max", options.t_max, "Largest time (default: the transport's)");

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common.hpp"
+#include "prompts.hpp"
 #include "tim/sampler/settings.hpp"
 
 namespace tim_cli {
@@ -31,6 +32,7 @@ struct SampleOptions {
   std::string labels;  // "1,2,3"
   std::int64_t class_label = 0;
   std::string captions_path;  // text-to-image models: cap_feats (and null_cap_feats)
+  PromptOptions prompts;      // text-to-image models: prompts through the text encoder (sample_prompts.cpp)
   std::int64_t num = 1;
   std::string transport;  // empty: the model's metadata, else ot-fm
   double t_max = 0, t_min = 0;
@@ -70,9 +72,19 @@ std::string default_model_path();
 struct CaptionFeatures {
   tim::Tensor<float> cap_feats, null_cap_feats;
   std::vector<std::string> texts;
+  std::vector<std::int64_t> lengths;  // real tokens per caption (cap_mask); empty: unknown
 };
 
 CaptionFeatures read_captions(const std::string& path, std::int64_t caption_dim);
+
+// Prompts (sample_prompts.cpp).
+
+//! The caption features of --prompt/--prompts-file through --text-encoder, with their lengths.
+CaptionFeatures captions_from_prompts(const SampleOptions& options, std::int64_t caption_dim);
+
+//! Whether the captions are sampled per prompt (tim::text::sample_each_prompt_alone): the default
+//! --caption-batching per-prompt when the captions' lengths are known.
+bool sample_per_prompt(const SampleOptions& options, const CaptionFeatures& captions);
 
 //! What is sampled: labels (B; none for a text-to-image model, whose rows are its captions), the
 //! initial noise (B, C, H, W) and each row's sample index (the noise stream its initial noise and

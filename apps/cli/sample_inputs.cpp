@@ -79,6 +79,16 @@ CaptionFeatures read_captions(const std::string& path, std::int64_t caption_dim)
                "] (one null caption with the M of cap_feats)");
     captions.null_cap_feats = load("null_cap_feats");
   }
+  if (file.contains("cap_mask")) {  // tim encode's files: the lengths for per-prompt batching
+    const auto mask = file.load<std::int64_t>("cap_mask");
+    tim::check(mask.shape() == tim::Shape{shape[0], shape[1]}, "--captions '", path, "': tensor 'cap_mask' has shape ",
+               mask.shape(), "; expected [B, M] = [", shape[0], ", ", shape[1], "]");
+    try {
+      captions.lengths = tim::text::lengths_from_mask(mask);
+    } catch (const tim::Error& e) {
+      tim::fail("--captions '", path, "': tensor 'cap_mask': ", e.what());
+    }
+  }
   if (const auto found = file.metadata().find("captions"); found != file.metadata().end()) {
     const auto json = nlohmann::json::parse(found->second, nullptr, /*allow_exceptions=*/false);
     if (json.is_array() && static_cast<std::int64_t>(json.size()) == shape[0] &&

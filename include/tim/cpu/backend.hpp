@@ -23,6 +23,7 @@
 #include "tim/core/memory.hpp"
 #include "tim/core/tensor.hpp"
 #include "tim/cpu/decoder_ops.hpp"
+#include "tim/cpu/text_ops.hpp"
 #include "tim/cpu/threads.hpp"
 #include "tim/math/activations.hpp"
 #include "tim/math/attention.hpp"
@@ -402,6 +403,18 @@ struct cpu : HostMemory, cpu_detail::DecoderOps<cpu> {
         }
       }
     }
+  }
+
+  //! The Gemma-3 text encoder's masked attention (tim/cpu/text_ops.hpp; the reference loop is
+  //! math::GemmaAttentionOp, which backends without this operation run through for_each):
+  //! out (R, nh*hd) from scaled q (R, nh*hd), k and v (R, nkv*hd), lengths (B) in host memory,
+  //! causal with a sliding window of `window` keys (0: none) and the padding keys masked.
+  template <class T>
+  static void gemma_attention_forward(T* out, const T* q, const T* k, const T* v, const std::int64_t* lengths,
+                                      std::int64_t batch, std::int64_t tokens, std::int64_t heads,
+                                      std::int64_t kv_heads, std::int64_t head_dim, std::int64_t window) {
+    cpu_detail::gemma_attention(out, q, k, v, lengths, batch, tokens, heads, kv_heads, head_dim, window,
+                                [](std::int64_t n) { return detail::thread_scratch<T>(n); });
   }
 
   // ------------------------------------------------------------------------------------------

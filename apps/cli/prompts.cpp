@@ -1,0 +1,72 @@
+// The prompt options shared by `tim encode` and `tim sample` (prompts.hpp).
+#include "prompts.hpp"
+
+#include <iomanip>
+#include <iostream>
+
+#include "common.hpp"
+#include "tim/text/prompts_file.hpp"
+
+namespace tim_cli {
+
+void add_prompt_options(CLI::App& command, PromptOptions& options, bool sampling) {
+  command.add_option("--text-encoder", options.text_encoder,
+                     "Text-encoder folder as Hugging Face ships google/gemma-3-1b-it: config.json, model.safetensors "
+                     "(bfloat16 weights stay memory-mapped) and tokenizer.model (SentencePiece)");
+  options.prompt_option = command.add_option("--prompt", options.prompts,
+                                             "A prompt (repeat for several; one sample per prompt)");
+  command.add_option("--prompts-file", options.prompts_file, "UTF-8 text file, one prompt per line");
+  command.add_option("--max-length", options.max_length,
+                     "Tokens per prompt, BOS included; longer prompts are truncated (default 256, the released "
+                     "max_seq_length)");
+  command.add_option("--hidden-state", options.hidden_state,
+                     "Which encoder state the captions are: last (the final norm's output, the released "
+                     "use_last_hidden_state: True; default) or penultimate (the input of the last layer)");
+  if (sampling)
+    command.add_option("--caption-batching", options.caption_batching,
+                       "per-prompt (default): every prompt's image is the one the released script gives for that "
+                       "prompt sampled alone; released: the batch cut to its longest prompt, as the released "
+                       "scripts do (a prompt's image then depends on its batch)");
+}
+
+void check_prompt_options(const PromptOptions& o) {
+  if (!o.given()) {
+    tim::check(o.text_encoder.empty(), "--text-encoder needs --prompt TEXT or --prompts-file FILE");
+    return;
+  }
+  tim::check(!o.text_encoder.empty(), "--prompt and --prompts-file need --text-encoder DIR (the Gemma-3 folder)");
+  tim::check(o.max_length >= 1, "--max-length must be at least 1 (room for BOS), got ", o.max_length);
+  tim::text::parse_hidden_state(o.hidden_state, "--hidden-state");
+  tim::text::parse_caption_batching(o.caption_batching);
+}
+
+std::vector<std::string> read_prompts(const PromptOptions& o) {
+  std::vector<std::string> prompts = o.prompts;
+  if (!o.prompts_file.empty()) {
+    const auto lines = tim::text::parse_prompts_file(tim::text::read_text_file(o.prompts_file, "--prompts-file"),
+                                                     "--prompts-file '" + o.prompts_file + "'");
+    prompts.insert(prompts.end(), lines.begin(), lines.end());
+  }
+  return prompts;
+}
+
+tim::text::EncodedPrompts encode_prompts(const PromptOptions& o, const std::vector<std::string>& prompts, bool verbose) {
+  const auto start = Clock::now();
+  const auto encoder = tim::text::PromptEncoder::open(o.text_encoder);
+  const double load_seconds = seconds_since(start);
+  const auto encode_start = Clock::now();
+  auto encoded = encoder.encode(prompts, o.max_length, tim::text::parse_hidden_state(o.hidden_state, "--hidden-state"));
+  for (std::size_t b = 0; b < prompts.size(); ++b)
+    if (encoded.truncated[b])
+      std::cerr << "tim: warning: prompt " << b << " has more than " << o.max_length - 1
+                << " tokens and was truncated to --max-length " << o.max_length << ": " << truncated(prompts[b], 60)
+                << '\n';
+  if (verbose)
+    std::cerr << std::fixed << std::setprecision(3) << "tim: text encoder " << encoder.config().describe() << ", "
+              << encoder.weight_dtype() << " weights, loaded in " << load_seconds << " s; " << prompts.size()
+              << " prompts of up to " << encoded.cap_feats.dim(1) << " tokens (and the empty prompt) encoded in "
+              << seconds_since(encode_start) << " s\n";
+  return encoded;
+}
+
+}  // namespace tim_cli

@@ -1,0 +1,106 @@
+// From prompts to caption features on the CPU: the tokenizer and the Gemma-3 encoder of a text
+// encoder folder, with the released encode_prompt's framing (BOS, right padding to max_length,
+// truncation, mask) and trimming (the batch to its longest prompt, the null caption, the empty
+// prompt's features, to the same length). Needs tim::text (the tokenizer links SentencePiece).
+//
+// Shape legend: B prompts, M caption tokens (the longest prompt's), D the encoder's hidden width.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "tim/text/gemma.hpp"
+#include "tim/text/tokenizer.hpp"
+
+namespace tim::text {
+
+//! The released T2I configuration's max_seq_length.
+inline constexpr std::int64_t default_max_length = 256;
+
+//! Caption features of a batch of prompts, in the layout `tim sample --captions` reads.
+struct EncodedPrompts {
+  Tensor<float> cap_feats;                // (B, M, D)
+  Tensor<std::int64_t> cap_mask;          // (B, M): 1 on each prompt's real tokens (BOS included)
+  Tensor<std::int64_t> input_ids;         // (B, M)
+  Tensor<float> null_cap_feats;           // (1, M, D): the empty prompt's features
+  std::vector<std::int64_t> lengths;      // (B) real tokens per prompt, sum of its mask row
+  std::vector<bool> truncated;            // (B) the prompt had more than max_length - 1 tokens
+};
+
+//! A text-encoder folder loaded for encoding on the CPU: weights stay bfloat16 views of the mapped
+//! file when stored so (computed in float), other dtypes are converted to float.
+//!
+//! Example:
+//!   auto encoder = tim::text::PromptEncoder::open("gemma-3-1b-it");
+//!   auto caps = encoder.encode({"a red fox in the snow"});   // caps.cap_feats (1, M, 1152)
+class PromptEncoder {
+ public:
+  static PromptEncoder open(const std::string& dir) {
+    const auto folder = TextEncoderFolder::at(dir);
+    PromptEncoder p{Tokenizer::open(folder.tokenizer)};
+    const auto config = parse_gemma_config(read_text_file(folder.config, "text encoder config"), folder.config);
+    const auto file = io::SafetensorsFile::open(folder.weights);
+    check(file.contains(gemma_keys::embed_tokens), folder.weights, ": tensor '", gemma_keys::embed_tokens,
+          "' is missing (is this a Gemma-3 text decoder?)");
+    if (file.info(gemma_keys::embed_tokens).dtype == DType::BF16)
+      p.encoder_ = load_gemma<float, cpu, bfloat16>(file, config);
+    else
+      p.encoder_ = load_gemma<float, cpu, float>(file, config);
+    check(p.tokenizer_.vocab_size() <= config.vocab_size, dir, ": the tokenizer has ", p.tokenizer_.vocab_size(),
+          " pieces, more than the encoder's vocabulary of ", config.vocab_size);
+    p.dir_ = dir;
+    return p;
+  }
+
+  const GemmaConfig& config() const {
+    return std::visit([](const auto& e) -> const GemmaConfig& { return e.config; }, encoder_);
+  }
+  const Tokenizer& tokenizer() const { return tokenizer_; }
+  //! "bfloat16" or "float32": how the weights are held.
+  std::string weight_dtype() const { return encoder_.index() == 0 ? "bfloat16" : "float32"; }
+
+  //! Encodes `prompts` (B >= 1) as the released encode_prompt does and trims to the longest one;
+  //! the encoder runs on M tokens only (causal attention: the first M positions do not depend on
+  //! the padding after them, so the values equal those of a run padded to max_length).
+  EncodedPrompts encode(const std::vector<std::string>& prompts, std::int64_t max_length = default_max_length,
+                        HiddenState which = HiddenState::last) const {
+    check(!prompts.empty(), "prompts: at least one prompt is needed");
+    EncodedPrompts out;
+    std::vector<TokenizedPrompt> framed;
+    for (const auto& p : prompts) {
+      framed.push_back(tokenizer_.frame(p, max_length));
+      out.lengths.push_back(framed.back().length);
+      out.truncated.push_back(framed.back().truncated);
+    }
+    const auto B = static_cast<std::int64_t>(prompts.size());
+    const auto M = *std::max_element(out.lengths.begin(), out.lengths.end());
+    out.input_ids = Tensor<std::int64_t>::empty({B, M});
+    out.cap_mask = Tensor<std::int64_t>::empty({B, M});
+    for (std::int64_t b = 0; b < B; ++b) {
+      const auto& f = framed[static_cast<std::size_t>(b)];
+      std::copy(f.ids.begin(), f.ids.begin() + M, out.input_ids.data() + b * M);
+      std::copy(f.mask.begin(), f.mask.begin() + M, out.cap_mask.data() + b * M);
+    }
+    const auto null_framed = tokenizer_.frame("", M);
+    auto null_ids = Tensor<std::int64_t>::empty({1, M});
+    std::copy(null_framed.ids.begin(), null_framed.ids.end(), null_ids.data());
+    std::visit(
+        [&](const auto& e) {
+          e.forward(out.cap_feats, out.input_ids, out.lengths, which);
+          e.forward(out.null_cap_feats, null_ids, std::vector<std::int64_t>{1}, which);
+        },
+        encoder_);
+    return out;
+  }
+
+ private:
+  explicit PromptEncoder(Tokenizer tokenizer) : tokenizer_(std::move(tokenizer)) {}
+  Tokenizer tokenizer_;
+  std::variant<GemmaEncoder<float, cpu, bfloat16>, GemmaEncoder<float, cpu, float>> encoder_;
+  std::string dir_;
+};
+
+}  // namespace tim::text
