@@ -5,7 +5,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build
   libeigen3-dev nlohmann-json3-dev doctest-dev libbenchmark-dev libopenblas-openmp-dev
-  libcli11-dev libyaml-cpp-dev libpng-dev
+  libcli11-dev libyaml-cpp-dev libpng-dev libcpp-httplib-dev pkg-config
   dataset-fashion-mnist
 )
 sudo_cmd=()
