@@ -196,9 +196,13 @@ struct Served {
   HostVae vae;
   serve::ModelFacts facts;
   std::string model_path;
+  int threads = 1;  // the sampler's OpenMP threads
 
   //! One sampler call of batch_size rows; the images (1, C, H, W) in float (decoded with --vae).
   std::vector<tim::Tensor<float>> run(const serve::BatchCall& call, const std::function<bool()>& keep_going) {
+    // OpenMP's thread count is a per-thread setting: the worker thread sets its own.
+    thread_local const bool threads_set = (tim::set_num_threads(threads), true);
+    (void)threads_set;
     const tim::SampleSettings& s = call.settings->settings;
     const std::int64_t B = static_cast<std::int64_t>(call.labels.size());
     const std::int64_t C = model.config.in_channels, H = call.settings->height, W = call.settings->width;
@@ -283,7 +287,9 @@ void run_serve(const ServeOptions& o) {
   LoadedModel loaded = load_model(model_options);
   tim::check(!loaded.text_to_image(), model_options.model_path, " is a text-to-image (T2I) TiM: tim serve takes "
              "prompts only through a text encoder, which it does not have yet; serve a class-conditional model");
-  auto served = std::make_unique<Served>(Served{std::move(std::get<C2IModel>(loaded.model)), {}, {}, model_options.model_path});
+  auto served = std::make_unique<Served>(
+      Served{std::move(std::get<C2IModel>(loaded.model)), {}, {}, model_options.model_path,
+             given(o.compute.threads_option) ? o.compute.threads : tim::default_num_threads()});
   const auto& c = served->model.config;
   if (!o.vae_path.empty()) served->vae = load_vae(o.vae_path, c, {.tile = 0});
   tim::check(!served->vae.empty() || c.in_channels == 1 || c.in_channels == 3, "this model's latents have ",
