@@ -440,7 +440,15 @@ TEST_CASE("serve: --api-key, the queue limit, a client that goes away, SIGTERM")
                                    "application/json");
       if (res && res->status == 200) answer = json::parse(res->body);
     });
-    std::this_thread::sleep_for(500ms);
+    // SIGTERM once the request is in the queue (or already answered).
+    auto probe = server.client();
+    for (int i = 0; i < 200; ++i) {
+      const auto health = probe.Get("/health");
+      REQUIRE(health);
+      const auto h = json::parse(health->body);
+      if (h["queued_images"] != 0 || h["images_sampled"] != 0) break;
+      std::this_thread::sleep_for(10ms);
+    }
     CHECK(server.terminate() == 0);
     request.join();
     REQUIRE(answer.is_object());
