@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -19,8 +20,10 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
+#include "random_t2i_checkpoint.hpp"
 #include "tim/core/cast.hpp"
 #include "tim/io/png.hpp"
 #include "tim/sampler/settings.hpp"
@@ -455,4 +458,40 @@ TEST_CASE("serve: --api-key, the queue limit, a client that goes away, SIGTERM")
     CHECK(answer["data"].size() == 1);
     CHECK(read_text(server.log).find("SIGTERM: finishing the requests in flight") != std::string::npos);
   }
+}
+
+TEST_CASE("serve: what cannot be served is refused at start, exit code 1 and a message") {
+  const fs::path dir = fs::temp_directory_path() / ("tim_serve_start_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const auto run = [&](const std::string& args) {
+    const fs::path err = dir / "stderr.txt";
+    const int status = std::system((std::string("'") + TIM_EXECUTABLE + "' serve " + args + " 2> '" + err.string() +
+                                    "' > /dev/null").c_str());
+    return std::pair{WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_text(err)};
+  };
+  // A text-to-image model: prompts need a text encoder, which the server does not have.
+  const auto config = tim_test::t2i_config(16, 1, 2, 2, 1, 8, 8);
+  const auto checkpoint = tim_test::random_t2i_checkpoint(config, 11);
+  tim::io::SafetensorsWriter writer;
+  for (const auto& info : checkpoint.tensors())
+    writer.add(info.name, info.dtype, info.shape, checkpoint.bytes(info.name).data());
+  writer.set_metadata("image_size", "8x8x1");
+  const std::string t2i = (dir / "t2i.safetensors").string();
+  writer.write(t2i);
+  auto [code, err] = run("--port 0 --model '" + t2i + "'");
+  CHECK(code == 1);
+  CHECK(err.find("is a text-to-image (T2I) TiM: tim serve takes prompts only through a text encoder") !=
+        std::string::npos);
+  std::tie(code, err) = run("--port 0 --batch-size 0");
+  CHECK(code == 1);
+  CHECK(err.find("--batch-size must be in [1, 1024], got 0") != std::string::npos);
+  std::tie(code, err) = run("--port 0 --device cuda");
+  CHECK(code == 1);
+  // A port already taken.
+  Server first("--batch-size 1");
+  std::tie(code, err) = run("--port " + std::to_string(first.port) + " --model '" + TIM_SHIPPED_MODEL + "'");
+  CHECK(code == 1);
+  CHECK(err.find("cannot listen on 127.0.0.1:" + std::to_string(first.port)) != std::string::npos);
+  std::error_code ignored;
+  fs::remove_all(dir, ignored);
 }

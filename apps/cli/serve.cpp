@@ -317,6 +317,12 @@ void run_serve(const ServeOptions& o) {
   const int http_threads = o.http_threads;
   server.new_task_queue = [http_threads] { return new httplib::ThreadPool(static_cast<std::size_t>(http_threads)); };
   server.set_payload_max_length(o.limits.max_body_bytes);
+  // SO_REUSEADDR only: cpp-httplib's default adds SO_REUSEPORT, with which a second server on
+  // the same port would start and take half of the first one's connections.
+  server.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
   std::atomic<bool> draining{false};
   std::atomic<int> in_flight{0};
 
@@ -449,7 +455,7 @@ void run_serve(const ServeOptions& o) {
   });
 
   const int port = o.port == 0 ? server.bind_to_any_port(o.host) : (server.bind_to_port(o.host, o.port) ? o.port : -1);
-  tim::check(port > 0, "tim serve: cannot listen on ", o.host, ":", o.port, " (in use, or not an address of this "
+  tim::check(port > 0, "cannot listen on ", o.host, ":", o.port, " (in use, or not an address of this "
              "machine)");
   std::cerr << "tim serve: " << served->model.config.describe() << (served->vae.empty() ? "" : "; decoder ")
             << served->vae.description << "; batch size " << o.batch_size << ", seed " << server_seed
