@@ -155,12 +155,16 @@ tim::SampleOptionNames field_names() {
 }
 
 std::string batch_key_of(const tim::SampleSettings& s, std::int64_t height, std::int64_t width, std::uint64_t seed) {
-  std::string key = "seed " + std::to_string(seed) + " size " + std::to_string(height) + "x" + std::to_string(width);
+  std::string key = "seed " + std::to_string(seed);
+  key += " size " + std::to_string(height) + "x" + std::to_string(width);
   key += " cfg " + hex(s.cfg_scale.value) + " window " + hex(s.guidance_low.value) + " " + hex(s.guidance_high.value);
   key += " s " + hex(s.stochasticity.value) + " transport " + std::string(tim::transport_name(s.transport.value));
   key += " range " + hex(s.t_max.value) + " " + hex(s.t_min.value);
   key += " mode " + std::string(tim::sample_mode_name(s.mode.value)) + " times";
-  for (const double t : s.times) key += " " + hex(t);
+  for (const double t : s.times) {
+    key += ' ';
+    key += hex(t);
+  }
   return key;
 }
 
