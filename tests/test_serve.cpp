@@ -90,7 +90,7 @@ struct Server {
   }
   httplib::Client client(int read_timeout_s = 120) const {
     httplib::Client c("127.0.0.1", port);
-    c.set_connection_timeout(10, 0);
+    c.set_connection_timeout(30, 0);
     c.set_read_timeout(read_timeout_s, 0);
     return c;
   }
@@ -235,12 +235,16 @@ TEST_CASE("serve: 16 concurrent clients get the library's images, each as if ser
     requests.push_back(r);
   }
   std::vector<json> answers(requests.size());
+  std::vector<std::string> failures(requests.size());
   std::vector<std::thread> clients;
   for (std::size_t i = 0; i < requests.size(); ++i)
     clients.emplace_back([&, i] {
       auto client = server.client();
       const auto res = client.Post("/v1/images/generations", requests[i].dump(), "application/json");
-      if (res && res->status == 200) answers[i] = json::parse(res->body);
+      if (res && res->status == 200)
+        answers[i] = json::parse(res->body);
+      else
+        failures[i] = res ? std::to_string(res->status) + " " + res->body : "no answer: " + httplib::to_string(res.error());
     });
   for (auto& t : clients) t.join();
 
@@ -253,7 +257,7 @@ TEST_CASE("serve: 16 concurrent clients get the library's images, each as if ser
   std::set<std::uint64_t> unseeded_indices;
   std::size_t images = 0;
   for (std::size_t i = 0; i < requests.size(); ++i) {
-    INFO("request ", requests[i].dump());
+    INFO("request ", requests[i].dump(), " failed with ", failures[i]);
     REQUIRE(answers[i].is_object());
     const auto& data = answers[i]["data"];
     const auto& r = requests[i];

@@ -105,6 +105,11 @@ void Batcher::work() {
     } catch (...) {
       error = "internal error";
     }
+    {  // counted before the jobs hear of it, so /health after an answer includes its images
+      std::lock_guard lock(mutex_);
+      ++calls_;
+      if (error.empty()) rows_sampled_ += static_cast<std::int64_t>(rows.size());
+    }
     for (std::size_t b = 0; b < rows.size(); ++b) {
       Job& job = *rows[b].job;
       {
@@ -122,8 +127,6 @@ void Batcher::work() {
     {
       std::lock_guard lock(mutex_);
       running_rows_ = 0;
-      ++calls_;
-      if (error.empty()) rows_sampled_ += static_cast<std::int64_t>(rows.size());
       // A failed job's other rows are not worth sampling.
       waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(),
                                     [](const Row& row) {
