@@ -257,7 +257,8 @@ TEST_CASE("serve: 16 concurrent clients get the library's images, each as if ser
   std::set<std::uint64_t> unseeded_indices;
   std::size_t images = 0;
   for (std::size_t i = 0; i < requests.size(); ++i) {
-    INFO("request ", requests[i].dump(), " failed with ", failures[i]);
+    INFO("request ", requests[i].dump(), " failed with ", failures[i],
+         failures[i].empty() ? std::string() : "; the server's log:\n" + read_text(server.log));
     REQUIRE(answers[i].is_object());
     const auto& data = answers[i]["data"];
     const auto& r = requests[i];
