@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build
   libeigen3-dev nlohmann-json3-dev doctest-dev libbenchmark-dev libopenblas-openmp-dev
-  libcli11-dev libyaml-cpp-dev libpng-dev libsentencepiece-dev pkg-config
+  libcli11-dev libyaml-cpp-dev libpng-dev libsentencepiece-dev libcpp-httplib-dev pkg-config
   python3-dev python3-venv
   dataset-fashion-mnist
 )

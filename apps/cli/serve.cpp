@@ -1,0 +1,509 @@
+// tim serve: an HTTP server (cpp-httplib) that loads a class-conditional TiM (and a latent
+// decoder) once and answers POST /v1/images/generations in the OpenAI images format, GET /health
+// and GET /v1/models (docs/serve.md). Requests are parsed in serve_request.cpp and batched by
+// serve_batcher.cpp; this file holds the options, the sampler calls and the HTTP side.
+// Eigen (through sample.hpp) before httplib.h: <resolv.h>, which it includes, defines a macro `_res`
+// that Eigen uses as a parameter name.
+#include "sample.hpp"
+
+#include <httplib.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "serve_batcher.hpp"
+#include "serve_request.hpp"
+#include "tim/core/cast.hpp"
+#include "tim/io/image.hpp"
+#include "tim/io/png.hpp"
+
+namespace tim_cli {
+
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+struct ServeOptions {
+  ModelOptions model;
+  ComputeOptions compute;
+  std::string vae_path;
+  std::string host = "127.0.0.1";
+  int port = 8000;
+  std::string api_key;
+  std::int64_t batch_size = 8;
+  std::uint64_t seed = 0;
+  CLI::Option* seed_option = nullptr;
+  int http_threads = 32;
+  serve::Limits limits;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Small pieces of the HTTP side.
+
+std::string base64(const std::vector<unsigned char>& bytes) {
+  static constexpr char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve((bytes.size() + 2) / 3 * 4);
+  for (std::size_t i = 0; i < bytes.size(); i += 3) {
+    const std::uint32_t a = bytes[i], b = i + 1 < bytes.size() ? bytes[i + 1] : 0,
+                        c = i + 2 < bytes.size() ? bytes[i + 2] : 0;
+    const std::uint32_t word = (a << 16) | (b << 8) | c;
+    out += alphabet[(word >> 18) & 63];
+    out += alphabet[(word >> 12) & 63];
+    out += i + 1 < bytes.size() ? alphabet[(word >> 6) & 63] : '=';
+    out += i + 2 < bytes.size() ? alphabet[word & 63] : '=';
+  }
+  return out;
+}
+
+//! The PNG file of `image` in memory, with `text` chunks (tim::io::write_png's libpng part on a
+//! memory stream).
+std::vector<unsigned char> png_bytes(const tim::io::PngImage& image, const std::vector<tim::io::PngText>& text) {
+  const std::size_t row_bytes = static_cast<std::size_t>(image.width) * static_cast<std::size_t>(image.channels);
+  std::vector<png_bytep> rows(static_cast<std::size_t>(image.height));
+  for (int y = 0; y < image.height; ++y)
+    rows[static_cast<std::size_t>(y)] = const_cast<png_bytep>(image.pixels.data() + row_bytes * y);
+  std::vector<std::string> keys, texts;
+  for (const auto& entry : text) {
+    keys.push_back(entry.key);
+    texts.push_back(entry.text);
+  }
+  std::vector<png_text> chunks(text.size());
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    chunks[i] = png_text{};
+    chunks[i].compression = PNG_TEXT_COMPRESSION_NONE;  // ASCII: the texts below are
+    chunks[i].key = keys[i].data();
+    chunks[i].text = texts[i].data();
+    chunks[i].text_length = texts[i].size();
+  }
+  char* buffer = nullptr;
+  std::size_t size = 0;
+  std::FILE* stream = ::open_memstream(&buffer, &size);
+  tim::check(stream != nullptr, "cannot encode a PNG: open_memstream failed");
+  tim::io::detail::PngErrorState error;
+  const bool written = tim::io::detail::png_write_stream(stream, image, rows.data(), chunks.data(),
+                                                         static_cast<int>(chunks.size()), error);
+  std::fclose(stream);
+  std::vector<unsigned char> bytes(buffer, buffer + size);
+  std::free(buffer);
+  tim::check(written, "cannot encode a PNG: ", error.message);
+  return bytes;
+}
+
+//! TEMPORARY, to be unified with the PNG metadata of `tim sample` (branch wip-scale writes the
+//! AUTOMATIC1111-style `parameters` text there): the text of one served image.
+std::string a1111_parameters(const std::string& subject, const tim::SampleSettings& s, std::uint64_t seed,
+                             std::uint64_t index, std::int64_t width, std::int64_t height, const std::string& model) {
+  return subject + "\nSteps: " + std::to_string(s.steps.value) + ", Sampler: TiM " +
+         std::string(tim::sample_mode_name(s.mode.value)) + ", CFG scale: " + tim::shortest_decimal(s.cfg_scale.value) +
+         ", Seed: " + std::to_string(seed) + ", Size: " + std::to_string(width) + "x" + std::to_string(height) +
+         ", Model: " + model + ", Sample index: " + std::to_string(index);
+}
+
+void send_error(httplib::Response& res, int status, const std::string& type, const std::string& message) {
+  res.status = status;
+  res.set_content(json{{"error", {{"message", message}, {"type", type}, {"param", nullptr}, {"code", nullptr}}}}
+                      .dump(-1, ' ', false, json::error_handler_t::replace),
+                  "application/json");
+}
+
+//! Equal strings, in time that does not depend on where they differ.
+bool constant_time_equal(const std::string& a, const std::string& b) {
+  unsigned char difference = a.size() == b.size() ? 0 : 1;
+  const std::size_t n = std::max(a.size(), b.size());
+  for (std::size_t i = 0; i < n; ++i)
+    difference |= static_cast<unsigned char>((i < a.size() ? a[i] : 0) ^ (i < b.size() ? b[i] : 0));
+  return difference == 0;
+}
+
+//! The socket of the connection `req` came on: cpp-httplib 0.11 does not hand it to handlers,
+//! so it is found among this process's sockets by its two addresses. -1 when not found.
+int connection_socket(const httplib::Request& req) {
+  std::error_code ignored;
+  for (const auto& entry : fs::directory_iterator("/proc/self/fd", ignored)) {
+    int fd = -1;
+    try {
+      fd = std::stoi(entry.path().filename().string());
+    } catch (...) {
+      continue;
+    }
+    sockaddr_storage peer{}, local{};
+    socklen_t peer_size = sizeof peer, local_size = sizeof local;
+    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_size) != 0) continue;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_size) != 0) continue;
+    const auto port_and_address = [](const sockaddr_storage& a) -> std::pair<int, std::string> {
+      char text[INET6_ADDRSTRLEN] = {};
+      if (a.ss_family == AF_INET) {
+        const auto& v4 = reinterpret_cast<const sockaddr_in&>(a);
+        ::inet_ntop(AF_INET, &v4.sin_addr, text, sizeof text);
+        return {ntohs(v4.sin_port), text};
+      }
+      if (a.ss_family == AF_INET6) {
+        const auto& v6 = reinterpret_cast<const sockaddr_in6&>(a);
+        ::inet_ntop(AF_INET6, &v6.sin6_addr, text, sizeof text);
+        return {ntohs(v6.sin6_port), text};
+      }
+      return {-1, ""};
+    };
+    if (port_and_address(peer) == std::pair{req.remote_port, req.remote_addr} &&
+        port_and_address(local).first == req.local_port)
+      return fd;
+  }
+  return -1;
+}
+
+//! Whether the client closed its side (a read would see the end of the stream).
+bool peer_closed(int fd) {
+  char byte;
+  const ssize_t got = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  return got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+std::string utc_now() {
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  ::gmtime_r(&now, &tm);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return text;
+}
+
+thread_local Clock::time_point request_start;
+
+// ---------------------------------------------------------------------------------------------
+// The model side.
+
+struct Served {
+  C2IModel model;
+  HostVae vae;
+  serve::ModelFacts facts;
+  std::string model_path;
+  int threads = 1;  // the sampler's OpenMP threads
+
+  //! One sampler call of batch_size rows; the images (1, C, H, W) in float (decoded with --vae).
+  std::vector<tim::Tensor<float>> run(const serve::BatchCall& call, const std::function<bool()>& keep_going) {
+    // OpenMP's thread count is a per-thread setting: the worker thread sets its own.
+    thread_local const bool threads_set = (tim::set_num_threads(threads), true);
+    (void)threads_set;
+    const tim::SampleSettings& s = call.settings->settings;
+    const std::int64_t B = static_cast<std::int64_t>(call.labels.size());
+    const std::int64_t C = model.config.in_channels, H = call.settings->height, W = call.settings->width;
+    auto noise = tim::Tensor<double>::empty({B, C, H, W});
+    const std::int64_t per_sample = C * H * W;
+    for (std::int64_t b = 0; b < B; ++b) {
+      const auto row = tim::initial_noise({1, C, H, W}, call.seed, call.sample_indices[static_cast<std::size_t>(b)]);
+      std::copy_n(row.data(), per_sample, noise.data() + b * per_sample);
+    }
+    // VE's noise has standard deviation t: start from t_0 z, as tim sample does.
+    if (std::holds_alternative<tim::VeSde>(s.transport.value))
+      for (std::int64_t i = 0; i < noise.numel(); ++i) noise.data()[i] *= s.times.front();
+    auto labels = tim::Tensor<std::int64_t>::empty({B});
+    std::copy(call.labels.begin(), call.labels.end(), labels.data());
+    tim::SamplerOptions<> options{.cfg_scale = s.cfg_scale.value,
+                                  .guidance_low = s.guidance_low.value,
+                                  .guidance_high = s.guidance_high.value,
+                                  .stochasticity = s.stochasticity.value,
+                                  .mode = s.mode.value,
+                                  .seed = call.seed,
+                                  .sample_indices = call.sample_indices};
+    options.on_step = [&keep_going](const tim::StepInfo<>&) { return keep_going(); };
+    const auto result = std::visit(
+        [&](auto transport) {
+          tim::TransitionSampler sampler{model, transport, s.schedule.value};
+          return sampler.sample(noise, labels, options);
+        },
+        s.transport.value);
+    tim::check(!result.cancelled, "cancelled: every client of the sampler call went away");
+    const auto latents = tim::cast<float>(result.x);
+    std::vector<tim::Tensor<float>> images;
+    for (std::int64_t b = 0; b < B; ++b) {
+      auto one = tim::Tensor<float>::empty({1, C, H, W});
+      std::copy_n(latents.data() + b * per_sample, per_sample, one.data());
+      images.push_back(vae.empty() ? std::move(one) : vae.decode_one(one));
+    }
+    return images;
+  }
+};
+
+std::string class_text(const serve::ModelFacts& facts, std::int64_t label) {
+  if (label == facts.num_classes) return "unconditional";
+  if (label < static_cast<std::int64_t>(facts.class_names.size())) return facts.class_names[static_cast<std::size_t>(label)];
+  return "class " + std::to_string(label);
+}
+
+json settings_json(const tim::SampleSettings& s) {
+  return {{"steps", s.steps.value},
+          {"cfg_scale", s.cfg_scale.value},
+          {"guidance_low", s.guidance_low.value},
+          {"guidance_high", s.guidance_high.value},
+          {"stochasticity", s.stochasticity.value},
+          {"transport", std::string(tim::transport_name(s.transport.value))},
+          {"t_max", s.t_max.value},
+          {"t_min", s.t_min.value},
+          {"schedule", s.schedule.value.describe()},
+          {"mode", std::string(tim::sample_mode_name(s.mode.value))}};
+}
+
+void run_serve(const ServeOptions& o) {
+  // SIGTERM and SIGINT are taken by one thread (signal_thread below): blocked before any other
+  // thread (OpenMP's included) starts, so none of them is killed by the default action.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+  apply_threads(o.compute);
+  check_compute_options(o.compute);
+  tim::check(!o.compute.cuda(), "tim serve runs on the CPU for now; --device cuda is not supported yet");
+  tim::check(o.batch_size >= 1 && o.batch_size <= 1024, "--batch-size must be in [1, 1024], got ", o.batch_size);
+  tim::check(o.port >= 0 && o.port <= 65535, "--port must be in [0, 65535], got ", o.port);
+  tim::check(o.http_threads >= 1 && o.http_threads <= 1024, "--http-threads must be in [1, 1024], got ",
+             o.http_threads);
+  tim::check(o.limits.max_n >= 1 && o.limits.max_steps >= 1 && o.limits.max_pixels >= 1 && o.limits.max_queue >= 1 &&
+                 o.limits.max_body_bytes >= 1,
+             "the --max-* limits must be at least 1");
+
+  ModelOptions model_options = o.model;
+  if (model_options.model_path.empty()) model_options.model_path = default_model_path();
+  LoadedModel loaded = load_model(model_options);
+  tim::check(!loaded.text_to_image(), model_options.model_path, " is a text-to-image (T2I) TiM: tim serve takes "
+             "prompts only through a text encoder, which it does not have yet; serve a class-conditional model");
+  auto served = std::make_unique<Served>(
+      Served{std::move(std::get<C2IModel>(loaded.model)), {}, {}, model_options.model_path,
+             given(o.compute.threads_option) ? o.compute.threads : tim::default_num_threads()});
+  const auto& c = served->model.config;
+  if (!o.vae_path.empty()) served->vae = load_vae(o.vae_path, c, {.tile = 0});
+  tim::check(!served->vae.empty() || c.in_channels == 1 || c.in_channels == 3, "this model's latents have ",
+             c.in_channels, " channels, which need a decoder to become images: give --vae");
+  serve::ModelFacts& facts = served->facts;
+  facts.id = fs::path(model_options.model_path).stem().string();
+  facts.metadata = tim::io::SafetensorsFile::open(model_options.model_path).metadata();
+  facts.num_classes = c.num_classes;
+  facts.class_names = class_names_of(facts.metadata, c.num_classes);
+  facts.channels = c.in_channels;
+  facts.patch = c.patch;
+  facts.scale = served->vae.empty() ? 1 : served->vae.scale;
+  // The defaults must make a request: checked now, so a bad checkpoint fails at start.
+  const auto defaults = serve::parse_generation_request("{\"class\": 0}", facts, o.limits);
+
+  const std::uint64_t server_seed = o.seed_option->count() > 0 ? o.seed : std::random_device{}() * 4294967296ull +
+                                                                            std::random_device{}();
+  std::atomic<std::uint64_t> next_index{0};
+  Served* model = served.get();
+  serve::Batcher batcher([model](const serve::BatchCall& call, const std::function<bool()>& keep_going) {
+    return model->run(call, keep_going);
+  }, o.batch_size, o.limits.max_queue);
+
+  httplib::Server server;
+  const int http_threads = o.http_threads;
+  server.new_task_queue = [http_threads] { return new httplib::ThreadPool(static_cast<std::size_t>(http_threads)); };
+  server.set_payload_max_length(o.limits.max_body_bytes);
+  // SO_REUSEADDR only: cpp-httplib's default adds SO_REUSEPORT, with which a second server on
+  // the same port would start and take half of the first one's connections.
+  server.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
+  std::atomic<bool> draining{false};
+  std::atomic<int> in_flight{0};
+
+  server.set_pre_routing_handler([&](const httplib::Request& req, httplib::Response& res) {
+    request_start = Clock::now();
+    if (o.api_key.empty() || req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
+    const std::string header = req.get_header_value("Authorization");
+    if (constant_time_equal(header, "Bearer " + o.api_key)) return httplib::Server::HandlerResponse::Unhandled;
+    res.set_header("WWW-Authenticate", "Bearer");
+    send_error(res, 401, "authentication_error", "missing or wrong API key: send 'Authorization: Bearer KEY'");
+    return httplib::Server::HandlerResponse::Handled;
+  });
+  server.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+    const double ms = std::chrono::duration<double, std::milli>(Clock::now() - request_start).count();
+    char line[160];
+    std::snprintf(line, sizeof line, "\" %d %zu %.1fms\n", res.status, res.body.size(), ms);
+    std::cerr << utc_now() << ' ' << req.remote_addr << ':' << req.remote_port << " \"" << req.method << ' '
+              << (req.path.size() > 200 ? req.path.substr(0, 200) + "..." : req.path) << line << std::flush;
+  });
+  server.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    const std::string what = res.status == 404   ? "no such endpoint (POST /v1/images/generations, GET /health, GET /v1/models)"
+                             : res.status == 413 ? "the request body is larger than the server's limit (--max-body)"
+                                                 : "the request could not be served";
+    send_error(res, res.status, res.status == 413 ? "request_too_large" : "invalid_request_error", what);
+  });
+  server.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr error) {
+    std::string what = "internal error";
+    try {
+      if (error) std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    send_error(res, 500, "server_error", what);
+  });
+
+  server.Get("/health", [&](const httplib::Request&, httplib::Response& res) {
+    res.set_content(json{{"status", draining ? "draining" : "ok"},
+                         {"queued_images", batcher.queued()},
+                         {"sampler_calls", batcher.calls()},
+                         {"images_sampled", batcher.rows_sampled()}}
+                        .dump(),
+                    "application/json");
+  });
+  server.Get("/v1/models", [&](const httplib::Request&, httplib::Response& res) {
+    json model_json = {{"id", facts.id},
+                       {"object", "model"},
+                       {"created", 0},
+                       {"owned_by", "tim"},
+                       {"tim", {{"kind", "class-conditional"},
+                                {"num_classes", facts.num_classes},
+                                {"class_names", facts.class_names},
+                                {"default_size", std::to_string(defaults.width * facts.scale) + "x" +
+                                                     std::to_string(defaults.height * facts.scale)},
+                                {"decoder", served->vae.description},
+                                {"batch_size", o.batch_size},
+                                {"defaults", settings_json(defaults.settings)}}}};
+    res.set_content(json{{"object", "list"}, {"data", json::array({model_json})}}.dump(-1, ' ', false,
+                                                                                        json::error_handler_t::replace),
+                    "application/json");
+  });
+  server.Post("/v1/images/generations", [&](const httplib::Request& req, httplib::Response& res) {
+    if (draining) return send_error(res, 503, "server_shutting_down", "the server is shutting down");
+    ++in_flight;
+    struct Done {
+      std::atomic<int>& count;
+      ~Done() { --count; }
+    } done{in_flight};
+    auto job = std::make_shared<serve::Job>();
+    try {
+      job->request = serve::parse_generation_request(req.body, facts, o.limits);
+    } catch (const tim::Error& e) {
+      return send_error(res, 400, "invalid_request_error", e.what());
+    }
+    serve::GenerationRequest& r = job->request;
+    job->seed = r.seed.value_or(server_seed);
+    const std::uint64_t first = r.seed ? r.first_index : next_index.fetch_add(static_cast<std::uint64_t>(r.n));
+    for (std::int64_t i = 0; i < r.n; ++i) job->sample_indices.push_back(first + static_cast<std::uint64_t>(i));
+    r.batch_key = serve::batch_key_of(r.settings, r.height, r.width, job->seed);
+    if (!batcher.submit(job))
+      return send_error(res, 429, "queue_full", "the server has " + std::to_string(batcher.queued()) +
+                                                    " images queued (limit --max-queue " +
+                                                    std::to_string(o.limits.max_queue) + "); try again later");
+    const int fd = connection_socket(req);
+    {
+      std::unique_lock lock(job->mutex);
+      while (!job->finished()) {
+        job->changed.wait_for(lock, std::chrono::milliseconds(50));
+        if (!job->finished() && fd >= 0 && peer_closed(fd)) {
+          lock.unlock();
+          batcher.cancel(job);
+          res.status = 499;  // nginx's "client closed request", for the access log; nothing is sent
+          return;
+        }
+      }
+    }
+    if (job->failed) return send_error(res, 500, "server_error", "sampling failed: " + job->error);
+    json data = json::array();
+    const std::int64_t width = r.width * facts.scale, height = r.height * facts.scale;
+    for (std::int64_t i = 0; i < r.n; ++i) {
+      const auto& image = job->images[static_cast<std::size_t>(i)];
+      for (std::int64_t k = 0; k < image.numel(); ++k)
+        if (!std::isfinite(image.data()[k]))
+          return send_error(res, 500, "server_error", "image " + std::to_string(i) + " (sample index " +
+                                                          std::to_string(job->sample_indices[i]) +
+                                                          ") has non-finite values (NaN or Inf)");
+      const std::int64_t label = r.labels[static_cast<std::size_t>(i)];
+      const std::uint64_t index = job->sample_indices[static_cast<std::size_t>(i)];
+      const auto png = png_bytes(tim::io::latent_image(image, 0, tim::io::PixelMapping::c2i),
+                                 {{"parameters", a1111_parameters(class_text(facts, label), r.settings, job->seed,
+                                                                  index, width, height, facts.id)},
+                                  {"Software", "tim"}});
+      data.push_back({{"b64_json", base64(png)},
+                      {"seed", job->seed},
+                      {"sample_index", index},
+                      {"class", label},
+                      {"class_name", class_text(facts, label)}});
+      if (r.return_latents) {  // the float values before quantisation, little-endian float32 (C, H, W)
+        const auto* bytes = reinterpret_cast<const unsigned char*>(image.data());
+        data.back()["latents_b64"] = base64({bytes, bytes + image.numel() * sizeof(float)});
+        data.back()["latents_shape"] = {image.dim(1), image.dim(2), image.dim(3)};
+      }
+    }
+    json body = {{"created", static_cast<std::int64_t>(std::time(nullptr))},
+                 {"data", std::move(data)},
+                 {"tim", {{"model", facts.id}, {"size", std::to_string(width) + "x" + std::to_string(height)},
+                          {"batch_size", o.batch_size}, {"settings", settings_json(r.settings)}}}};
+    res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+  });
+
+  const int port = o.port == 0 ? server.bind_to_any_port(o.host) : (server.bind_to_port(o.host, o.port) ? o.port : -1);
+  tim::check(port > 0, "cannot listen on ", o.host, ":", o.port, " (in use, or not an address of this "
+             "machine)");
+  std::cerr << "tim serve: " << served->model.config.describe() << (served->vae.empty() ? "" : "; decoder ")
+            << served->vae.description << "; batch size " << o.batch_size << ", seed " << server_seed
+            << (o.api_key.empty() ? "" : ", API key required") << '\n'
+            << "tim serve: listening on http://" << o.host << ":" << port << std::endl;
+
+  std::thread signal_thread([&] {
+    int signal_number = 0;
+    sigwait(&signals, &signal_number);
+    draining = true;
+    std::cerr << "tim serve: " << (signal_number == SIGTERM ? "SIGTERM" : "SIGINT")
+              << ": finishing the requests in flight, then exiting" << std::endl;
+    while (in_flight > 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    server.stop();
+  });
+  server.listen_after_bind();
+  signal_thread.join();
+  batcher.drain();
+  std::cerr << "tim serve: stopped" << std::endl;
+}
+
+}  // namespace
+
+Subcommand add_serve(CLI::App& app) {
+  auto owner = std::make_shared<ServeOptions>();
+  ServeOptions& o = *owner;
+  auto* command = app.add_subcommand(
+      "serve", "Serve a class-conditional model over HTTP: POST /v1/images/generations (OpenAI images format), "
+               "GET /health, GET /v1/models (docs/serve.md)");
+  add_model_options(*command, o.model, ModelArgument::optional_option);
+  command->add_option("--vae", o.vae_path, "Decode the latents with this VAE (as tim sample --vae)");
+  command->add_option("--host", o.host, "Address to listen on (default 127.0.0.1: this machine only)");
+  command->add_option("-p,--port", o.port, "Port (default 8000; 0: any free port, printed on stderr)");
+  command->add_option("--api-key", o.api_key,
+                      "Require 'Authorization: Bearer KEY' on every request but GET /health");
+  command->add_option("--batch-size", o.batch_size,
+                      "Rows of every sampler call; waiting requests with equal settings and seed share one, padded "
+                      "to this size (default 8; 1: no sharing)");
+  o.seed_option = command->add_option("--seed", o.seed,
+                                      "Seed of requests without one (default: random, printed at start)");
+  command->add_option("--http-threads", o.http_threads, "Connections served at once (default 32)");
+  command->add_option("--max-body", o.limits.max_body_bytes, "Largest request body in bytes (default 65536)");
+  command->add_option("--max-n", o.limits.max_n, "Most images per request (default 16)");
+  command->add_option("--max-steps", o.limits.max_steps, "Most sampling steps (default 1000)");
+  command->add_option("--max-pixels", o.limits.max_pixels, "Most pixels per image (default 1048576)");
+  command->add_option("--max-queue", o.limits.max_queue, "Most images queued over all requests (default 256)");
+  add_compute_options(*command, o.compute);
+  return {command, [owner] { run_serve(*owner); }};
+}
+
+}  // namespace tim_cli

@@ -1,0 +1,502 @@
+// `tim serve` run as a subprocess on the loopback, with the shipped Fashion-MNIST model: 16
+// concurrent clients get the images the library computes in this process (pixel for pixel, and
+// the same PNG as the request served alone), bad requests get 4xx JSON errors and the server stays
+// healthy, the API key, the queue limit, a client that goes away, SIGTERM.
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "random_t2i_checkpoint.hpp"
+#include "tim/core/cast.hpp"
+#include "tim/io/png.hpp"
+#include "tim/sampler/settings.hpp"
+#include "tim/tim.hpp"
+
+// After Eigen (tim/tim.hpp): <resolv.h>, which httplib.h includes, defines a macro `_res`.
+#include <httplib.h>
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+//! `tim serve --port 0 ARGS` with stderr in a file; the port read from its "listening on" line.
+struct Server {
+  fs::path dir, log;
+  pid_t pid = -1;
+  int port = 0;
+
+  explicit Server(const std::string& args) {
+    static std::atomic<int> counter{0};
+    dir = fs::temp_directory_path() / ("tim_serve_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    fs::create_directories(dir);
+    log = dir / "stderr.txt";
+    const std::string command = std::string("exec '") + TIM_EXECUTABLE + "' serve --port 0 --model '" +
+                                TIM_SHIPPED_MODEL + "' " + args + " 2> '" + log.string() + "'";
+    pid = ::fork();
+    if (pid == 0) {
+      ::execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    const auto start = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() - start < 120s) {
+      const std::string text = read_text(log);
+      const auto found = text.find("listening on http://127.0.0.1:");
+      if (found != std::string::npos && text.find('\n', found) != std::string::npos) {
+        port = std::stoi(text.substr(found + std::string("listening on http://127.0.0.1:").size()));
+        return;
+      }
+      int status = 0;
+      if (::waitpid(pid, &status, WNOHANG) == pid) {
+        pid = -1;
+        break;
+      }
+      std::this_thread::sleep_for(50ms);
+    }
+    FAIL("tim serve did not start: ", read_text(log));
+  }
+  ~Server() {
+    if (pid > 0) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+    std::error_code ignored;
+    fs::remove_all(dir, ignored);
+  }
+  httplib::Client client(int read_timeout_s = 120) const {
+    httplib::Client c("127.0.0.1", port);
+    c.set_connection_timeout(30, 0);
+    c.set_read_timeout(read_timeout_s, 0);
+    return c;
+  }
+  //! SIGTERM, then the exit status (-1: still running after `limit`).
+  int terminate(std::chrono::seconds limit = 60s) {
+    ::kill(pid, SIGTERM);
+    const auto start = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() - start < limit) {
+      int status = 0;
+      if (::waitpid(pid, &status, WNOHANG) == pid) {
+        pid = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(20ms);
+    }
+    return -1;
+  }
+};
+
+std::vector<unsigned char> from_base64(const std::string& text) {
+  std::vector<unsigned char> out;
+  std::uint32_t buffer = 0;
+  int bits = 0;
+  for (const char ch : text) {
+    int value = -1;
+    if (ch >= 'A' && ch <= 'Z') value = ch - 'A';
+    else if (ch >= 'a' && ch <= 'z') value = ch - 'a' + 26;
+    else if (ch >= '0' && ch <= '9') value = ch - '0' + 52;
+    else if (ch == '+') value = 62;
+    else if (ch == '/') value = 63;
+    else if (ch == '=') break;
+    REQUIRE(value >= 0);
+    buffer = (buffer << 6) | static_cast<std::uint32_t>(value);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push_back(static_cast<unsigned char>((buffer >> bits) & 0xff));
+    }
+  }
+  return out;
+}
+
+tim::io::PngImage decode_png(const std::string& b64, const fs::path& dir) {
+  static std::atomic<int> counter{0};
+  const fs::path file = dir / ("image_" + std::to_string(counter++) + ".png");
+  const auto bytes = from_base64(b64);
+  std::ofstream(file, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()),
+                                              static_cast<std::streamsize>(bytes.size()));
+  return tim::io::read_png(file.string());
+}
+
+std::vector<float> floats_of(const std::string& b64) {
+  const auto bytes = from_base64(b64);
+  std::vector<float> values(bytes.size() / sizeof(float));
+  std::memcpy(values.data(), bytes.data(), values.size() * sizeof(float));
+  return values;
+}
+
+//! One image a test expects: its class, seed, sample index and step count.
+struct Row {
+  std::int64_t label;
+  std::uint64_t seed, index;
+  int steps;
+};
+
+//! The pixels of each row as the library gives them in this process: the model's metadata
+//! settings (steps as given), rows of one seed and step count in sampler calls of exactly
+//! batch_size rows (padded by repeating the last row), as the server promises.
+struct Expected {
+  tim::io::PngImage png;
+  std::vector<float> values;  // (1, 32, 32)
+};
+
+std::vector<Expected> reference_images(const std::vector<Row>& rows, std::int64_t batch_size) {
+  static auto model = tim::load_c2i<float>(TIM_SHIPPED_MODEL);
+  const auto metadata = tim::io::SafetensorsFile::open(TIM_SHIPPED_MODEL).metadata();
+  std::vector<Expected> images(rows.size());
+  for (std::size_t first = 0; first < rows.size(); first += static_cast<std::size_t>(batch_size)) {
+    // Callers list rows of one (seed, steps) together, in groups of batch_size.
+    std::vector<Row> call(rows.begin() + static_cast<std::ptrdiff_t>(first),
+                          rows.begin() + static_cast<std::ptrdiff_t>(std::min(rows.size(), first + batch_size)));
+    const std::size_t real = call.size();
+    while (static_cast<std::int64_t>(call.size()) < batch_size) call.push_back(call.back());
+    tim::SampleRequest request;
+    request.steps = call.front().steps;
+    const auto s = tim::resolve_sample_settings(request, metadata);
+    const std::int64_t B = batch_size, H = s.latent_size->height.value, W = s.latent_size->width.value;
+    auto noise = tim::Tensor<double>::empty({B, 1, H, W});
+    auto labels = tim::Tensor<std::int64_t>::empty({B});
+    std::vector<std::uint64_t> indices;
+    for (std::int64_t b = 0; b < B; ++b) {
+      REQUIRE(call[b].seed == call.front().seed);
+      REQUIRE(call[b].steps == call.front().steps);
+      const auto z = tim::initial_noise({1, 1, H, W}, call[b].seed, call[b].index);
+      std::copy_n(z.data(), H * W, noise.data() + b * H * W);
+      labels.data()[b] = call[b].label;
+      indices.push_back(call[b].index);
+    }
+    const tim::SamplerOptions<> options{.cfg_scale = s.cfg_scale.value,
+                                        .guidance_low = s.guidance_low.value,
+                                        .guidance_high = s.guidance_high.value,
+                                        .stochasticity = s.stochasticity.value,
+                                        .mode = s.mode.value,
+                                        .seed = call.front().seed,
+                                        .sample_indices = indices};
+    tim::TransitionSampler sampler{model, std::get<tim::OtFm>(s.transport.value), s.schedule.value};
+    const auto latents = tim::cast<float>(sampler.sample(noise, labels, options).x);
+    for (std::size_t b = 0; b < real; ++b) {
+      images[first + b].png = tim::io::latent_image(latents, static_cast<std::int64_t>(b));
+      images[first + b].values.assign(latents.data() + b * H * W, latents.data() + (b + 1) * H * W);
+    }
+  }
+  return images;
+}
+
+json post(httplib::Client& client, const json& body, int expected_status = 200) {
+  const auto res = client.Post("/v1/images/generations", body.dump(), "application/json");
+  REQUIRE(res);
+  INFO(body.dump(), " -> ", res->body);
+  CHECK(res->status == expected_status);
+  return json::parse(res->body);
+}
+
+}  // namespace
+
+TEST_CASE("serve: 16 concurrent clients get the library's images, each as if served alone") {
+  constexpr std::int64_t batch_size = 8;
+  Server server("--batch-size 8 --seed 21");
+  // 16 requests: seeded ones (seed 5, classes and first indices of their own), unseeded ones
+  // (the server's seed 21, indices from its counter), and some with 2 steps (another batch key).
+  std::vector<json> requests;
+  for (int i = 0; i < 16; ++i) {
+    json r;
+    if (i % 4 == 3) {
+      r = {{"prompt", "Bag"}, {"steps", 2}, {"seed", 5}, {"first_index", 100 + i}};
+    } else if (i % 2 == 0) {
+      r = {{"class", i % 10}, {"seed", 5}, {"first_index", 10 * i}, {"n", 1 + i % 3}};
+    } else {
+      r = {{"labels", json::array({i % 10, (i + 3) % 10})}};
+    }
+    r["return_latents"] = true;
+    requests.push_back(r);
+  }
+  std::vector<json> answers(requests.size());
+  std::vector<std::string> failures(requests.size());
+  std::vector<std::thread> clients;
+  for (std::size_t i = 0; i < requests.size(); ++i)
+    clients.emplace_back([&, i] {
+      auto client = server.client();
+      const auto res = client.Post("/v1/images/generations", requests[i].dump(), "application/json");
+      if (res && res->status == 200)
+        answers[i] = json::parse(res->body);
+      else
+        failures[i] = res ? std::to_string(res->status) + " " + res->body : "no answer: " + httplib::to_string(res.error());
+    });
+  for (auto& t : clients) t.join();
+
+  // Every image, grouped by (seed, steps) for the reference; each checked against the request.
+  struct Served {
+    Row row;
+    std::string png, latents;
+  };
+  std::map<std::pair<std::uint64_t, int>, std::vector<Served>> groups;
+  std::set<std::uint64_t> unseeded_indices;
+  std::size_t images = 0;
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    INFO("request ", requests[i].dump(), " failed with ", failures[i],
+         failures[i].empty() ? std::string() : "; the server's log:\n" + read_text(server.log));
+    REQUIRE(answers[i].is_object());
+    const auto& data = answers[i]["data"];
+    const auto& r = requests[i];
+    const std::size_t n = r.contains("labels") ? r["labels"].size() : r.value("n", 1);
+    REQUIRE(data.size() == n);
+    for (std::size_t k = 0; k < n; ++k) {
+      const std::int64_t label = r.contains("labels") ? r["labels"][k].get<std::int64_t>()
+                                 : r.contains("class") ? r["class"].get<std::int64_t>()
+                                                       : 8;  // "Bag"
+      CHECK(data[k]["class"] == label);
+      const auto seed = data[k]["seed"].get<std::uint64_t>(), index = data[k]["sample_index"].get<std::uint64_t>();
+      if (r.contains("seed")) {
+        CHECK(seed == 5);
+        CHECK(index == r["first_index"].get<std::uint64_t>() + k);
+      } else {
+        CHECK(seed == 21);
+        CHECK(unseeded_indices.insert(index).second);  // fresh indices: never two alike
+      }
+      const int steps = r.value("steps", 4);
+      groups[{seed, steps}].push_back({Row{label, seed, index, steps}, data[k]["b64_json"].get<std::string>(),
+                                       data[k]["latents_b64"].get<std::string>()});
+      ++images;
+    }
+  }
+  for (const auto& [key, members] : groups) {
+    std::vector<Row> rows;
+    for (const auto& m : members) rows.push_back(m.row);
+    const auto expected = reference_images(rows, batch_size);
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      const auto got = decode_png(members[i].png, server.dir);
+      INFO("seed ", rows[i].seed, " index ", rows[i].index, " class ", rows[i].label);
+      CHECK(got.width == 32);
+      CHECK(got.height == 32);
+      CHECK(got.channels == 1);
+      CHECK(got.pixels == expected[i].png.pixels);
+      CHECK(floats_of(members[i].latents) == expected[i].values);  // bit for bit
+    }
+    // The comparison sees what batching could change: the same rows sampled one per call (a
+    // different GEMM shape) differ from the served values in the last bits.
+    if (key.second == 4) {
+      const auto alone = reference_images(rows, 1);
+      std::size_t differing = 0;
+      for (std::size_t i = 0; i < rows.size(); ++i) differing += alone[i].values != expected[i].values;
+      CHECK(differing > 0);
+    }
+  }
+  // The calls were shared: fewer sampler calls than requests.
+  auto client = server.client();
+  const auto health = client.Get("/health");
+  REQUIRE(health);
+  CHECK(health->status == 200);
+  const auto h = json::parse(health->body);
+  CHECK(h["images_sampled"] == images);
+  CHECK(h["sampler_calls"].get<std::int64_t>() < static_cast<std::int64_t>(requests.size()));
+  // A seeded request served alone later gives the very same PNG.
+  const json again = post(client, requests[2]);
+  CHECK(again["data"][0]["b64_json"] == answers[2]["data"][0]["b64_json"]);
+  CHECK(server.terminate() == 0);
+  CHECK(read_text(server.log).find("\"POST /v1/images/generations\" 200") != std::string::npos);
+}
+
+TEST_CASE("serve: bad requests get a 4xx JSON error naming the problem, and the server stays healthy") {
+  Server server("--batch-size 2 --max-body 4096");
+  auto client = server.client();
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"{", "not valid JSON"},
+      {"[1, 2]", "must be a JSON object"},
+      {"{\"class\": 1, \"cfg_scale\": 1e999}", "not valid JSON"},
+      {"{\"class\": 1, \"cfg_scale\": NaN}", "not valid JSON"},
+      {"{\"class\": 1, \"colour\": \"red\"}", "unknown field 'colour'"},
+      {"{}", "nothing to sample"},
+      {"{\"prompt\": \"a spaceship\"}", "field 'prompt': 'a spaceship' is not a class"},
+      {"{\"class\": 11}", "field 'class' must be in [0, 10]"},
+      {"{\"class\": \"1\", \"labels\": [1]}", "cannot be used together"},
+      {"{\"labels\": [1, 2], \"n\": 3}", "'labels' has 2 entries"},
+      {"{\"labels\": []}", "field 'labels' must have 1 to 16 entries"},
+      {"{\"labels\": [1, \"x\"]}", "field 'labels': 'x' is not a class"},
+      {"{\"class\": 1, \"n\": 0}", "field 'n' must be in [1, 16]"},
+      {"{\"class\": 1, \"n\": 17}", "field 'n' must be in [1, 16]"},
+      {"{\"class\": 1, \"n\": \"2\"}", "field 'n' must be an integer, got a string"},
+      {"{\"class\": 1, \"n\": 2.0}", "field 'n' must be an integer"},
+      {"{\"class\": 1, \"steps\": 0}", "field 'steps' must be in [1, 1000]"},
+      {"{\"class\": 1, \"steps\": 1001}", "field 'steps' must be in [1, 1000]"},
+      {"{\"class\": 1, \"steps\": 99999999999999999999}", "field 'steps' must be"},
+      {"{\"class\": 1, \"cfg_scale\": \"high\"}", "field 'cfg_scale' must be a number, got a string"},
+      {"{\"class\": 1, \"guidance_low\": 0.8, \"guidance_high\": 0.2}", "field 'guidance_low' 0.8 is greater than"},
+      {"{\"class\": 1, \"stochasticity\": -1}", "field 'stochasticity' must be a finite number >= 0"},
+      {"{\"class\": 1, \"mode\": \"fast\"}", "field 'mode'"},
+      {"{\"class\": 1, \"schedule\": \"1,2\"}", "field 'schedule'"},
+      {"{\"class\": 1, \"size\": \"33x32\"}", "multiples of 4"},
+      {"{\"class\": 1, \"size\": \"4096x4096\"}", "limit of 1048576 pixels"},
+      {"{\"class\": 1, \"size\": \"big\"}", "field 'size' must be WIDTHxHEIGHT"},
+      {"{\"class\": 1, \"response_format\": \"url\"}", "field 'response_format' must be \"b64_json\""},
+      {"{\"class\": 1, \"model\": \"dall-e-3\"}", "serves 'tim-fmnist', not 'dall-e-3'"},
+      {"{\"class\": 1, \"seed\": -1}", "field 'seed' must be an integer in [0, 18446744073709551615]"},
+      {"{\"class\": 1, \"seed\": 1.5}", "field 'seed' must be an integer"},
+      {"{\"class\": 1, \"first_index\": 3}", "field 'first_index' needs 'seed'"},
+      {"{\"class\": 1, \"transport\": \"vp\", \"stochasticity\": 0.5}", "needs the ot-fm transport"},
+      {"{\"class\": 1, \"t_max\": 0.2, \"t_min\": 0.5}", "must be greater than"},
+  };
+  for (const auto& [body, message] : bad) {
+    const auto res = client.Post("/v1/images/generations", body, "application/json");
+    REQUIRE(res);
+    INFO(body, " -> ", res->body);
+    CHECK(res->status == 400);
+    const auto error = json::parse(res->body);
+    CHECK(error["error"]["type"] == "invalid_request_error");
+    CHECK(error["error"]["message"].get<std::string>().find(message) != std::string::npos);
+  }
+  // Too large a body: 413 before anything is parsed.
+  const auto large = client.Post("/v1/images/generations", "{\"prompt\": \"" + std::string(5000, 'a') + "\"}",
+                                 "application/json");
+  REQUIRE(large);
+  CHECK(large->status == 413);
+  CHECK(json::parse(large->body)["error"]["type"] == "request_too_large");
+  const auto missing = client.Get("/v2/nothing");
+  REQUIRE(missing);
+  CHECK(missing->status == 404);
+  CHECK(json::parse(missing->body).contains("error"));
+  // Still healthy, and still serving.
+  const auto health = client.Get("/health");
+  REQUIRE(health);
+  CHECK(health->status == 200);
+  CHECK(json::parse(health->body)["status"] == "ok");
+  const json ok = post(client, {{"prompt", "trouser"}, {"steps", 1}});
+  CHECK(ok["data"][0]["class"] == 1);
+  const auto models = client.Get("/v1/models");
+  REQUIRE(models);
+  CHECK(json::parse(models->body)["data"][0]["id"] == "tim-fmnist");
+}
+
+TEST_CASE("serve: --api-key, the queue limit, a client that goes away, SIGTERM") {
+  SUBCASE("--api-key needs the bearer token on everything but /health") {
+    Server server("--api-key s3cret --batch-size 1");
+    auto client = server.client();
+    const std::string body = json{{"class", 1}, {"steps", 1}}.dump();
+    auto res = client.Post("/v1/images/generations", body, "application/json");
+    REQUIRE(res);
+    CHECK(res->status == 401);
+    CHECK(json::parse(res->body)["error"]["type"] == "authentication_error");
+    res = client.Post("/v1/images/generations", {{"Authorization", "Bearer s3creT"}}, body, "application/json");
+    REQUIRE(res);
+    CHECK(res->status == 401);
+    res = client.Get("/v1/models");
+    REQUIRE(res);
+    CHECK(res->status == 401);
+    res = client.Post("/v1/images/generations", {{"Authorization", "Bearer s3cret"}}, body, "application/json");
+    REQUIRE(res);
+    CHECK(res->status == 200);
+    res = client.Get("/health");
+    REQUIRE(res);
+    CHECK(res->status == 200);
+  }
+  SUBCASE("a request past --max-queue gets 429") {
+    Server server("--max-queue 2 --batch-size 1");
+    auto client = server.client();
+    const json error = post(client, {{"class", 1}, {"n", 3}}, 429);
+    CHECK(error["error"]["type"] == "queue_full");
+    post(client, {{"class", 1}, {"n", 2}, {"steps", 1}});
+  }
+  SUBCASE("a client that disconnects cancels its work") {
+    Server server("--batch-size 1");
+    {
+      auto client = server.client(/*read_timeout_s=*/1);
+      const auto res = client.Post("/v1/images/generations", json{{"class", 1}, {"steps", 1000}}.dump(),
+                                   "application/json");
+      CHECK(!res);  // timed out: the client closed the connection
+    }
+    auto client = server.client();
+    bool idle = false;
+    for (int i = 0; i < 100 && !idle; ++i) {
+      const auto health = client.Get("/health");
+      REQUIRE(health);
+      idle = json::parse(health->body)["queued_images"] == 0;
+      if (!idle) std::this_thread::sleep_for(100ms);
+    }
+    CHECK(idle);  // a 1000-step run takes far longer than the 1 s + 10 s waited here
+    CHECK(read_text(server.log).find("\"POST /v1/images/generations\" 499") != std::string::npos);
+    CHECK(json::parse(client.Get("/health")->body)["images_sampled"] == 0);
+  }
+  SUBCASE("SIGTERM finishes the request in flight, then the server exits") {
+    Server server("--batch-size 1");
+    json answer;
+    std::thread request([&] {
+      auto client = server.client();
+      const auto res = client.Post("/v1/images/generations", json{{"class", 2}, {"steps", 100}}.dump(),
+                                   "application/json");
+      if (res && res->status == 200) answer = json::parse(res->body);
+    });
+    // SIGTERM once the request is in the queue (or already answered).
+    auto probe = server.client();
+    for (int i = 0; i < 200; ++i) {
+      const auto health = probe.Get("/health");
+      REQUIRE(health);
+      const auto h = json::parse(health->body);
+      if (h["queued_images"] != 0 || h["images_sampled"] != 0) break;
+      std::this_thread::sleep_for(10ms);
+    }
+    CHECK(server.terminate() == 0);
+    request.join();
+    REQUIRE(answer.is_object());
+    CHECK(answer["data"].size() == 1);
+    CHECK(read_text(server.log).find("SIGTERM: finishing the requests in flight") != std::string::npos);
+  }
+}
+
+TEST_CASE("serve: what cannot be served is refused at start, exit code 1 and a message") {
+  const fs::path dir = fs::temp_directory_path() / ("tim_serve_start_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const auto run = [&](const std::string& args) {
+    const fs::path err = dir / "stderr.txt";
+    const int status = std::system((std::string("'") + TIM_EXECUTABLE + "' serve " + args + " 2> '" + err.string() +
+                                    "' > /dev/null").c_str());
+    return std::pair{WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_text(err)};
+  };
+  // A text-to-image model: prompts need a text encoder, which the server does not have.
+  const auto config = tim_test::t2i_config(16, 1, 2, 2, 1, 8, 8);
+  const auto checkpoint = tim_test::random_t2i_checkpoint(config, 11);
+  tim::io::SafetensorsWriter writer;
+  for (const auto& info : checkpoint.tensors())
+    writer.add(info.name, info.dtype, info.shape, checkpoint.bytes(info.name).data());
+  writer.set_metadata("image_size", "8x8x1");
+  const std::string t2i = (dir / "t2i.safetensors").string();
+  writer.write(t2i);
+  auto [code, err] = run("--port 0 --model '" + t2i + "'");
+  CHECK(code == 1);
+  CHECK(err.find("is a text-to-image (T2I) TiM: tim serve takes prompts only through a text encoder") !=
+        std::string::npos);
+  std::tie(code, err) = run("--port 0 --batch-size 0");
+  CHECK(code == 1);
+  CHECK(err.find("--batch-size must be in [1, 1024], got 0") != std::string::npos);
+  std::tie(code, err) = run("--port 0 --device cuda");
+  CHECK(code == 1);
+  // A port already taken.
+  Server first("--batch-size 1");
+  std::tie(code, err) = run("--port " + std::to_string(first.port) + " --model '" + TIM_SHIPPED_MODEL + "'");
+  CHECK(code == 1);
+  CHECK(err.find("cannot listen on 127.0.0.1:" + std::to_string(first.port)) != std::string::npos);
+  std::error_code ignored;
+  fs::remove_all(dir, ignored);
+}
