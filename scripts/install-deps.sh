@@ -6,6 +6,7 @@ packages=(
   build-essential cmake ninja-build
   libeigen3-dev nlohmann-json3-dev doctest-dev libbenchmark-dev libopenblas-openmp-dev
   libcli11-dev libyaml-cpp-dev libpng-dev
+  openmpi-bin  # tests/test_cli_scale.cpp: tim sample under mpirun -np 2 (docs/scale.md)
   dataset-fashion-mnist
 )
 sudo_cmd=()

@@ -1056,6 +1056,46 @@ TEST_CASE("cli sample: --vae decodes the latents into PNGs and --out images, con
   CHECK(tensor_error(images2, reference) > 1e-2);
 }
 
+TEST_CASE("cli decode: latents from tim sample --out decode to its images and PNGs named by sample index") {
+  TempDir dir;
+  const std::string model = make_model(dir, std::string(TIM_TEST_DATA_DIR) + "/golden/square.safetensors", "c2i4", {});
+  const std::string vae = make_vae_folder(dir, R"({"_class_name": "AutoencoderKL", "norm_num_groups": 8})");
+  const std::string sampled = dir.file("sampled.safetensors"), decoded = dir.file("decoded.safetensors");
+  const std::string pngs = dir.file("pngs");
+  check_success(run_tim(dir, "sample --model " + quote(model) + " --labels 2,4 --latent-height 8 --latent-width 10 "
+                                 "--steps 2 --first-index 30 --vae " + quote(vae) + " --out " + quote(sampled)));
+  // The folder (diffusers layout) or the weights file, to --out and to PNGs.
+  check_success(run_tim(dir, "decode --vae " + quote((fs::path(vae).parent_path()).string()) + " --latents " +
+                                 quote(sampled) + " --out " + quote(decoded) + " --png-dir " + quote(pngs)));
+  const auto images = tim::io::SafetensorsFile::open(decoded).load<float>("images");
+  const auto expected_images = tim::io::SafetensorsFile::open(sampled).load<float>("images");
+  REQUIRE(images.shape() == tim::Shape{2, 3, 64, 80});
+  CHECK(std::equal(images.data(), images.data() + images.numel(), expected_images.data()));
+  // The library's decoder on the same latents, in this process.
+  tim::vae::SdVaeOptions vae_options;
+  vae_options.groups = 8;
+  const auto reference = tim::vae::open_sd_vae_decoder<double>(vae, vae_options)
+                             .decode(tim::io::SafetensorsFile::open(sampled).load<double>("latents"));
+  CHECK(tensor_error(images, reference) < 1e-4);
+  for (int b = 0; b < 2; ++b) {
+    const auto image = tim::io::read_png((fs::path(pngs) / ("0000" + std::to_string(30 + b) + ".png")).string());
+    CHECK(image.width == 80);
+    CHECK(image.height == 64);
+    CHECK(tim_json(image).at("sample_index") == 30 + b);
+    CHECK(tim_json(image).at("label") == (b == 0 ? 2 : 4));
+    CHECK(tim_json(image).at("steps") == "2");  // the latents file's metadata, as it was written
+  }
+  // Never over existing PNGs without --overwrite; bad latents named.
+  check_user_error(run_tim(dir, "decode --vae " + quote(vae) + " --latents " + quote(sampled) + " --png-dir " + quote(pngs)),
+                   {"'000030.png' already exists", "--overwrite"});
+  check_success(run_tim(dir, "decode --vae " + quote(vae) + " --latents " + quote(sampled) + " --png-dir " + quote(pngs) +
+                                 " --overwrite"));
+  check_user_error(run_tim(dir, "decode --vae " + quote(vae) + " --latents " + quote(decoded) + " --out " +
+                                    quote(dir.file("x.safetensors"))),
+                   {"expected a tensor 'latents' [B, C, h, w]", "found: images"});
+  check_user_error(run_tim(dir, "decode --vae " + quote(vae) + " --latents " + quote(sampled)), {"no output"});
+}
+
 TEST_CASE("cli sample: --vae with a DC-AE decoder, attention_head_dim and decoder_in_shortcut from config.json") {
   TempDir dir;
   const std::string model = make_model(dir, std::string(TIM_TEST_DATA_DIR) + "/golden/square.safetensors", "c2i4", {});
@@ -1171,7 +1211,7 @@ TEST_CASE("cli sample: --vae errors name the file and what is wrong") {
     const std::string gray = make_model(dir, std::string(TIM_TEST_DATA_DIR) + "/golden/patch4.safetensors", "gray", {});
     check_user_error(run_tim(dir, "sample --model " + quote(gray) + " --labels 1 --latent-height 16 --latent-width 16 --png-dir " +
                                       quote(dir.file("pngs")) + " --vae " + quote(vae)),
-                     {"--vae '", "takes latents with 4 channels, but the model samples 1"});
+                     {"--vae '", "takes latents with 4 channels, but the latents have 1"});
   }
 }
 

@@ -37,6 +37,7 @@ Subcommand add_inspect(CLI::App& app);
 Subcommand add_forward(CLI::App& app);
 Subcommand add_sample(CLI::App& app);
 Subcommand add_bench(CLI::App& app);
+Subcommand add_decode(CLI::App& app);  // decode.cpp
 
 //! Whether the option was given on the command line.
 inline bool given(const CLI::Option* option) { return option != nullptr && option->count() > 0; }

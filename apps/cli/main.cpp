@@ -21,7 +21,8 @@ int main(int argc, char** argv) {
   app.footer("Exit codes: 0 success, 1 error (message on stderr), other: command-line usage error. See docs/cli.md.");
 
   const std::vector<tim_cli::Subcommand> subcommands{tim_cli::add_inspect(app), tim_cli::add_forward(app),
-                                                     tim_cli::add_sample(app), tim_cli::add_bench(app)};
+                                                     tim_cli::add_sample(app), tim_cli::add_bench(app),
+                                                     tim_cli::add_decode(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

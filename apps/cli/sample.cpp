@@ -245,7 +245,7 @@ void run_sample(const SampleOptions& options) {
   HostVae vae;
   std::optional<tim_cli::CudaVaeDecoder> gpu_vae;
   if (!options.vae_path.empty()) {
-    vae = load_vae(options.vae_path, model.config(), {.tile = options.vae_tile, .overlap = options.vae_overlap});
+    vae = load_vae(options.vae_path, model.config().in_channels, {.tile = options.vae_tile, .overlap = options.vae_overlap});
     if (cuda) {  // the weights now live on the GPU: drop the host copy (637 MB for the DC-AE)
       try {
         gpu_vae = vae.sd ? tim_cli::CudaVaeDecoder::upload(*vae.sd) : tim_cli::CudaVaeDecoder::upload(*vae.dc);
@@ -273,7 +273,6 @@ void run_sample(const SampleOptions& options) {
   const auto total = static_cast<std::uint64_t>(all.size());
   std::vector<std::size_t> todo;  // positions in the run
   for (std::uint64_t p = shard.begin(total); p < shard.end(total); ++p) todo.push_back(static_cast<std::size_t>(p));
-  const std::size_t mine = todo.size();
   const bool png_dir = !options.png_dir.empty();
   const auto png_path = [&](std::size_t p) {
     return (fs::path(options.png_dir) / sample_file_name(all[p], plan.run.shared_indices)).string();
@@ -384,7 +383,8 @@ void run_sample(const SampleOptions& options) {
         if (!text) grid_labels.push_back(spec.label);
       }
       if (!png_dir || !finite) continue;  // never a black image for NaN: reported below instead
-      SampleRecord record{.index = spec.index};
+      SampleRecord record;
+      record.index = spec.index;
       if (text) {
         record.caption_row = spec.caption;
         const auto& texts = plan.captions->texts;

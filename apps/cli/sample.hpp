@@ -190,8 +190,8 @@ struct HostVae {
 
 //! Loads --vae: the safetensors weights, an SD VAE (it has post_quant_conv.weight) or a DC-AE
 //! (decoder.conv_in.weight without it), plus what the config.json beside them says when there is
-//! one (the diffusers layout). Checks that the decoder takes the model's latents.
-HostVae load_vae(const std::string& path, const tim::nn::BackboneConfig& c, const tim::vae::TileOptions& tiles);
+//! one (the diffusers layout). Checks that the decoder takes latents of `latent_channels`.
+HostVae load_vae(const std::string& path, std::int64_t latent_channels, const tim::vae::TileOptions& tiles);
 
 //! images (B, 3, H, W) from latents (B, L, h, w), decoding one sample (1, L, h, w) at a time.
 tim::Tensor<float> decode_each(const tim::Tensor<float>& latents,

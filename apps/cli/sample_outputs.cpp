@@ -148,7 +148,7 @@ tim::Tensor<float> HostVae::decode_one(const tim::Tensor<float>& latent) const {
   return sd ? tim::vae::decode_tiled(*sd, latent, tiles) : tim::vae::decode_tiled(*dc, latent, tiles);
 }
 
-HostVae load_vae(const std::string& path, const tim::nn::BackboneConfig& c, const tim::vae::TileOptions& tiles) {
+HostVae load_vae(const std::string& path, std::int64_t latent_channels, const tim::vae::TileOptions& tiles) {
   try {
     const auto file = tim::io::SafetensorsFile::open(path);
     const bool sd_vae = file.contains("post_quant_conv.weight");
@@ -182,8 +182,8 @@ HostVae load_vae(const std::string& path, const tim::nn::BackboneConfig& c, cons
       decoder.channels = decoder.dc->config.latent_channels;
       decoder.scale = decoder.dc->config.upscale();
     }
-    tim::check(decoder.channels == c.in_channels, "the decoder takes latents with ", decoder.channels,
-               " channels, but the model samples ", c.in_channels);
+    tim::check(decoder.channels == latent_channels, "the decoder takes latents with ", decoder.channels,
+               " channels, but the latents have ", latent_channels);
     return decoder;
   } catch (const tim::Error& e) {
     tim::fail("--vae '", path, "': ", e.what());
