@@ -1,8 +1,8 @@
-// tim sample: latents (and images) from the any-step transition sampler (docs/cli.md). The run
-// has three stages: check the options (before anything is loaded), plan the run once the model is
-// known (settings from tim::resolve_sample_settings, the batch, the recorded parameters; nothing
-// device-specific), then load_sample_decode, the one function that holds the network, the
-// sampler and the GPU types; finally the files are written.
+// tim sample: latents (and images) from the any-step transition sampler (docs/cli.md,
+// docs/scale.md). The run: check the options (before anything is loaded), load the model
+// (tim_cli::Generator, generate.hpp) and the decoder, plan the run (plan_sample: settings, the
+// run's samples, the recorded parameters), take this process's shard less what --resume finds
+// written, then sample, decode and write chunk by chunk; --out and the grid at the end.
 #include <unistd.h>
 
 #include <algorithm>
