@@ -243,4 +243,16 @@ tim::Tensor<float> CudaVaeDecoder::decode(const tim::Tensor<float>& latents, con
   return impl_->decode(latents, tiles);
 }
 
+int cuda_device_count() {
+  int count = 0;
+  const cudaError_t status = cudaGetDeviceCount(&count);
+  tim::check(status == cudaSuccess, "--device cuda: cannot count the CUDA devices: ", cudaGetErrorString(status));
+  return count;
+}
+
+void use_cuda_device(int device) {
+  const cudaError_t status = cudaSetDevice(device);
+  tim::check(status == cudaSuccess, "--device cuda: cannot use GPU ", device, ": ", cudaGetErrorString(status));
+}
+
 }  // namespace tim_cli

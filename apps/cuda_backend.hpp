@@ -95,4 +95,11 @@ class CudaVaeDecoder {
   std::shared_ptr<Impl> impl_;
 };
 
+//! The CUDA devices this process sees (cudaGetDeviceCount); throws tim::Error when the driver
+//! cannot be reached or the program was built without CUDA.
+int cuda_device_count();
+//! Makes `device` the current GPU of this process (cudaSetDevice), before anything is loaded:
+//! `tim sample --gpu N`, or the launcher's local rank modulo cuda_device_count().
+void use_cuda_device(int device);
+
 }  // namespace tim_cli

@@ -44,4 +44,7 @@ CudaVaeDecoder CudaVaeDecoder::upload(const tim::vae::SdVaeDecoder<float>&) { no
 CudaVaeDecoder CudaVaeDecoder::upload(const tim::vae::DcAeDecoder<float>&) { not_built(); }
 tim::Tensor<float> CudaVaeDecoder::decode(const tim::Tensor<float>&, const tim::vae::TileOptions&) const { not_built(); }
 
+int cuda_device_count() { not_built(); }
+void use_cuda_device(int) { not_built(); }
+
 }  // namespace tim_cli

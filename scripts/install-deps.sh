@@ -9,6 +9,7 @@ packages=(
   libeigen3-dev nlohmann-json3-dev doctest-dev libbenchmark-dev libopenblas-openmp-dev
   libcli11-dev libyaml-cpp-dev libpng-dev libsentencepiece-dev libcpp-httplib-dev pkg-config
   python3-dev python3-venv
+  openmpi-bin  # tests/test_cli_scale.cpp: tim sample under mpirun -np 2 (docs/scale.md)
   dataset-fashion-mnist
 )
 sudo_cmd=()

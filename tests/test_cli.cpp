@@ -21,73 +21,18 @@
 #include <string>
 #include <vector>
 
+#include "cli_run.hpp"
 #include "golden_source.hpp"
 #include "random_t2i_checkpoint.hpp"
 #include "tim/io/png.hpp"
 #include "tim/tim.hpp"
+#include <nlohmann/json.hpp>
 
 namespace {
 
+using namespace tim_test;
+
 namespace fs = std::filesystem;
-
-// A fresh directory under the system temp dir, removed with everything in it at scope exit.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() /
-           ("tim_cli_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
-
-std::string quote(const std::string& text) {
-  std::string quoted = "'";
-  for (char ch : text) quoted += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
-  return quoted + "'";
-}
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-void write_text(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-}
-
-struct RunResult {
-  bool exited = false;  // false: killed by a signal (a crash)
-  int code = -1;
-  std::string out, err;
-};
-
-// Runs `tim ARGS` with stdout and stderr captured into files of `dir`; `environment` (e.g.
-// "NAME=value ") is put before the command.
-RunResult run_tim(const TempDir& dir, const std::string& args, const std::string& environment = "") {
-  static std::atomic<int> counter{0};
-  const int id = counter++;
-  const std::string out = dir.file("stdout_" + std::to_string(id) + ".txt");
-  const std::string err = dir.file("stderr_" + std::to_string(id) + ".txt");
-  const std::string command =
-      environment + quote(TIM_EXECUTABLE) + " " + args + " > " + quote(out) + " 2> " + quote(err);
-  const int status = std::system(command.c_str());
-  RunResult result;
-  result.exited = status != -1 && WIFEXITED(status);
-  result.code = result.exited ? WEXITSTATUS(status) : -1;
-  result.out = read_text(out);
-  result.err = read_text(err);
-  return result;
-}
 
 // The inputs of one forward call, as plain vectors so tests can spoil them.
 struct Inputs {
@@ -130,6 +75,13 @@ struct GoldenSplit {
   std::int64_t parameters = 0;  // elements of every tensor except projector.*
   std::int64_t parameter_tensors = 0, projector_tensors = 0;
 };
+
+// The `tim` JSON chunk of a PNG that tim sample wrote.
+nlohmann::json tim_json(const tim::io::PngImage& image) {
+  const std::string* text = image.find_text("tim");
+  REQUIRE(text != nullptr);
+  return nlohmann::json::parse(*text);
+}
 
 bool is_io(const std::string& name) { return name.rfind("input.", 0) == 0 || name.rfind("output.", 0) == 0; }
 
@@ -202,23 +154,6 @@ double relative_error_of(const std::string& out_path, const GoldenSplit& split) 
 
 std::string forward_args(const std::string& model, const std::string& inputs, const std::string& out) {
   return "forward --model " + quote(model) + " --inputs " + quote(inputs) + " --out " + quote(out);
-}
-
-// The program failed the way a user error should: exit code 1 and a message on stderr.
-void check_user_error(const RunResult& result, const std::vector<std::string>& expected_parts) {
-  INFO("stderr: ", result.err);
-  INFO("stdout: ", result.out);
-  REQUIRE(result.exited);
-  CHECK(result.code == 1);
-  CHECK(result.err.rfind("tim: error: ", 0) == 0);
-  for (const auto& part : expected_parts) CHECK_MESSAGE(result.err.find(part) != std::string::npos, "missing: ", part);
-}
-
-void check_success(const RunResult& result) {
-  INFO("stderr: ", result.err);
-  INFO("stdout: ", result.out);
-  REQUIRE(result.exited);
-  REQUIRE(result.code == 0);
 }
 
 }  // namespace
@@ -876,8 +811,8 @@ TEST_CASE("cli sample: generated noise is tim::initial_noise, row b drawing samp
   const auto labels = file.load<std::int64_t>("labels");
   CHECK(std::all_of(labels.data(), labels.data() + 3, [](std::int64_t y) { return y == 1; }));
 
-  // Sample 12 alone is row 2 of the batch: its noise is the same, so its result is too (up to
-  // float rounding, which the network's kernels may order differently for another batch size).
+  // Sample 12 alone is row 2 of the batch: its noise is the same, and the program evaluates the
+  // network one sample at a time, so its result is the same bits (docs/scale.md).
   check_success(run_tim(dir, base + "--labels 1 --first-index 12 --trajectory --out " + quote(single)));
   const auto alone_file = tim::io::SafetensorsFile::open(single);
   const auto alone_start = alone_file.load<float>("trajectory");
@@ -885,7 +820,7 @@ TEST_CASE("cli sample: generated noise is tim::initial_noise, row b drawing samp
   CHECK(std::equal(alone_start.data(), alone_start.data() + per_sample, trajectory.data() + 2 * per_sample));
   const auto alone = alone_file.load<float>("latents");
   const auto together = file.load<float>("latents");
-  CHECK(relative_error(alone.data(), together.data() + 2 * per_sample, per_sample) <= 1e-5);
+  CHECK(std::equal(alone.data(), alone.data() + per_sample, together.data() + 2 * per_sample));
 }
 
 TEST_CASE("cli sample: bad arguments end with exit code 1 and a message naming the problem") {
@@ -945,12 +880,12 @@ TEST_CASE("cli sample: bad arguments end with exit code 1 and a message naming t
       {model + "--class 1 --height 7 --width 8", {"height 7 and width 8 must be multiples of the model's patch size 2"}},
       {model + "--class 1 --height 8 --width 0", {"--width must be at least 1, got 0"}},
       {model + "--class 1", {"no 'latent_size' or 'image_size'", "pass --height and --width"}},
-      {sized + "--labels 1,2 --class 1", {"--labels and --class cannot be used together"}},
+      {sized + "--labels 1,2 --class 1", {"choose one of --labels, --class, --grid"}},
       {sized + "--num 3", {"--num needs --class"}},
       {sized + "--class 1 --num 0", {"--num must be at least 1, got 0"}},
       {sized, {"nothing to sample", "--labels", "--class", "--grid"}},
       {sized + "--class 1 --per-class 3", {"--per-class needs --grid"}},
-      {sized + "--grid " + quote(dir.file("g.png")) + " --labels 1", {"--grid samples every class itself"}},
+      {sized + "--grid " + quote(dir.file("g.png")) + " --labels 1", {"choose one of --labels, --class, --grid"}},
       {"sample --model " + quote(sampler_model) + " --height 8 --width 8 --class 1", {"no output", "--out", "--png-dir", "--grid"}},
       {"sample --model " + quote(sampler_model) + " --height 8 --width 8 --class 1 --trajectory --png-dir " + quote(dir.file("p")),
        {"--trajectory needs --out"}},
@@ -993,7 +928,7 @@ TEST_CASE("cli sample: --png-dir writes SPEC 8 pixels, the parameters and a labe
   const auto file = tim::io::SafetensorsFile::open(out);
   REQUIRE(file.info("latents").shape == tim::Shape{3, 1, 16, 16});
   const auto latents = file.load<float>("latents");
-  const std::vector<std::string> names{"sample_0000_class_3.png", "sample_0001_class_1.png", "sample_0002_class_3.png"};
+  const std::vector<std::string> names{"000000.png", "000001.png", "000002.png"};
   for (std::size_t b = 0; b < names.size(); ++b) {
     CAPTURE(names[b]);
     const auto image = tim::io::read_png((fs::path(pngs) / names[b]).string());
@@ -1009,17 +944,22 @@ TEST_CASE("cli sample: --png-dir writes SPEC 8 pixels, the parameters and a labe
     CHECK(saturated < 256);  // the comparison is not vacuous
     const std::string* parameters = image.find_text("parameters");
     REQUIRE(parameters != nullptr);
-    CHECK(parameters->find("steps: 2\n") != std::string::npos);
-    CHECK(parameters->find("seed: 9\n") != std::string::npos);
-    CHECK(parameters->find("model: " + model + "\n") != std::string::npos);
-    CHECK(parameters->find(b == 1 ? "label: 1 (Trouser)" : "label: 3 (Dress)") != std::string::npos);
+    CHECK(parameters->rfind(b == 1 ? "Trouser\nSteps: 2, " : "Dress\nSteps: 2, ", 0) == 0);  // A1111: prompt, settings
+    CHECK(parameters->find("Seed: 9, ") != std::string::npos);
+    const auto json = tim_json(image);
+    CHECK(json.at("steps") == 2);
+    CHECK(json.at("seed") == 9);
+    CHECK(json.at("model") == model);
+    CHECK(json.at("label") == (b == 1 ? 1 : 3));
+    CHECK(json.at("class_name") == (b == 1 ? "Trouser" : "Dress"));
+    CHECK(json.at("sample_index") == b);
   }
   const auto grid = tim::io::read_png((fs::path(pngs) / "grid.png").string());
   CHECK(grid.channels == 1);
   CHECK(grid.width > 2 * 16);
   CHECK(grid.height > 2 * 16);
   REQUIRE(grid.find_text("parameters") != nullptr);
-  CHECK(grid.find_text("parameters")->find("tim_version: ") != std::string::npos);
+  CHECK(tim_json(grid).at("tim_version") == tim::version_string);
   CHECK(std::count(grid.pixels.begin(), grid.pixels.end(), 0) > 0);
 }
 
@@ -1055,7 +995,7 @@ TEST_CASE("cli sample: --vae decodes the latents into PNGs and --out images, con
   const std::string vae = make_vae_folder(dir, R"({"_class_name": "AutoencoderKL", "norm_num_groups": 8,
                                                    "scaling_factor": 0.18215, "latent_channels": 4})");
   const std::string out = dir.file("out.safetensors"), pngs = dir.file("pngs");
-  const auto result = run_tim(dir, "sample --model " + quote(model) + " --labels 2,0 --height 8 --width 6 --steps 2 "
+  const auto result = run_tim(dir, "sample --model " + quote(model) + " --labels 2,0 --latent-height 8 --latent-width 6 --steps 2 "
                                        "--seed 4 --vae " + quote(vae) + " --out " + quote(out) + " --png-dir " +
                                        quote(pngs) + " -v");
   check_success(result);
@@ -1072,7 +1012,7 @@ TEST_CASE("cli sample: --vae decodes the latents into PNGs and --out images, con
   const auto reference = tim::vae::open_sd_vae_decoder<double>(vae, vae_options).decode(latents);
   CHECK(tensor_error(images, reference) < 1e-4);
 
-  const std::vector<std::string> names{"sample_0000_class_2.png", "sample_0001_class_0.png"};
+  const std::vector<std::string> names{"000000.png", "000001.png"};
   const std::int64_t pixels = 64 * 48;
   for (std::size_t b = 0; b < names.size(); ++b) {
     CAPTURE(names[b]);
@@ -1090,28 +1030,70 @@ TEST_CASE("cli sample: --vae decodes the latents into PNGs and --out images, con
     CHECK(values.size() > 50);  // a real image, not a constant
     const std::string* parameters = image.find_text("parameters");
     REQUIRE(parameters != nullptr);
-    CHECK(parameters->find("vae: " + vae + "\n") != std::string::npos);
-    CHECK(parameters->find("G 8, eps 1e-06, scaling_factor 0.18215") != std::string::npos);
-    CHECK(parameters->find("steps: 2\n") != std::string::npos);
-    CHECK(parameters->find("seed: 4\n") != std::string::npos);
+    CHECK(tim_json(image).at("vae") == vae);
+    CHECK(tim_json(image).at("vae_config").get<std::string>().find("G 8, eps 1e-06, scaling_factor 0.18215") !=
+          std::string::npos);
+    CHECK(tim_json(image).at("steps") == 2);
+    CHECK(tim_json(image).at("seed") == 4);
   }
   const auto grid = tim::io::read_png((fs::path(pngs) / "grid.png").string());
   CHECK(grid.channels == 3);
   CHECK(grid.width > 2 * 48);
   REQUIRE(grid.find_text("parameters") != nullptr);
-  CHECK(grid.find_text("parameters")->find("vae: ") != std::string::npos);
+  CHECK(tim_json(grid).contains("vae"));
+  CHECK(grid.find_text("parameters")->find(", VAE: ") != std::string::npos);
 
   // scaling_factor from config.json: 2x the factor decodes latents / 2, i.e. other images.
   TempDir other;
   const std::string scaled = make_vae_folder(other, R"({"norm_num_groups": 8, "scaling_factor": 0.3643})");
   const std::string out2 = other.file("out.safetensors");
-  check_success(run_tim(other, "sample --model " + quote(model) + " --labels 2,0 --height 8 --width 6 --steps 2 "
+  check_success(run_tim(other, "sample --model " + quote(model) + " --labels 2,0 --latent-height 8 --latent-width 6 --steps 2 "
                                    "--seed 4 --vae " + quote(scaled) + " --out " + quote(out2)));
   vae_options.scaling_factor = 0.3643;
   const auto halved = tim::vae::open_sd_vae_decoder<double>(scaled, vae_options).decode(latents);
   const auto images2 = tim::io::SafetensorsFile::open(out2).load<float>("images");
   CHECK(tensor_error(images2, halved) < 1e-4);
   CHECK(tensor_error(images2, reference) > 1e-2);
+}
+
+TEST_CASE("cli decode: latents from tim sample --out decode to its images and PNGs named by sample index") {
+  TempDir dir;
+  const std::string model = make_model(dir, std::string(TIM_TEST_DATA_DIR) + "/golden/square.safetensors", "c2i4", {});
+  const std::string vae = make_vae_folder(dir, R"({"_class_name": "AutoencoderKL", "norm_num_groups": 8})");
+  const std::string sampled = dir.file("sampled.safetensors"), decoded = dir.file("decoded.safetensors");
+  const std::string pngs = dir.file("pngs");
+  check_success(run_tim(dir, "sample --model " + quote(model) + " --labels 2,4 --latent-height 8 --latent-width 10 "
+                                 "--steps 2 --first-index 30 --vae " + quote(vae) + " --out " + quote(sampled)));
+  // The folder (diffusers layout) or the weights file, to --out and to PNGs.
+  check_success(run_tim(dir, "decode --vae " + quote((fs::path(vae).parent_path()).string()) + " --latents " +
+                                 quote(sampled) + " --out " + quote(decoded) + " --png-dir " + quote(pngs)));
+  const auto images = tim::io::SafetensorsFile::open(decoded).load<float>("images");
+  const auto expected_images = tim::io::SafetensorsFile::open(sampled).load<float>("images");
+  REQUIRE(images.shape() == tim::Shape{2, 3, 64, 80});
+  CHECK(std::equal(images.data(), images.data() + images.numel(), expected_images.data()));
+  // The library's decoder on the same latents, in this process.
+  tim::vae::SdVaeOptions vae_options;
+  vae_options.groups = 8;
+  const auto reference = tim::vae::open_sd_vae_decoder<double>(vae, vae_options)
+                             .decode(tim::io::SafetensorsFile::open(sampled).load<double>("latents"));
+  CHECK(tensor_error(images, reference) < 1e-4);
+  for (int b = 0; b < 2; ++b) {
+    const auto image = tim::io::read_png((fs::path(pngs) / ("0000" + std::to_string(30 + b) + ".png")).string());
+    CHECK(image.width == 80);
+    CHECK(image.height == 64);
+    CHECK(tim_json(image).at("sample_index") == 30 + b);
+    CHECK(tim_json(image).at("label") == (b == 0 ? 2 : 4));
+    CHECK(tim_json(image).at("steps") == "2");  // the latents file's metadata, as it was written
+  }
+  // Never over existing PNGs without --overwrite; bad latents named.
+  check_user_error(run_tim(dir, "decode --vae " + quote(vae) + " --latents " + quote(sampled) + " --png-dir " + quote(pngs)),
+                   {"'000030.png' already exists", "--overwrite"});
+  check_success(run_tim(dir, "decode --vae " + quote(vae) + " --latents " + quote(sampled) + " --png-dir " + quote(pngs) +
+                                 " --overwrite"));
+  check_user_error(run_tim(dir, "decode --vae " + quote(vae) + " --latents " + quote(decoded) + " --out " +
+                                    quote(dir.file("x.safetensors"))),
+                   {"expected a tensor 'latents' [B, C, h, w]", "found: images"});
+  check_user_error(run_tim(dir, "decode --vae " + quote(vae) + " --latents " + quote(sampled)), {"no output"});
 }
 
 TEST_CASE("cli sample: --vae with a DC-AE decoder, attention_head_dim and decoder_in_shortcut from config.json") {
@@ -1122,7 +1104,7 @@ TEST_CASE("cli sample: --vae with a DC-AE decoder, attention_head_dim and decode
       dir, R"({"_class_name": "AutoencoderDC", "attention_head_dim": 3, "decoder_in_shortcut": false})",
       "dc_ae_golden/variants");
   const std::string out = dir.file("out.safetensors"), pngs = dir.file("pngs");
-  const auto result = run_tim(dir, "sample --model " + quote(model) + " --labels 1,3 --height 8 --width 6 --steps 2 "
+  const auto result = run_tim(dir, "sample --model " + quote(model) + " --labels 1,3 --latent-height 8 --latent-width 6 --steps 2 "
                                        "--vae " + quote(vae) + " --out " + quote(out) + " --png-dir " + quote(pngs) + " -v");
   check_success(result);
   CHECK(result.err.find("decoded to 16 x 12 images on the CPU") != std::string::npos);
@@ -1135,24 +1117,24 @@ TEST_CASE("cli sample: --vae with a DC-AE decoder, attention_head_dim and decode
   vae_options.in_shortcut = false;
   const auto reference = tim::vae::open_dc_ae_decoder<double>(vae, vae_options).decode(latents);
   CHECK(tensor_error(images, reference) < 1e-4);
-  const auto image = tim::io::read_png((fs::path(pngs) / "sample_0001_class_3.png").string());
+  const auto image = tim::io::read_png((fs::path(pngs) / "000001.png").string());
   REQUIRE(image.channels == 3);
   for (std::int64_t c = 0; c < 3; ++c)
     for (std::int64_t p = 0; p < 16 * 12; ++p)
       REQUIRE(image.pixels[static_cast<std::size_t>(p * 3 + c)] == expected_pixel(images.data()[(3 + c) * 16 * 12 + p]));
   REQUIRE(image.find_text("parameters") != nullptr);
-  CHECK(image.find_text("parameters")->find("vae_config: DC-AE decoder") != std::string::npos);
+  CHECK(tim_json(image).at("vae_config").get<std::string>().rfind("DC-AE decoder", 0) == 0);
 
   // Without config.json the released head width (32) does not fit this decoder's shapes.
   TempDir bare;
   const std::string plain = make_vae_folder(bare, "", "dc_ae_golden/variants");
-  check_user_error(run_tim(bare, "sample --model " + quote(model) + " --labels 1 --height 8 --width 8 --png-dir " +
+  check_user_error(run_tim(bare, "sample --model " + quote(model) + " --labels 1 --latent-height 8 --latent-width 8 --png-dir " +
                                      quote(bare.file("pngs")) + " --vae " + quote(plain)),
                    {"--vae '", "32"});
   // A config.json naming the other class.
   TempDir wrong;
   const std::string mislabelled = make_vae_folder(wrong, R"({"_class_name": "AutoencoderKL"})", "dc_ae_golden/variants");
-  check_user_error(run_tim(wrong, "sample --model " + quote(model) + " --labels 1 --height 8 --width 8 --png-dir " +
+  check_user_error(run_tim(wrong, "sample --model " + quote(model) + " --labels 1 --latent-height 8 --latent-width 8 --png-dir " +
                                       quote(wrong.file("pngs")) + " --vae " + quote(mislabelled)),
                    {"--vae '", "describes a AutoencoderKL but the weights are an AutoencoderDC"});
 }
@@ -1162,7 +1144,7 @@ TEST_CASE("cli sample: --vae-tile decodes in blended tiles as tim::vae::decode_t
   const std::string model = make_model(dir, std::string(TIM_TEST_DATA_DIR) + "/golden/square.safetensors", "c2i4", {});
   const std::string vae = make_vae_folder(dir, R"({"norm_num_groups": 8})");
   const std::string out = dir.file("out.safetensors");
-  check_success(run_tim(dir, "sample --model " + quote(model) + " --labels 2,4 --height 8 --width 10 --steps 2 --vae " +
+  check_success(run_tim(dir, "sample --model " + quote(model) + " --labels 2,4 --latent-height 8 --latent-width 10 --steps 2 --vae " +
                                  quote(vae) + " --vae-tile 4 --vae-overlap 2 --out " + quote(out)));
   const auto file = tim::io::SafetensorsFile::open(out);
   const auto latents = file.load<double>("latents");
@@ -1175,7 +1157,7 @@ TEST_CASE("cli sample: --vae-tile decodes in blended tiles as tim::vae::decode_t
   // Tiles of 4 out of 8 x 10 latent pixels see only themselves: far from the untiled images.
   CHECK(tensor_error(images, decoder.decode(latents)) > 1e-2);
 
-  const std::string base = "sample --model " + quote(model) + " --labels 1 --height 8 --width 8 --out " +
+  const std::string base = "sample --model " + quote(model) + " --labels 1 --latent-height 8 --latent-width 8 --out " +
                            quote(dir.file("x.safetensors"));
   check_user_error(run_tim(dir, base + " --vae " + quote(vae) + " --vae-tile -1"), {"--vae-tile must be >= 0"});
   check_user_error(run_tim(dir, base + " --vae " + quote(vae) + " --vae-tile 4 --vae-overlap 4"),
@@ -1187,10 +1169,10 @@ TEST_CASE("cli sample: --vae-tile decodes in blended tiles as tim::vae::decode_t
 TEST_CASE("cli sample: --vae errors name the file and what is wrong") {
   TempDir dir;
   const std::string model = make_model(dir, std::string(TIM_TEST_DATA_DIR) + "/golden/square.safetensors", "c2i4", {});
-  const std::string base = "sample --model " + quote(model) + " --labels 1 --height 8 --width 8 --steps 1 --png-dir " +
+  const std::string base = "sample --model " + quote(model) + " --labels 1 --latent-height 8 --latent-width 8 --steps 1 --png-dir " +
                            quote(dir.file("pngs")) + " --vae ";
   SUBCASE("no --vae for a 4-channel model") {
-    check_user_error(run_tim(dir, "sample --model " + quote(model) + " --labels 1 --height 8 --width 8 --png-dir " +
+    check_user_error(run_tim(dir, "sample --model " + quote(model) + " --labels 1 --latent-height 8 --latent-width 8 --png-dir " +
                                       quote(dir.file("pngs"))),
                      {"needs latents with 1 (gray) or 3 (RGB) channels", "give --vae"});
   }
@@ -1227,9 +1209,9 @@ TEST_CASE("cli sample: --vae errors name the file and what is wrong") {
   SUBCASE("a decoder for other latents than the model's") {
     const std::string vae = make_vae_folder(dir, R"({"norm_num_groups": 8})");
     const std::string gray = make_model(dir, std::string(TIM_TEST_DATA_DIR) + "/golden/patch4.safetensors", "gray", {});
-    check_user_error(run_tim(dir, "sample --model " + quote(gray) + " --labels 1 --height 16 --width 16 --png-dir " +
+    check_user_error(run_tim(dir, "sample --model " + quote(gray) + " --labels 1 --latent-height 16 --latent-width 16 --png-dir " +
                                       quote(dir.file("pngs")) + " --vae " + quote(vae)),
-                     {"--vae '", "takes latents with 4 channels, but the model samples 1"});
+                     {"--vae '", "takes latents with 4 channels, but the latents have 1"});
   }
 }
 
@@ -1246,7 +1228,7 @@ TEST_CASE("cli sample: RGB PNGs from a 3-channel model keep the channel order, n
   const auto latents = tim::io::SafetensorsFile::open(out).load<float>("latents");
   REQUIRE(latents.shape() == tim::Shape{2, 3, 8, 6});
   for (std::int64_t b = 0; b < 2; ++b) {
-    const auto image = tim::io::read_png((fs::path(pngs) / ("sample_000" + std::to_string(b) + "_class_2.png")).string());
+    const auto image = tim::io::read_png((fs::path(pngs) / ("00000" + std::to_string(b) + ".png")).string());
     REQUIRE(image.channels == 3);
     REQUIRE(image.width == 6);
     REQUIRE(image.height == 8);
@@ -1256,7 +1238,9 @@ TEST_CASE("cli sample: RGB PNGs from a 3-channel model keep the channel order, n
           REQUIRE(image.pixels[static_cast<std::size_t>((y * 6 + x) * 3 + ch)] ==
                   expected_pixel(latents.data()[((b * 3 + ch) * 8 + y) * 6 + x]));
     REQUIRE(image.find_text("parameters") != nullptr);
-    CHECK(image.find_text("parameters")->find("label: 2 (two)\n") != std::string::npos);
+    CHECK(tim_json(image).at("label") == 2);
+    CHECK(tim_json(image).at("class_name") == "two");
+    CHECK(image.find_text("parameters")->rfind("two\n", 0) == 0);
   }
   CHECK(tim::io::read_png((fs::path(pngs) / "grid.png").string()).channels == 3);
 }
@@ -1275,7 +1259,7 @@ TEST_CASE("cli sample: --grid samples --per-class of every class, row K equal to
   CHECK(image.channels == 1);
   CHECK(image.height > 10 * 16);
   REQUIRE(image.find_text("parameters") != nullptr);
-  CHECK(image.find_text("parameters")->find("steps: 2\n") != std::string::npos);
+  CHECK(tim_json(image).at("steps") == 2);
 
   check_success(run_tim(dir, "sample --model " + quote(model) + " --class 7 --num 3 --steps 2 --out " + quote(row)));
   const auto alone = tim::io::SafetensorsFile::open(row).load<float>("latents");
@@ -1294,7 +1278,7 @@ TEST_CASE("cli sample: without --model, the shipped model or a clear error") {
   const std::string stand_in = fashion_model(dir);
   check_success(run_tim(dir, "sample --grid " + quote(dir.file("g.png")) + " --per-class 1 --steps 1",
                         "TIM_DEFAULT_MODEL=" + quote(stand_in) + " "));
-  CHECK(tim::io::read_png(dir.file("g.png")).find_text("parameters")->find("model: " + stand_in) != std::string::npos);
+  CHECK(tim_json(tim::io::read_png(dir.file("g.png"))).at("model") == stand_in);
 
   if (!fs::exists(TIM_SHIPPED_MODEL)) {
     MESSAGE("skipped the shipped-model run: ", TIM_SHIPPED_MODEL, " is not there yet");
@@ -1363,6 +1347,39 @@ std::string caption_sample_args(const CaptionCase& c, int steps, const std::stri
          " --out " + quote(out);
 }
 
+// The network evaluated one row at a time on one thread, as `tim sample` evaluates it
+// (apps/cli/per_sample_network.hpp), written here on its own: a plain serial loop.
+template <class Network>
+struct OneRowAtATime {
+  using value_type = typename Network::value_type;
+  using backend = typename Network::backend;
+  using Condition = typename Network::Condition;
+  const Network& network;
+  const decltype(Network::config)& config = network.config;
+  void check_condition(const Condition& c, std::int64_t rows) const { network.check_condition(c, rows); }
+  Condition guided_condition(const Condition& c) const { return network.guided_condition(c); }
+  void reserve_for(const Condition&, std::int64_t, std::int64_t, std::int64_t) const {}
+  void forward(tim::Tensor<value_type>& out, const tim::Tensor<value_type>& x, const tim::Tensor<value_type>& t_in,
+               const tim::Tensor<value_type>& r_in, const Condition& c) const {
+    out = tim::Tensor<value_type>::empty({x.dim(0), config.out_channels, x.dim(2), x.dim(3)});
+    tim::Tensor<value_type> row;
+    for (std::int64_t b = 0; b < x.dim(0); ++b) {
+      network.forward(row, x.slice(b, 1), t_in.slice(b, 1), r_in.slice(b, 1), c.slice(b, 1));
+      std::copy_n(row.data(), row.numel(), out.data() + b * row.numel());
+    }
+  }
+};
+
+// `run()` on one thread (then the thread count restored).
+template <class Run>
+auto on_one_thread(const Run& run) {
+  const int threads = tim::num_threads();
+  tim::set_num_threads(1);
+  auto result = run();
+  tim::set_num_threads(threads);
+  return result;
+}
+
 // The same run through the library: the float network, the sampler, the case's settings.
 tim::Tensor<double> library_sample(const CaptionCase& c, int steps) {
   auto model = tim::load_t2i<float>(t2i_model);
@@ -1371,8 +1388,9 @@ tim::Tensor<double> library_sample(const CaptionCase& c, int steps) {
   const auto options = tim_test::sampler_options_of(m);
   return std::visit(
       [&](auto transport) {
-        tim::TransitionSampler sampler{model, transport, tim::linspace_schedule(steps)};
-        return sampler.sample(c.z, c.cap_feats, options).x;
+        const OneRowAtATime<tim::nn::T2IModel<float>> rows{model};
+        tim::TransitionSampler sampler{rows, transport, tim::linspace_schedule(steps)};
+        return on_one_thread([&] { return sampler.sample(c.z, c.cap_feats, options).x; });
       },
       tim::parse_transport(m.at("transport")));
 }
@@ -1493,14 +1511,17 @@ TEST_CASE("cli sample: a 1-channel T2I model, generated noise, --png-dir and --g
   // The library called directly: noise from tim::initial_noise at sample indices 5, 6, 7.
   auto network = tim::load_t2i<float>(model);
   network.set_null_caption(null_cap_feats);
-  tim::TransitionSampler sampler{network, tim::OtFm{}, tim::linspace_schedule(2)};
-  const auto expected = sampler.sample(tim::initial_noise({3, 1, 8, 8}, 3, 5), cap_feats,
-                                       {.cfg_scale = 2.0, .seed = 3, .first_sample_index = 5});
+  const OneRowAtATime<tim::nn::T2IModel<float>> rows{network};
+  tim::TransitionSampler sampler{rows, tim::OtFm{}, tim::linspace_schedule(2)};
+  const auto expected = on_one_thread([&] {
+    return sampler.sample(tim::initial_noise({3, 1, 8, 8}, 3, 5), cap_feats,
+                          {.cfg_scale = 2.0, .seed = 3, .first_sample_index = 5});
+  });
   CHECK(equals_library(latents, expected.x));
 
   const std::vector<std::string> texts{"a red shirt", "a boot", "a bag"};
   for (std::int64_t b = 0; b < 3; ++b) {
-    const std::string name = "sample_000" + std::to_string(b) + ".png";
+    const std::string name = "00000" + std::to_string(5 + b) + ".png";  // sample indices 5, 6, 7
     CAPTURE(name);
     const auto image = tim::io::read_png((fs::path(pngs) / name).string());
     REQUIRE(image.channels == 1);
@@ -1515,10 +1536,13 @@ TEST_CASE("cli sample: a 1-channel T2I model, generated noise, --png-dir and --g
     CHECK(differs_from_c2i > 0);  // the two mappings are told apart here
     const std::string* parameters = image.find_text("parameters");
     REQUIRE(parameters != nullptr);
-    CHECK(parameters->find("captions: " + captions + "\n") != std::string::npos);
-    CHECK(parameters->find("caption: " + texts[static_cast<std::size_t>(b)] + "\n") != std::string::npos);
-    CHECK(parameters->find("sample_index: " + std::to_string(5 + b) + "\n") != std::string::npos);
-    CHECK(parameters->find("label: ") == std::string::npos);
+    CHECK(parameters->rfind(texts[static_cast<std::size_t>(b)] + "\nSteps: 2, ", 0) == 0);  // A1111: the prompt first
+    const auto json = tim_json(image);
+    CHECK(json.at("captions") == captions);
+    CHECK(json.at("caption") == texts[static_cast<std::size_t>(b)]);
+    CHECK(json.at("caption_index") == b);
+    CHECK(json.at("sample_index") == 5 + b);
+    CHECK(!json.contains("label"));
   }
   // One unlabelled row of three 8 x 8 samples, enlarged 8 times: no label column.
   for (const auto& path : {grid, (fs::path(pngs) / "grid.png").string()}) {
@@ -1618,7 +1642,7 @@ TEST_CASE("cli T2I errors: the wrong condition for the model, bad caption files,
       {t2i + "--height 8 --width 8 --class 1", {"is a text-to-image (T2I) TiM", "not from --class"}},
       {"sample --model " + quote(t2i_model) + " --height 8 --width 8 --grid " + quote(dir.file("g.png")),
        {"is a text-to-image (T2I) TiM", "not from a class --grid"}},
-      {t2i + "--captions " + quote(c.captions) + " --labels 1,2", {"--captions cannot be combined with --labels"}},
+      {t2i + "--captions " + quote(c.captions) + " --labels 1,2", {"choose one of --labels", "--captions"}},
       {t2i + "--captions " + quote(c.captions) + " --grid " + quote(dir.file("g.png")) + " --per-class 2",
        {"--per-class cannot be used with --captions"}},
       {with_noise + "--captions " + quote(no_null) + " --cfg-scale 2.5",

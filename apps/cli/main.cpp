@@ -23,7 +23,8 @@ int main(int argc, char** argv) {
   const std::vector<tim_cli::Subcommand> subcommands{tim_cli::add_inspect(app), tim_cli::add_forward(app),
                                                      tim_cli::add_sample(app), tim_cli::add_bench(app),
                                                      tim_cli::add_encode(app),
-                                                     tim_cli::add_serve(app)};
+                                                     tim_cli::add_serve(app),
+                                                     tim_cli::add_decode(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

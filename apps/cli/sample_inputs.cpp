@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 #include <string>
 #include <system_error>
@@ -140,17 +141,44 @@ tim::Tensor<double> read_noise(const std::string& path) {
   return noise;
 }
 
-//! The labels of --labels, --class/--num or --grid (every class, --per-class each), or the
-//! --noise file's batch with --labels or --class; each checked against the model's classes.
+//! The text of --labels-file.
+std::string read_labels_file(const std::string& path) {
+  std::error_code error;
+  tim::check(fs::is_regular_file(path, error), "--labels-file '", path, "': no such file");
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  tim::check(static_cast<bool>(in) || in.eof(), "--labels-file '", path, "': cannot read it");
+  return text.str();
+}
+
+//! The labels of the run, in run order, with how they were chosen; each checked against the
+//! model's classes. `noise_batch`: the --noise file's batch, which --class follows and --labels
+//! must match.
 std::vector<std::int64_t> choose_labels(const SampleOptions& options, std::int64_t num_classes,
-                                        std::optional<std::int64_t> noise_batch) {
+                                        std::optional<std::int64_t> noise_batch, std::string& source) {
   std::vector<std::int64_t> labels;
+  const auto first = options.first_index;
   if (!options.grid_path.empty()) {
     for (std::int64_t label = 0; label < num_classes; ++label) labels.insert(labels.end(), options.per_class, label);
+    source = "grid: every class, " + std::to_string(options.per_class) + " each";
+  } else if (options.num_per_class > 0) {
+    for (std::int64_t label = 0; label < num_classes; ++label)
+      labels.insert(labels.end(), options.num_per_class, label);
+    source = "num-per-class " + std::to_string(options.num_per_class);
+  } else if (options.random_labels > 0) {
+    for (std::int64_t p = 0; p < options.random_labels; ++p)
+      labels.push_back(random_label(options.label_seed, first + static_cast<std::uint64_t>(p), num_classes));
+    source = "random, label seed " + std::to_string(options.label_seed);
+  } else if (!options.labels_file.empty()) {
+    labels = parse_labels_file(read_labels_file(options.labels_file), options.labels_file);
+    source = "labels-file " + options.labels_file;
   } else if (given(options.labels_option)) {
     labels = parse_labels(options.labels);
+    source = "labels";
   } else {
     labels.assign(static_cast<std::size_t>(noise_batch.value_or(options.num)), options.class_label);
+    source = "class " + std::to_string(options.class_label);
   }
   if (noise_batch)
     tim::check(static_cast<std::int64_t>(labels.size()) == *noise_batch, "--labels gives ", labels.size(),
@@ -161,6 +189,8 @@ std::vector<std::int64_t> choose_labels(const SampleOptions& options, std::int64
                               std::to_string(num_classes - 1) + ", " + std::to_string(num_classes) +
                               " = unconditional)";
     if (given(options.class_option)) tim::fail("--class ", labels[b], range);
+    if (!options.labels_file.empty()) tim::fail("--labels-file '", options.labels_file, "': label ", labels[b],
+                                                " (the ", b + 1, "th)", range);
     tim::fail("--labels: label ", labels[b], " at index ", b, range);
   }
   return labels;
@@ -168,21 +198,27 @@ std::vector<std::int64_t> choose_labels(const SampleOptions& options, std::int64
 
 }  // namespace
 
-SampleBatch make_batch(const SampleOptions& options, const tim::nn::BackboneConfig& c, std::int64_t num_classes,
-                       std::optional<std::int64_t> captions, const tim::SampleSettings& settings) {
-  SampleBatch batch;
-  const auto choose_rows = [&](std::optional<std::int64_t> noise_batch) -> std::int64_t {
-    if (!captions) {
-      batch.labels = choose_labels(options, num_classes, noise_batch);
-      return static_cast<std::int64_t>(batch.labels.size());
+std::int64_t random_label(std::uint64_t label_seed, std::uint64_t index, std::int64_t num_classes) {
+  tim::check(num_classes >= 1, "random_label: no classes");
+  // Lemire's multiply-shift with rejection: exactly uniform over [0, num_classes).
+  const auto n = static_cast<std::uint64_t>(num_classes);
+  const std::uint32_t threshold = static_cast<std::uint32_t>((std::uint64_t{1} << 32) % n);
+  for (std::uint32_t block = 0;; ++block) {
+    const auto words = tim::random::stream_block(label_seed, index, random_label_step, block);
+    for (const std::uint32_t word : words.v) {
+      const std::uint64_t product = static_cast<std::uint64_t>(word) * n;
+      if (static_cast<std::uint32_t>(product) >= threshold) return static_cast<std::int64_t>(product >> 32);
     }
-    tim::check(!noise_batch || *noise_batch == *captions, "--captions gives ", *captions,
-               " captions but the --noise tensor has ", noise_batch.value_or(0), " samples");
-    return *captions;
-  };
+  }
+}
+
+RunSamples make_run(const SampleOptions& options, const tim::nn::BackboneConfig& c, std::int64_t num_classes,
+                    std::optional<std::int64_t> captions) {
+  RunSamples run;
+  std::optional<std::int64_t> noise_batch;
   if (!options.noise_path.empty()) {
-    batch.noise = read_noise(options.noise_path);
-    const tim::Shape& shape = batch.noise.shape();
+    run.noise = read_noise(options.noise_path);
+    const tim::Shape& shape = run.noise->shape();
     tim::check(shape[1] == c.in_channels, "--noise '", options.noise_path, "': shape ", shape, " has ", shape[1],
                " channels; the model has ", c.in_channels);
     tim::check(!given(options.height_option) || options.height == shape[2], "--height ", options.height,
@@ -191,36 +227,28 @@ SampleBatch make_batch(const SampleOptions& options, const tim::nn::BackboneConf
                " disagrees with the --noise shape ", shape);
     tim::check(shape[2] % c.patch == 0 && shape[3] % c.patch == 0, "height ", shape[2], " and width ", shape[3],
                " must be multiples of the model's patch size ", c.patch);
-    choose_rows(shape[0]);
-    for (std::int64_t b = 0; b < shape[0]; ++b)
-      batch.sample_indices.push_back(options.first_index + static_cast<std::uint64_t>(b));
-    batch.noise_source = options.noise_path;
-    return batch;
+    noise_batch = shape[0];
+    run.noise_source = options.noise_path;
+  } else {
+    run.noise_source = "tim::initial_noise, seed " + std::to_string(options.seed) + ", sample index from the stream";
   }
-
-  const std::int64_t B = choose_rows(std::nullopt);
-  const tim::LatentSize size = tim::require_latent_size(settings.latent_size, settings.names);
-  const std::int64_t H = size.height.value, W = size.width.value;
-  tim::check(H % c.patch == 0 && W % c.patch == 0, "height ", H, " and width ", W,
-             " must be multiples of the model's patch size ", c.patch);
-  // Row b draws sample index first + b; in a class --grid, column k of every row draws first + k,
-  // so a column shows one noise under every class (row K equals `--class K --num per-class`).
-  const std::int64_t distinct = options.grid_path.empty() || captions ? B : options.per_class;
-  const auto drawn = tim::initial_noise({distinct, c.in_channels, H, W}, options.seed, options.first_index);
-  batch.noise = tim::Tensor<double>::empty({B, c.in_channels, H, W});
-  const std::int64_t per_sample = c.in_channels * H * W;
-  for (std::int64_t b = 0; b < B; ++b) {
-    std::copy_n(drawn.data() + (b % distinct) * per_sample, per_sample, batch.noise.data() + b * per_sample);
-    batch.sample_indices.push_back(options.first_index + static_cast<std::uint64_t>(b % distinct));
+  const auto first = options.first_index;
+  if (captions) {
+    tim::check(!noise_batch || *noise_batch == *captions, "--captions gives ", *captions,
+               " captions but the --noise tensor has ", noise_batch.value_or(0), " samples");
+    for (std::int64_t p = 0; p < *captions; ++p)
+      run.samples.push_back({.index = first + static_cast<std::uint64_t>(p), .label = 0, .caption = p});
+    run.labels_source = "captions";
+    return run;
   }
-  batch.noise_source = "tim::initial_noise, seed " + std::to_string(options.seed) + ", row b from sample_indices[b]";
-  // VE's noise has standard deviation t: start from t_0 z (docs/sampling.md, "Noise scale").
-  if (std::holds_alternative<tim::VeSde>(settings.transport.value)) {
-    const double t_0 = settings.times.front();
-    for (std::int64_t i = 0; i < batch.noise.numel(); ++i) batch.noise.data()[i] *= t_0;
-    batch.noise_source += ", times t_0 = " + tim::shortest_decimal(t_0);
+  const auto labels = choose_labels(options, num_classes, noise_batch, run.labels_source);
+  run.shared_indices = !options.grid_path.empty();
+  for (std::size_t p = 0; p < labels.size(); ++p) {
+    // In a class --grid, column k of every row draws first + k (row K equals --class K --num per-class).
+    const std::uint64_t offset = run.shared_indices ? p % static_cast<std::size_t>(options.per_class) : p;
+    run.samples.push_back({.index = first + offset, .label = labels[p]});
   }
-  return batch;
+  return run;
 }
 
 }  // namespace tim_cli

@@ -27,17 +27,28 @@ std::string lowercase(std::string text) {
   return text;
 }
 
-std::string class_label_text(std::int64_t label, const std::vector<std::string>& names, std::int64_t num_classes) {
-  if (label == num_classes) return "unconditional";
-  if (label >= 0 && label < static_cast<std::int64_t>(names.size())) return names[static_cast<std::size_t>(label)];
-  return "class " + std::to_string(label);
+//! A value for the A1111 "Key: value, " list: commas and colons would split it, so such a value
+//! is quoted as JSON (as AUTOMATIC1111 does).
+std::string a1111_value(const std::string& value) {
+  if (value.find_first_of(",:\"\n") == std::string::npos) return value;
+  return nlohmann::json(value).dump();
 }
 
-//! "key: value" lines of the generation parameters, for a PNG's "parameters" text chunk.
-std::string parameters_text(const std::vector<std::pair<std::string, std::string>>& parameters) {
-  std::string text;
-  for (const auto& [key, value] : parameters) text += key + ": " + value + "\n";
-  return text;
+std::string a1111_settings(const RunRecord& run, std::int64_t width, std::int64_t height) {
+  const auto& j = run.settings;
+  const auto text = [&](const char* key) {
+    const auto& value = j.at(key);
+    if (value.is_string()) return value.get<std::string>();
+    return value.is_number_float() ? tim::shortest_decimal(value.get<double>()) : value.dump();
+  };
+  std::string line = "Steps: " + text("steps") + ", Sampler: " + run.sampler_name + ", Schedule: " +
+                     a1111_value(text("schedule")) + ", CFG scale: " + text("cfg_scale") + ", Seed: " + text("seed") +
+                     ", Size: " + std::to_string(width) + "x" + std::to_string(height) + ", Model: " +
+                     a1111_value(run.model_name) + ", Guidance interval: [" + text("guidance_low") + ", " +
+                     text("guidance_high") + "], Stochasticity: " + text("stochasticity") + ", Transport: " +
+                     text("transport");
+  if (j.contains("vae")) line += ", VAE: " + a1111_value(text("vae"));
+  return line + ", Version: tim " + text("tim_version");
 }
 
 constexpr std::int64_t caption_grid_columns = 8;
@@ -62,57 +73,74 @@ std::vector<std::string> class_names_of(const std::map<std::string, std::string>
   return {};
 }
 
-void write_images(const SampleOptions& options, const tim::Tensor<float>& images, const SampleBatch& batch,
-                  const std::vector<std::string>& class_names, std::int64_t num_classes,
-                  const std::vector<std::string>& caption_texts,
-                  const std::vector<std::pair<std::string, std::string>>& parameters) {
-  const auto B = images.dim(0);
-  const auto H = static_cast<int>(images.dim(2)), W = static_cast<int>(images.dim(3));
-  const bool by_class = !batch.labels.empty();
-  // Pixels as the released scripts write them: the C2I mapping, or the T2I one for a T2I model.
-  const auto mapping = by_class ? tim::io::PixelMapping::c2i : tim::io::PixelMapping::t2i;
-  auto image_of = [&](std::int64_t b) { return tim::io::latent_image(images, b, mapping); };
-  auto label_of = [&](std::int64_t b) { return batch.labels[static_cast<std::size_t>(b)]; };
+std::string class_label_text(std::int64_t label, const std::vector<std::string>& names, std::int64_t num_classes) {
+  if (label == num_classes) return "unconditional";
+  if (label >= 0 && label < static_cast<std::int64_t>(names.size())) return names[static_cast<std::size_t>(label)];
+  return "class " + std::to_string(label);
+}
 
+std::vector<tim::io::PngText> sample_png_text(const RunRecord& run, const SampleRecord& sample, std::int64_t width,
+                                              std::int64_t height) {
+  nlohmann::json record = run.settings;
+  record["sample_index"] = sample.index;
+  if (sample.label) {
+    record["label"] = *sample.label;
+    record["class_name"] = sample.prompt;
+  }
+  if (sample.caption_row) {
+    record["caption_index"] = *sample.caption_row;
+    if (!sample.prompt.empty()) record["caption"] = sample.prompt;
+  }
+  record["width"] = width;
+  record["height"] = height;
+  std::string prompt = sample.prompt;
+  std::replace(prompt.begin(), prompt.end(), '\n', ' ');
+  const std::string parameters =
+      prompt + "\n" + a1111_settings(run, width, height) + ", Sample index: " + std::to_string(sample.index);
+  return {{"parameters", parameters}, {"tim", record.dump()}, {"Software", "tim"}};
+}
+
+std::vector<tim::io::PngText> grid_png_text(const RunRecord& run, std::int64_t width, std::int64_t height) {
+  nlohmann::json record = run.settings;
+  record["width"] = width;
+  record["height"] = height;
+  return {{"parameters", a1111_settings(run, width, height)}, {"tim", record.dump()}, {"Software", "tim"}};
+}
+
+tim::io::PngImage sample_image(const tim::Tensor<float>& images, std::int64_t b, bool text_to_image) {
+  // Pixels as the released scripts write them: the C2I mapping, or the T2I one for a T2I model.
+  return tim::io::latent_image(images, b, text_to_image ? tim::io::PixelMapping::t2i : tim::io::PixelMapping::c2i);
+}
+
+std::string sample_file_name(const SampleSpec& spec, bool shared_indices) {
+  char name[80];
+  if (shared_indices)
+    std::snprintf(name, sizeof name, "%06llu_class_%lld.png", static_cast<unsigned long long>(spec.index),
+                  static_cast<long long>(spec.label));
+  else
+    std::snprintf(name, sizeof name, "%06llu.png", static_cast<unsigned long long>(spec.index));
+  return name;
+}
+
+tim::io::PngImage grid_image(const std::vector<tim::io::PngImage>& images, const std::vector<std::int64_t>& labels,
+                             const std::vector<std::string>& class_names, std::int64_t num_classes) {
+  tim::check(!images.empty(), "grid: no images");
   std::vector<tim::cli::GridRow> rows;
-  if (by_class) {
-    // One row per class, in label order; each row's samples in batch order.
-    std::map<std::int64_t, std::vector<std::int64_t>> members_of_class;
-    for (std::int64_t b = 0; b < B; ++b) members_of_class[label_of(b)].push_back(b);
+  if (!labels.empty()) {
+    // One row per class, in label order; each row's samples in run order.
+    std::map<std::int64_t, std::vector<std::size_t>> members_of_class;
+    for (std::size_t b = 0; b < images.size(); ++b) members_of_class[labels[b]].push_back(b);
     for (const auto& [label, members] : members_of_class) {
       rows.push_back({class_label_text(label, class_names, num_classes), {}});
-      for (const auto b : members) rows.back().images.push_back(image_of(b));
+      for (const auto b : members) rows.back().images.push_back(images[b]);
     }
   } else {
-    for (std::int64_t b = 0; b < B; ++b) {
+    for (std::size_t b = 0; b < images.size(); ++b) {
       if (b % caption_grid_columns == 0) rows.push_back({"", {}});
-      rows.back().images.push_back(image_of(b));
+      rows.back().images.push_back(images[b]);
     }
   }
-  const auto grid = tim::cli::labelled_grid(rows, tim::cli::grid_scale(H, W));
-  const std::vector<tim::io::PngText> grid_text{{"parameters", parameters_text(parameters)}, {"Software", "tim"}};
-  if (!options.grid_path.empty()) tim::io::write_png(options.grid_path, grid, grid_text);
-  if (options.png_dir.empty()) return;
-
-  for (std::int64_t b = 0; b < B; ++b) {
-    char name[64];
-    auto sample_parameters = parameters;
-    if (by_class) {
-      std::snprintf(name, sizeof name, "sample_%04lld_class_%lld.png", static_cast<long long>(b),
-                    static_cast<long long>(label_of(b)));
-      sample_parameters.emplace_back("label", std::to_string(label_of(b)) + " (" +
-                                                  class_label_text(label_of(b), class_names, num_classes) + ")");
-    } else {
-      std::snprintf(name, sizeof name, "sample_%04lld.png", static_cast<long long>(b));
-      sample_parameters.emplace_back("caption_index", std::to_string(b));
-      if (!caption_texts.empty())
-        sample_parameters.emplace_back("caption", truncated(caption_texts[static_cast<std::size_t>(b)], 1000));
-    }
-    sample_parameters.emplace_back("sample_index", std::to_string(batch.sample_indices[static_cast<std::size_t>(b)]));
-    tim::io::write_png((fs::path(options.png_dir) / name).string(), image_of(b),
-                       {{"parameters", parameters_text(sample_parameters)}, {"Software", "tim"}});
-  }
-  tim::io::write_png((fs::path(options.png_dir) / "grid.png").string(), grid, grid_text);
+  return tim::cli::labelled_grid(rows, tim::cli::grid_scale(images.front().height, images.front().width));
 }
 
 tim::Tensor<float> HostVae::decode_one(const tim::Tensor<float>& latent) const {
@@ -120,7 +148,7 @@ tim::Tensor<float> HostVae::decode_one(const tim::Tensor<float>& latent) const {
   return sd ? tim::vae::decode_tiled(*sd, latent, tiles) : tim::vae::decode_tiled(*dc, latent, tiles);
 }
 
-HostVae load_vae(const std::string& path, const tim::nn::BackboneConfig& c, const tim::vae::TileOptions& tiles) {
+HostVae load_vae(const std::string& path, std::int64_t latent_channels, const tim::vae::TileOptions& tiles) {
   try {
     const auto file = tim::io::SafetensorsFile::open(path);
     const bool sd_vae = file.contains("post_quant_conv.weight");
@@ -154,8 +182,8 @@ HostVae load_vae(const std::string& path, const tim::nn::BackboneConfig& c, cons
       decoder.channels = decoder.dc->config.latent_channels;
       decoder.scale = decoder.dc->config.upscale();
     }
-    tim::check(decoder.channels == c.in_channels, "the decoder takes latents with ", decoder.channels,
-               " channels, but the model samples ", c.in_channels);
+    tim::check(decoder.channels == latent_channels, "the decoder takes latents with ", decoder.channels,
+               " channels, but the latents have ", latent_channels);
     return decoder;
   } catch (const tim::Error& e) {
     tim::fail("--vae '", path, "': ", e.what());
