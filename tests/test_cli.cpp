@@ -1348,7 +1348,7 @@ std::string caption_sample_args(const CaptionCase& c, int steps, const std::stri
 }
 
 // The network evaluated one row at a time on one thread, as `tim sample` evaluates it
-// (apps/cli/per_sample_network.hpp), written here on its own: a plain serial loop.
+// (include/tim/cpu/per_sample_network.hpp), written here on its own: a plain serial loop.
 template <class Network>
 struct OneRowAtATime {
   using value_type = typename Network::value_type;

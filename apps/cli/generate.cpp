@@ -8,7 +8,7 @@
 #include <variant>
 #include <vector>
 
-#include "per_sample_network.hpp"
+#include "tim/cpu/per_sample_network.hpp"
 
 namespace tim_cli {
 
@@ -130,11 +130,11 @@ tim::SampleResult<> Generator::generate(const tim::SampleSettings& s, std::uint6
             network.clear_null_caption();
           else
             network.set_null_caption(null_cap_feats);
-          const PerSampleNetwork exact{network};
+          const tim::PerSampleNetwork exact{network};
           tim::TransitionSampler sampler{exact, chosen, schedule};
           return sampler.sample(noise, captions, host_options);
         }
-        const PerSampleNetwork exact{std::get<C2IModel>(state_->cpu->model)};
+        const tim::PerSampleNetwork exact{std::get<C2IModel>(state_->cpu->model)};
         tim::TransitionSampler sampler{exact, chosen, schedule};
         return sampler.sample(noise, labels, host_options);
       },

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "tim/core/cast.hpp"
+#include "tim/cpu/per_sample_network.hpp"
 #include "tim/io/image.hpp"
 #include "tim/io/pytorch.hpp"
 #include "tim/load.hpp"
@@ -145,6 +146,7 @@ class Model {
       model_.emplace<T2I>(tim::load_t2i<float>(path, overrides));
     else
       model_.emplace<C2I>(tim::load_c2i<float>(path, overrides));
+    pristine_ = model_;
     metadata_ = tim::io::SafetensorsFile::open(path).metadata();
   }
 
@@ -348,15 +350,21 @@ class Model {
       std::lock_guard lock(mutex_);
       result = std::visit(
           [&](auto transport) {
-            if (auto* network = std::get_if<T2I>(&model_)) {
+            // One sample at a time on one thread each (tim::PerSampleNetwork), as `tim sample`
+            // does: a sample's bits do not depend on the batch, batch_size or the threads. The
+            // copies come from `pristine_`, whose workspace no forward has touched.
+            if (text()) {
+              T2I network = std::get<T2I>(pristine_);
               if (null_captions.empty_tensor())
-                network->clear_null_caption();
+                network.clear_null_caption();
               else
-                network->set_null_caption(null_captions.clone());
-              tim::TransitionSampler sampler{*network, transport, s.schedule.value};
+                network.set_null_caption(null_captions.clone());
+              const tim::PerSampleNetwork exact{network};
+              tim::TransitionSampler sampler{exact, transport, s.schedule.value};
               return sampler.sample(z, captions, options);
             }
-            tim::TransitionSampler sampler{std::get<C2I>(model_), transport, s.schedule.value};
+            const tim::PerSampleNetwork exact{std::get<C2I>(pristine_)};
+            tim::TransitionSampler sampler{exact, transport, s.schedule.value};
             return sampler.sample(z, label_rows, options);
           },
           s.transport.value);
@@ -379,6 +387,7 @@ class Model {
  private:
   std::string path_;
   std::variant<C2I, T2I> model_;
+  std::variant<C2I, T2I> pristine_;  // a view of the same weights that never runs forward (sample's copies)
   std::map<std::string, std::string> metadata_;
   std::mutex mutex_;
 };

@@ -16,22 +16,21 @@
 // copies would otherwise share the workspace's buffers.
 //
 // Example:
-//   tim_cli::PerSampleNetwork exact{network};
+//   tim::PerSampleNetwork exact{network};
 //   tim::TransitionSampler sampler{exact, transport, schedule};
 //   auto result = sampler.sample(noise, labels, options);  // row b as if sampled alone
 #pragma once
 
+#include <omp.h>
+
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
 #include "tim/core/tensor.hpp"
-#include <omp.h>
-
-#include <algorithm>
-
 #include "tim/cpu/threads.hpp"
 
-namespace tim_cli {
+namespace tim {
 
 template <class Network>
 class PerSampleNetwork {
@@ -78,4 +77,4 @@ class PerSampleNetwork {
   std::vector<Network> copies_;  // one per thread, weights shared (tim::Tensor copies are views)
 };
 
-}  // namespace tim_cli
+}  // namespace tim
