@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "serve_batcher.hpp"
+#include "tim/cpu/per_sample_network.hpp"
 #include "serve_request.hpp"
 #include "tim/core/cast.hpp"
 #include "tim/io/image.hpp"
@@ -198,7 +199,7 @@ struct Served {
   std::string model_path;
   int threads = 1;  // the sampler's OpenMP threads
 
-  //! One sampler call of batch_size rows; the images (1, C, H, W) in float (decoded with --vae).
+  //! One sampler call of up to batch_size rows; the images (1, C, H, W) in float (decoded with --vae).
   std::vector<tim::Tensor<float>> run(const serve::BatchCall& call, const std::function<bool()>& keep_going) {
     // OpenMP's thread count is a per-thread setting: the worker thread sets its own.
     thread_local const bool threads_set = (tim::set_num_threads(threads), true);
@@ -206,15 +207,12 @@ struct Served {
     const tim::SampleSettings& s = call.settings->settings;
     const std::int64_t B = static_cast<std::int64_t>(call.labels.size());
     const std::int64_t C = model.config.in_channels, H = call.settings->height, W = call.settings->width;
-    auto noise = tim::Tensor<double>::empty({B, C, H, W});
     const std::int64_t per_sample = C * H * W;
-    for (std::int64_t b = 0; b < B; ++b) {
-      const auto row = tim::initial_noise({1, C, H, W}, call.seed, call.sample_indices[static_cast<std::size_t>(b)]);
-      std::copy_n(row.data(), per_sample, noise.data() + b * per_sample);
-    }
-    // VE's noise has standard deviation t: start from t_0 z, as tim sample does.
-    if (std::holds_alternative<tim::VeSde>(s.transport.value))
-      for (std::int64_t i = 0; i < noise.numel(); ++i) noise.data()[i] *= s.times.front();
+    std::vector<SampleSpec> specs;
+    for (std::int64_t b = 0; b < B; ++b)
+      specs.push_back({.index = call.sample_indices[static_cast<std::size_t>(b)],
+                       .label = call.labels[static_cast<std::size_t>(b)]});
+    const auto noise = initial_noise_of(specs, call.seed, model.config, s);  // as tim sample draws it
     auto labels = tim::Tensor<std::int64_t>::empty({B});
     std::copy(call.labels.begin(), call.labels.end(), labels.data());
     tim::SamplerOptions<> options{.cfg_scale = s.cfg_scale.value,
@@ -225,9 +223,12 @@ struct Served {
                                   .seed = call.seed,
                                   .sample_indices = call.sample_indices};
     options.on_step = [&keep_going](const tim::StepInfo<>&) { return keep_going(); };
+    // Every sample on its own, on one thread (tim::PerSampleNetwork): its bits do not depend on
+    // which requests share the call, or how many. `model` itself never runs forward.
+    const tim::PerSampleNetwork exact{model};
     const auto result = std::visit(
         [&](auto transport) {
-          tim::TransitionSampler sampler{model, transport, s.schedule.value};
+          tim::TransitionSampler sampler{exact, transport, s.schedule.value};
           return sampler.sample(noise, labels, options);
         },
         s.transport.value);
@@ -291,7 +292,7 @@ void run_serve(const ServeOptions& o) {
       Served{std::move(std::get<C2IModel>(loaded.model)), {}, {}, model_options.model_path,
              given(o.compute.threads_option) ? o.compute.threads : tim::default_num_threads()});
   const auto& c = served->model.config;
-  if (!o.vae_path.empty()) served->vae = load_vae(o.vae_path, c, {.tile = 0});
+  if (!o.vae_path.empty()) served->vae = load_vae(o.vae_path, c.in_channels, {.tile = 0});
   tim::check(!served->vae.empty() || c.in_channels == 1 || c.in_channels == 3, "this model's latents have ",
              c.in_channels, " channels, which need a decoder to become images: give --vae");
   serve::ModelFacts& facts = served->facts;
@@ -492,8 +493,8 @@ Subcommand add_serve(CLI::App& app) {
   command->add_option("--api-key", o.api_key,
                       "Require 'Authorization: Bearer KEY' on every request but GET /health");
   command->add_option("--batch-size", o.batch_size,
-                      "Rows of every sampler call; waiting requests with equal settings and seed share one, padded "
-                      "to this size (default 8; 1: no sharing)");
+                      "Most rows of a sampler call; waiting requests with equal settings and seed share one "
+                      "(default 8; 1: no sharing)");
   o.seed_option = command->add_option("--seed", o.seed,
                                       "Seed of requests without one (default: random, printed at start)");
   command->add_option("--http-threads", o.http_threads, "Connections served at once (default 32)");

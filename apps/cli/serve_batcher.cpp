@@ -81,8 +81,7 @@ void Batcher::work() {
     BatchCall call;
     call.settings = &rows.front().job->request;
     call.seed = rows.front().job->seed;
-    for (std::int64_t b = 0; b < batch_size_; ++b) {
-      const Row& row = rows[static_cast<std::size_t>(std::min<std::int64_t>(b, static_cast<std::int64_t>(rows.size()) - 1))];
+    for (const Row& row : rows) {
       call.labels.push_back(row.job->request.labels[static_cast<std::size_t>(row.position)]);
       call.sample_indices.push_back(row.job->sample_indices[static_cast<std::size_t>(row.position)]);
     }
@@ -98,7 +97,7 @@ void Batcher::work() {
     std::string error;
     try {
       images = runner_(call, keep_going);
-      if (static_cast<std::int64_t>(images.size()) != batch_size_) error = "internal error: the sampler call returned "
+      if (images.size() != rows.size()) error = "internal error: the sampler call returned "
                                                                             "the wrong number of images";
     } catch (const std::exception& e) {
       error = e.what();

@@ -1,10 +1,9 @@
 // `tim serve`: dynamic batching (docs/serve.md, "Batching"). Requests put their images (rows) in
 // one queue; a single worker thread takes the oldest row, gathers up to batch_size waiting rows
-// with the same batch key (settings, size and seed), pads the call to exactly batch_size rows and
-// runs it. Every sampler call therefore has the same shape, so a row's arithmetic is the same
-// whatever it shares the call with: each image is bit-identical to the same request served alone
-// (the position of a row inside a call of fixed size does not change its result; tested in
-// tests/test_serve.cpp). Padding rows repeat a real row and are thrown away.
+// with the same batch key (settings, size and seed) and runs them as one sampler call. The runner
+// evaluates every row on its own (tim::PerSampleNetwork), so a row's result does not depend on
+// what or how much it shares the call with: each image is bit-identical to the same request
+// served alone (tests/test_serve.cpp).
 #pragma once
 
 #include <condition_variable>
