@@ -25,6 +25,7 @@
 
 #include "random_t2i_checkpoint.hpp"
 #include "tim/core/cast.hpp"
+#include "tim/cpu/per_sample_network.hpp"
 #include "tim/io/png.hpp"
 #include "tim/sampler/settings.hpp"
 #include "tim/tim.hpp"
@@ -158,13 +159,13 @@ struct Row {
 
 //! The pixels of each row as the library gives them in this process: the model's metadata
 //! settings (steps as given), rows of one seed and step count in sampler calls of exactly
-//! batch_size rows (padded by repeating the last row); batch_size 1: each row alone.
+//! batch_size rows (padded by repeating the last row); per_sample: through tim::PerSampleNetwork.
 struct Expected {
   tim::io::PngImage png;
   std::vector<float> values;  // (1, 32, 32)
 };
 
-std::vector<Expected> reference_images(const std::vector<Row>& rows, std::int64_t batch_size) {
+std::vector<Expected> reference_images(const std::vector<Row>& rows, std::int64_t batch_size, bool per_sample = false) {
   static auto model = tim::load_c2i<float>(TIM_SHIPPED_MODEL);
   const auto metadata = tim::io::SafetensorsFile::open(TIM_SHIPPED_MODEL).metadata();
   std::vector<Expected> images(rows.size());
@@ -196,8 +197,15 @@ std::vector<Expected> reference_images(const std::vector<Row>& rows, std::int64_
                                         .mode = s.mode.value,
                                         .seed = call.front().seed,
                                         .sample_indices = indices};
-    tim::TransitionSampler sampler{model, std::get<tim::OtFm>(s.transport.value), s.schedule.value};
-    const auto latents = tim::cast<float>(sampler.sample(noise, labels, options).x);
+    const auto latents = [&] {
+      if (per_sample) {
+        const tim::PerSampleNetwork exact{model};
+        tim::TransitionSampler sampler{exact, std::get<tim::OtFm>(s.transport.value), s.schedule.value};
+        return tim::cast<float>(sampler.sample(noise, labels, options).x);
+      }
+      tim::TransitionSampler sampler{model, std::get<tim::OtFm>(s.transport.value), s.schedule.value};
+      return tim::cast<float>(sampler.sample(noise, labels, options).x);
+    }();
     for (std::size_t b = 0; b < real; ++b) {
       images[first + b].png = tim::io::latent_image(latents, static_cast<std::int64_t>(b));
       images[first + b].values.assign(latents.data() + b * H * W, latents.data() + (b + 1) * H * W);
@@ -287,15 +295,23 @@ TEST_CASE("serve: 16 concurrent clients get the library's images, each as if ser
     std::vector<Row> rows;
     for (const auto& m : members) rows.push_back(m.row);
     // The server computes every row on its own, on one thread (tim::PerSampleNetwork): the
-    // reference is each row sampled alone, in a batch of 1, on one thread.
-    tim::set_num_threads(1);
-    const auto expected = reference_images(rows, 1);
+    // reference is each row sampled alone through the same adaptor.
+    const auto expected = reference_images(rows, 1, /*per_sample=*/true);
     for (std::size_t i = 0; i < rows.size(); ++i) {
       const auto got = decode_png(members[i].png, server.dir);
       INFO("seed ", rows[i].seed, " index ", rows[i].index, " class ", rows[i].label);
       CHECK(got.width == 32);
       CHECK(got.height == 32);
       CHECK(got.channels == 1);
+      // The metadata of tim sample (sample_png_text): the A1111 text and the tim JSON chunk.
+      std::map<std::string, std::string> text;
+      for (const auto& chunk : got.text) text[chunk.key] = chunk.text;
+      CHECK(text["parameters"].find("Seed: " + std::to_string(rows[i].seed) + ",") != std::string::npos);
+      CHECK(text["parameters"].find("Sample index: " + std::to_string(rows[i].index)) != std::string::npos);
+      const auto record = json::parse(text["tim"], nullptr, /*allow_exceptions=*/false);
+      REQUIRE(record.is_object());
+      CHECK(record.value("sample_index", std::uint64_t{0} - 1) == rows[i].index);
+      CHECK(record.value("label", std::int64_t{-1}) == rows[i].label);
       CHECK(got.pixels == expected[i].png.pixels);
       CHECK(floats_of(members[i].latents) == expected[i].values);  // bit for bit
     }

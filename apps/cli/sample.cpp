@@ -369,6 +369,21 @@ void run_sample(const SampleOptions& options) {
             return model.generate(s, options.seed, group_specs, group_noise, report, false, group_captions,
                                   group_null);
           });
+    } else if (text && !plan.captions->lengths.empty()) {
+      // --caption-batching released: the chunk is the released script's batch, its features and
+      // the null caption cut to its longest prompt (tim::text::cut_to_longest).
+      std::vector<std::int64_t> rows, lengths;
+      std::vector<SampleSpec> chunk_specs;
+      for (const auto& spec : specs) {
+        chunk_specs.push_back({.index = spec.index, .caption = static_cast<std::int64_t>(rows.size())});
+        rows.push_back(spec.caption);
+        lengths.push_back(plan.captions->lengths[static_cast<std::size_t>(spec.caption)]);
+      }
+      auto chunk_captions = tim::text::gather_captions(plan.captions->cap_feats, rows, plan.captions->cap_feats.dim(1));
+      auto chunk_null = plan.captions->null_cap_feats;
+      tim::text::cut_to_longest(chunk_captions, chunk_null, lengths);
+      result = model.generate(s, options.seed, chunk_specs, noise, report, options.trajectory, chunk_captions,
+                              chunk_null);
     } else {
       result = model.generate(s, options.seed, specs, noise, report, options.trajectory,
                               text ? plan.captions->cap_feats : tim::Tensor<float>{},

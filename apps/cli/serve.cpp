@@ -109,14 +109,31 @@ std::vector<unsigned char> png_bytes(const tim::io::PngImage& image, const std::
   return bytes;
 }
 
-//! TEMPORARY, to be unified with the PNG metadata of `tim sample` (branch wip-scale writes the
-//! AUTOMATIC1111-style `parameters` text there): the text of one served image.
-std::string a1111_parameters(const std::string& subject, const tim::SampleSettings& s, std::uint64_t seed,
-                             std::uint64_t index, std::int64_t width, std::int64_t height, const std::string& model) {
-  return subject + "\nSteps: " + std::to_string(s.steps.value) + ", Sampler: TiM " +
-         std::string(tim::sample_mode_name(s.mode.value)) + ", CFG scale: " + tim::shortest_decimal(s.cfg_scale.value) +
-         ", Seed: " + std::to_string(seed) + ", Size: " + std::to_string(width) + "x" + std::to_string(height) +
-         ", Model: " + model + ", Sample index: " + std::to_string(index);
+//! The run record of one request (sample_png_text writes the PNG chunks from it, as tim sample
+//! does): every setting, typed, and the names the AUTOMATIC1111 text shows.
+RunRecord served_record(const tim::SampleSettings& s, std::uint64_t seed, const std::string& model,
+                        const std::string& vae) {
+  RunRecord run;
+  nlohmann::json& j = run.settings;
+  j["model"] = model;
+  j["steps"] = s.steps.value;
+  j["cfg_scale"] = s.cfg_scale.value;
+  j["guidance_low"] = s.guidance_low.value;
+  j["guidance_high"] = s.guidance_high.value;
+  j["stochasticity"] = s.stochasticity.value;
+  j["seed"] = seed;
+  j["transport"] = std::string(tim::transport_name(s.transport.value));
+  j["t_max"] = s.t_max.value;
+  j["t_min"] = s.t_min.value;
+  j["schedule"] = s.schedule.value.describe();
+  j["mode"] = std::string(tim::sample_mode_name(s.mode.value));
+  if (!vae.empty()) j["vae"] = vae;
+  j["device"] = "cpu, float32";
+  j["tim_version"] = tim::version_string;
+  j["served_by"] = "tim serve";
+  run.model_name = std::filesystem::path(model).stem().string();
+  run.sampler_name = s.mode.value == tim::SampleMode::transition ? "TiM transition" : "TiM diffusion";
+  return run;
 }
 
 void send_error(httplib::Response& res, int status, const std::string& type, const std::string& message) {
@@ -424,6 +441,7 @@ void run_serve(const ServeOptions& o) {
     if (job->failed) return send_error(res, 500, "server_error", "sampling failed: " + job->error);
     json data = json::array();
     const std::int64_t width = r.width * facts.scale, height = r.height * facts.scale;
+    const RunRecord run = served_record(r.settings, job->seed, served->model_path, o.vae_path);
     for (std::int64_t i = 0; i < r.n; ++i) {
       const auto& image = job->images[static_cast<std::size_t>(i)];
       for (std::int64_t k = 0; k < image.numel(); ++k)
@@ -434,9 +452,8 @@ void run_serve(const ServeOptions& o) {
       const std::int64_t label = r.labels[static_cast<std::size_t>(i)];
       const std::uint64_t index = job->sample_indices[static_cast<std::size_t>(i)];
       const auto png = png_bytes(tim::io::latent_image(image, 0, tim::io::PixelMapping::c2i),
-                                 {{"parameters", a1111_parameters(class_text(facts, label), r.settings, job->seed,
-                                                                  index, width, height, facts.id)},
-                                  {"Software", "tim"}});
+                                 sample_png_text(run, {.index = index, .label = label, .prompt = class_text(facts, label)},
+                                                 width, height));
       data.push_back({{"b64_json", base64(png)},
                       {"seed", job->seed},
                       {"sample_index", index},

@@ -38,16 +38,16 @@ struct Job {
   bool finished() const { return failed || rows_done == request.n; }
 };
 
-//! What one sampler call gets: batch_size rows of the same settings and seed.
+//! What one sampler call gets: 1 to batch_size rows of the same settings and seed.
 struct BatchCall {
   const GenerationRequest* settings = nullptr;  // the first row's request (all share its key)
   std::uint64_t seed = 0;
-  std::vector<std::int64_t> labels;           // batch_size entries
-  std::vector<std::uint64_t> sample_indices;  // batch_size entries
+  std::vector<std::int64_t> labels;           // one entry per row
+  std::vector<std::uint64_t> sample_indices;  // one entry per row
 };
 
 //! Runs one call; `keep_going()` turns false when every request of the call was cancelled
-//! (the runner then stops at the next step and throws). Returns batch_size images (1, C, H, W).
+//! (the runner then stops at the next step and throws). Returns one image (1, C, H, W) per row.
 using BatchRunner = std::function<std::vector<tim::Tensor<float>>(const BatchCall&, const std::function<bool()>&)>;
 
 class Batcher {

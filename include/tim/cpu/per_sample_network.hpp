@@ -11,9 +11,9 @@
 //
 // It is a tim::SamplingNetwork (tim/sampler/sampler.hpp) with the wrapped network's value_type,
 // backend, Condition and config. Rows and outputs are sliced as views; each copy's workspace
-// grows to one row on its first evaluation, after which evaluations allocate nothing.
-// Construct it from a network that has not run forward yet (its workspace still empty), as the
-// copies would otherwise share the workspace's buffers.
+// grows to one row on its first evaluation, after which evaluations allocate nothing (a copied
+// network starts with an empty workspace of its own: tim::nn::Workspace). One instance is not
+// re-entrant: two threads must not call forward on the same PerSampleNetwork at once.
 //
 // Example:
 //   tim::PerSampleNetwork exact{network};
@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <exception>
 #include <vector>
 
 #include "tim/core/tensor.hpp"
@@ -43,7 +44,7 @@ class PerSampleNetwork {
   explicit PerSampleNetwork(const Network& network)
       : config(network.config), copies_(thread_count(), network) {}
 
-  const Config& config;
+  Config config;
 
   void check_condition(const Condition& c, std::int64_t rows) const { copies_.front().check_condition(c, rows); }
   Condition guided_condition(const Condition& c) const { return copies_.front().guided_condition(c); }
@@ -57,16 +58,27 @@ class PerSampleNetwork {
     if (out.empty_tensor() || out.rank() != 4 || out.dim(0) != B || out.dim(1) != config.out_channels ||
         out.dim(2) != x.dim(2) || out.dim(3) != x.dim(3))
       out = tim::Tensor<value_type, backend>::empty({B, config.out_channels, x.dim(2), x.dim(3)});
+    copies_.front().check_condition(c, B);  // bad input throws here, outside the parallel region
     const auto threads = static_cast<int>(copies_.size());
-    // Inside this parallel region the network's own OpenMP loops and OpenBLAS run on one thread
-    // (nested regions are inactive; OpenBLAS's OpenMP build runs serially inside an active one).
-    // The region is active even for one row, so that row too is computed on one thread.
+    // Inside this parallel region the network's own OpenMP loops and OpenBLAS run on one thread:
+    // each thread asks for one thread in the regions it opens (so even OMP_NUM_THREADS="4,2" or
+    // OMP_MAX_ACTIVE_LEVELS > 1 nest nothing), and OpenBLAS's OpenMP build runs serially inside
+    // an active region. The region is active even for one row, so that row too is computed on one
+    // thread. An exception cannot leave an OpenMP region: the first is kept and rethrown after it.
+    std::exception_ptr failure;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
     for (std::int64_t b = 0; b < B; ++b) {
-      const auto& network = copies_[static_cast<std::size_t>(omp_get_thread_num())];
-      auto row = out.slice(b, 1);
-      network.forward(row, x.slice(b, 1), t_in.slice(b, 1), r_in.slice(b, 1), c.slice(b, 1));
+      omp_set_num_threads(1);
+      try {
+        const auto& network = copies_[static_cast<std::size_t>(omp_get_thread_num())];
+        auto row = out.slice(b, 1);
+        network.forward(row, x.slice(b, 1), t_in.slice(b, 1), r_in.slice(b, 1), c.slice(b, 1));
+      } catch (...) {
+#pragma omp critical(tim_per_sample_failure)
+        if (!failure) failure = std::current_exception();
+      }
     }
+    if (failure) std::rethrow_exception(failure);
   }
 
  private:

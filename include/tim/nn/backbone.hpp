@@ -28,6 +28,18 @@ namespace tim::nn {
 //! The caption buffers stay empty for a C2I model.
 template <class T, class Backend>
 struct Workspace {
+  Workspace() = default;
+  // A copy starts empty: copies of a network never share scratch (each grows its own on its
+  // first forward), so copies may run on different threads (tim::PerSampleNetwork).
+  Workspace(const Workspace&) {}
+  Workspace& operator=(const Workspace& other) {
+    if (this != &other) *this = Workspace{};
+    return *this;
+  }
+  Workspace(Workspace&&) noexcept = default;
+  Workspace& operator=(Workspace&&) noexcept = default;
+  ~Workspace() = default;
+
   std::int64_t batch = -1, height = -1, width = -1;
   Tensor<T, Backend> tokens;       // x (B*N, D), the residual stream
   Tensor<T, Backend> normed;       // (B*N, max(D, C p p)): patches, then normed/modulated input
