@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "golden_source.hpp"
+#include "tim/core/cast.hpp"
 #include "tim/cpu/per_sample_network.hpp"
 #include "tim/tim.hpp"
 
