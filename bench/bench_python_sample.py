@@ -57,7 +57,7 @@ def main():
         out = Path(folder) / "x.safetensors"
         for run in range(args.runs + 1):  # the first pair warms the page cache and is not counted
             report = subprocess.run(command + ["--out", str(out)], capture_output=True, text=True, check=True).stderr
-            seconds = float(re.search(r"steps on .* in ([0-9.]+) s", report).group(1))
+            seconds = float(re.search(r"steps in \d+ chunks? on .*? in ([0-9.]+) s", report).group(1))
             model = tim.load(args.model)
             start = time.perf_counter()
             result = model.sample(**keywords)

@@ -14,6 +14,8 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <omp.h>
+
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -32,11 +34,15 @@
 #include "tim/sampler/settings.hpp"
 #include "tim/tim.hpp"
 #include "tim/vae/diffusers_config.hpp"
+#include "threads.hpp"
 
 namespace nb = nanobind;
 using namespace nb::literals;
 
 namespace {
+
+using tim_python::apply_package_threads;
+using tim_python::set_package_threads;
 
 using C2I = tim::nn::C2IModel<float>;
 using T2I = tim::nn::T2IModel<float>;
@@ -133,8 +139,10 @@ struct StepView {
   }
 };
 
-//! A loaded checkpoint in float on the CPU. One sampling or forward at a time per model (the
-//! network has one workspace): the mutex serialises threads that share a model.
+//! A loaded checkpoint in float on the CPU. One sampling or forward at a time per model: the
+//! mutex serialises threads that share a model. forward needs it (model_ has one workspace);
+//! sample runs its own copies of pristine_, one per thread, but already occupies every thread of
+//! the package's count, so two runs side by side would only oversubscribe the same cores.
 class Model {
  public:
   Model(const std::string& path, std::optional<std::int64_t> num_heads, std::optional<std::string> new_condition,
@@ -202,6 +210,7 @@ class Model {
       const auto cv = view_of(*cap_feats);
       nb::gil_scoped_release release;
       std::lock_guard lock(mutex_);
+      apply_package_threads();
       std::get<T2I>(model_).forward(out, xv, tv, rv, cv);
     } else {
       tim::check(labels.has_value() && !cap_feats.has_value(),
@@ -209,6 +218,7 @@ class Model {
       const auto lv = view_of(*labels);
       nb::gil_scoped_release release;
       std::lock_guard lock(mutex_);
+      apply_package_threads();
       std::get<C2I>(model_).forward(out, xv, tv, rv, lv);
     }
     return to_numpy(out);
@@ -348,6 +358,7 @@ class Model {
     {
       nb::gil_scoped_release release;
       std::lock_guard lock(mutex_);
+      apply_package_threads();  // before PerSampleNetwork counts its copies
       result = std::visit(
           [&](auto transport) {
             // One sample at a time on one thread each (tim::PerSampleNetwork), as `tim sample`
@@ -461,6 +472,7 @@ class Decoder {
     {
       nb::gil_scoped_release release;
       std::lock_guard lock(mutex_);
+      apply_package_threads();
       const std::int64_t B = lv.dim(0), per_latent = lv.numel() / B;
       for (std::int64_t b = 0; b < B; ++b) {
         auto one = tim::Tensor<float>::empty({1, lv.dim(1), lv.dim(2), lv.dim(3)});
@@ -588,12 +600,12 @@ NB_MODULE(_tim, m) {
       "shape"_a, "seed"_a = 0, "first_index"_a = 0,
       "Standard normal noise (B, ...) float64 from tim's counter-based generator: sample b is stream "
       "first_index + b of `seed`, the noise `tim sample` and Model.sample start from.");
-  m.def("set_num_threads", &tim::set_num_threads, "threads"_a, "Sets the CPU threads of every computation.");
-  m.def(
-      "num_threads",
-      [] {
-        tim::detail::ensure_default_threads();  // the default applies before the first computation
-        return tim::num_threads();
-      },
-      "The CPU threads computations use (set_num_threads, else OMP_NUM_THREADS, else the physical cores).");
+  m.def("set_num_threads", &set_package_threads, "threads"_a,
+        "Sets the CPU threads of every computation of the package, whichever Python thread starts it.");
+  m.def("num_threads", &apply_package_threads,
+        "The CPU threads computations use (set_num_threads, else OMP_NUM_THREADS, else the physical cores), "
+        "the same in every Python thread.");
+  m.def("_openmp_max_threads", [] { return omp_get_max_threads(); },
+        "For the tests: OpenMP's thread count on the calling thread now (omp_get_max_threads), as left by the "
+        "last computation started from it.");
 }

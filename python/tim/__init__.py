@@ -96,17 +96,21 @@ class SampleOutput:
     labels: Optional[np.ndarray]  # (B) int64 for a class-conditional model, None for text-to-image
     sample_indices: list  # each row's noise stream
     times: list  # the time grid t_0 .. t_N
-    steps_done: int  # N unless cancelled (with batch_size: of the last batch run)
+    steps_done: int  # N unless cancelled (with batch_size: of the last chunk run; earlier chunks ran N)
     cancelled: bool  # on_step returned False before the last step
     settings: dict  # the resolved settings; settings["described"]: value and source of each
-    trajectory: Optional[np.ndarray] = None  # (K + 1, B, C, H, W) float64 when trajectory=True
+    # (K + 1, B, C, H, W) float64 when trajectory=True; None when a batch_size run was cancelled
+    # after its first chunk (its chunks then stopped after different numbers of steps)
+    trajectory: Optional[np.ndarray] = None
 
 
 class Model:
     """A TiM checkpoint loaded on the CPU in float32 (class-conditional C2I or text-to-image T2I).
 
     Use tim.load(path). One computation at a time per model: threads sharing a model wait for
-    each other (the network has one workspace).
+    each other (forward runs the model's one network and its workspace; sample runs its own copies
+    but already uses every thread of tim.num_threads(), so runs side by side would only share the
+    same cores).
     """
 
     def __init__(self, native: Any):
@@ -206,8 +210,10 @@ class Model:
         Noise: `noise` (B, C, H, W), else tim.initial_noise from `seed`, row b drawing stream
         first_index + b (or sample_indices[b]); the same stream feeds the row's stochastic steps.
         batch_size: sample at most this many rows per run (every row keeps its own stream).
-        on_step(info): called after every step with a tim.StepInfo; return False to stop.
-        trajectory: also return the states after every step.
+        on_step(info): called after every step with a tim.StepInfo; return False to stop (with
+        batch_size: the rows of the chunks run so far; later chunks are not run).
+        trajectory: also return the states after every step (None when a batch_size run is
+        cancelled after its first chunk: its rows then stopped after different numbers of steps).
         """
         if prompts is not None:
             caption_features(prompts)  # raises until the text encoder exists
@@ -242,6 +248,11 @@ class Model:
             return _output(run(None))
         if batch_size < 1:
             raise Error(f"batch_size must be at least 1, got {batch_size}")
+        # The chunks see slices: rows of sample_indices or noise beyond the batch would be dropped
+        # unseen. The whole call checks them, and raises tim's message, before any computing.
+        if (sample_indices is not None and len(sample_indices) != batch) or (
+                noise is not None and (noise.ndim == 0 or noise.shape[0] != batch)):
+            return _output(run(None))
         parts = []
         for start in range(0, batch, batch_size):
             parts.append(run(slice(start, min(start + batch_size, batch))))
@@ -253,8 +264,12 @@ class Model:
         joined["x"] = np.concatenate([p["x"] for p in parts])
         joined["labels"] = None if last["labels"] is None else np.concatenate([p["labels"] for p in parts])
         joined["sample_indices"] = [i for p in parts for i in p["sample_indices"]]
+        # A run cancelled in a later chunk leaves the earlier chunks' rows at more steps than its
+        # own: their trajectories have different lengths, and no one trajectory fits the latents.
         if trajectory and all(p["steps_done"] == last["steps_done"] for p in parts):
             joined["trajectory"] = np.concatenate([p["trajectory"] for p in parts], axis=1)
+        else:
+            joined["trajectory"] = None
         return _output(joined)
 
 

@@ -67,6 +67,11 @@ def test_torch_tensors_in_and_out(model):
     (dict(labels=[1], sample_indices=[1, 2]), r"sample_indices: 2 entries for a batch of 1"),
     (dict(labels=[1], cap_feats=np.zeros((1, 2, 8), np.float32)), r"is a class-conditional \(C2I\) TiM"),
     (dict(labels=[1], batch_size=0), r"batch_size must be at least 1"),
+    # With batch_size the chunks see slices: the whole batch is checked first, with the same message.
+    (dict(labels=[1, 2, 3], sample_indices=[0, 1, 2, 3], batch_size=2), r"sample_indices: 4 entries for a batch of 3"),
+    (dict(labels=[1, 2, 3], sample_indices=[0, 1], batch_size=2), r"sample_indices: 2 entries for a batch of 3"),
+    (dict(labels=[1, 2, 3], noise=np.zeros((4, 1, 32, 32)), batch_size=2), r"noise: expected shape \(3, 1, H, W\)"),
+    (dict(labels=[1, 2, 3], noise=np.zeros((2, 1, 32, 32)), batch_size=2), r"noise: expected shape \(3, 1, H, W\)"),
     (dict(prompts=["a cat"]), r"prompts: tim's Python package has no text encoder yet"),
 ])
 def test_bad_arguments_raise_tims_message(model, keywords, message):
@@ -112,6 +117,33 @@ def test_callback_sees_every_step_and_cancels(model):
     assert np.array_equal(stopped.x, full.trajectory[3])
     # None or True continue.
     assert not model.sample(labels=[1], steps=2, on_step=lambda info: None).cancelled
+
+
+def test_cancelling_a_chunked_run_keeps_the_output_consistent(model):
+    labels = [0, 1, 2, 3]
+    full = model.sample(labels=labels, steps=3, seed=2, trajectory=True)
+    calls = []
+
+    def stop_at(call):
+        def on_step(info):
+            calls.append(info.step)
+            return len(calls) < call
+        return on_step
+
+    # Cancelled at the first step of the second chunk: rows 0-1 ran 3 steps, rows 2-3 one.
+    late = model.sample(labels=labels, steps=3, seed=2, batch_size=2, trajectory=True, on_step=stop_at(4))
+    assert calls == [0, 1, 2, 0]
+    assert late.cancelled and late.steps_done == 1 and late.latents.shape == full.latents.shape
+    assert np.array_equal(late.x[:2], full.x[:2])
+    assert np.array_equal(late.x[2:], full.trajectory[1][2:])
+    assert late.trajectory is None  # no (K + 1, B, ...) array holds rows stopped at 3 and 1 steps
+    # Cancelled inside the first chunk: only its rows, with their trajectory.
+    calls.clear()
+    early = model.sample(labels=labels, steps=3, seed=2, batch_size=2, trajectory=True, on_step=stop_at(2))
+    assert early.cancelled and early.steps_done == 2 and early.x.shape[0] == 2
+    assert early.trajectory.shape == (3, *early.x.shape)
+    assert np.array_equal(early.trajectory, full.trajectory[:3, :2])
+    assert np.array_equal(early.x, full.trajectory[2][:2])
 
 
 def test_callback_errors_stop_the_run_and_propagate(model):
@@ -189,3 +221,35 @@ def test_thread_count_is_settable():
     with pytest.raises(tim.Error, match="thread count must be >= 1"):
         tim.set_num_threads(0)
     tim.set_num_threads(before)
+
+
+def in_a_new_thread(function):
+    """What function() returns when called on a new Python thread."""
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("value", function()))
+    thread.start()
+    thread.join()
+    return result["value"]
+
+
+def test_thread_count_holds_in_every_python_thread(model):
+    before = tim.num_threads()
+    # OpenMP's own count on a thread that has not computed yet: the setting must differ from it,
+    # so that a count left per thread (omp_set_num_threads alone) shows.
+    openmp_default = in_a_new_thread(tim._tim._openmp_max_threads)
+    want = openmp_default + 1
+    try:
+        in_a_new_thread(lambda: tim.set_num_threads(want))
+        assert tim.num_threads() == want
+        assert in_a_new_thread(tim.num_threads) == want
+
+        # A run started from yet another thread computes with it: OpenMP's count on that thread
+        # during the run (the callback runs on it) is the package's.
+        def run():
+            seen = []
+            model.sample(labels=[1], steps=2, on_step=lambda info: seen.append(tim._tim._openmp_max_threads()))
+            return seen
+
+        assert in_a_new_thread(run) == [want, want]
+    finally:
+        tim.set_num_threads(before)
