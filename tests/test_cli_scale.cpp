@@ -12,6 +12,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -356,4 +357,90 @@ TEST_CASE("cli scale: bad options at scale end with exit code 1 and the option n
     CAPTURE(args);
     check_user_error(run_tim(dir, base(args)), parts);
   }
+}
+
+namespace {
+
+// The committed ImageNet-1k list, read here from the source tree (the program has it compiled in).
+std::vector<std::string> imagenet_list() {
+  std::istringstream lines(read_text(TIM_IMAGENET_CLASSES));
+  std::vector<std::string> names;
+  for (std::string line; std::getline(lines, line);) names.push_back(line);
+  return names;
+}
+
+// The 10-class golden network (patch 4, 16 x 16 x 1) with a random 1001-row class table: a
+// 1000-class model whose metadata has neither class_names nor a dataset (only its image_size).
+std::string thousand_class_model(const TempDir& dir) {
+  const auto file = tim::io::SafetensorsFile::open(std::string(TIM_TEST_DATA_DIR) + "/golden/patch4.safetensors");
+  tim::io::SafetensorsWriter writer;
+  for (const auto& info : file.tensors()) {
+    if (info.name.rfind("input.", 0) == 0 || info.name.rfind("output.", 0) == 0) continue;
+    if (info.name == "y_embedder.embedding_table.weight") {
+      auto table = tim::Tensor<float>::empty({1001, info.shape[1]});
+      for (std::int64_t i = 0; i < table.numel(); ++i) table.data()[i] = 0.02f * static_cast<float>((i * 7919) % 101 - 50);
+      writer.add(info.name, table);
+    } else {
+      writer.add(info.name, file.load<float>(info.name).clone());
+    }
+  }
+  for (const auto& [key, value] : file.metadata()) writer.set_metadata(key, value);
+  writer.set_metadata("image_size", "16x16x1");
+  const std::string path = dir.file("imagenet1k.safetensors");
+  writer.write(path);
+  return path;
+}
+
+}  // namespace
+
+TEST_CASE("cli scale: the committed ImageNet-1k list has 1000 non-empty names, one per line") {
+  const std::string text = read_text(TIM_IMAGENET_CLASSES);
+  REQUIRE(!text.empty());
+  CHECK(text.back() == '\n');
+  CHECK(text.find('\r') == std::string::npos);
+  const auto names = imagenet_list();
+  REQUIRE(names.size() == 1000);
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    CAPTURE(i);
+    CHECK(!names[i].empty());
+    CHECK(names[i].find_first_not_of(' ') != std::string::npos);
+  }
+  CHECK(names.front() == "tench");  // the standard index order's ends (timm's imagenet_synsets.txt)
+  CHECK(names.back() == "toilet tissue");
+}
+
+TEST_CASE("cli scale: a 1000-class model without class_names is labelled with the ImageNet-1k names") {
+  TempDir dir;
+  const std::string model = thousand_class_model(dir);
+  const std::string pngs = dir.file("pngs");
+  check_success(run_tim(dir, "sample --model " + quote(model) + " --labels 0,999,1000 --steps 1 --seed 3 --png-dir " + quote(pngs)));
+  const auto names = imagenet_list();
+  REQUIRE(names.size() == 1000);
+  const std::vector<std::pair<std::string, std::string>> expected{
+      {"000000.png", names[0]}, {"000001.png", names[999]}, {"000002.png", "unconditional"}};
+  for (const auto& [file, name] : expected) {
+    CAPTURE(file);
+    const auto image = tim::io::read_png((fs::path(pngs) / file).string());
+    const std::string* parameters = image.find_text("parameters");
+    REQUIRE(parameters != nullptr);
+    CHECK(parameters->rfind(name + "\nSteps: 1, ", 0) == 0);
+    const std::string* json_text = image.find_text("tim");
+    REQUIRE(json_text != nullptr);
+    CHECK(nlohmann::json::parse(*json_text).at("class_name") == name);
+  }
+  // A model whose metadata names its own classes keeps them.
+  tim::io::SafetensorsWriter writer;
+  const auto file = tim::io::SafetensorsFile::open(model);
+  for (const auto& info : file.tensors()) writer.add(info.name, file.load<float>(info.name).clone());
+  for (const auto& [key, value] : file.metadata()) writer.set_metadata(key, value);
+  nlohmann::json own = nlohmann::json::array();
+  for (int i = 0; i < 1000; ++i) own.push_back("own " + std::to_string(i));
+  writer.set_metadata("class_names", own.dump());
+  const std::string named = dir.file("named.safetensors");
+  writer.write(named);
+  const std::string named_pngs = dir.file("named_pngs");
+  check_success(run_tim(dir, "sample --model " + quote(named) + " --labels 999 --steps 1 --png-dir " + quote(named_pngs)));
+  const auto image = tim::io::read_png((fs::path(named_pngs) / "000000.png").string());
+  REQUIRE(image.find_text("parameters") != nullptr);
+  CHECK(image.find_text("parameters")->rfind("own 999\nSteps: 1, ", 0) == 0);
 }

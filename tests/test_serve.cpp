@@ -52,13 +52,13 @@ struct Server {
   pid_t pid = -1;
   int port = 0;
 
-  explicit Server(const std::string& args) {
+  explicit Server(const std::string& args, const std::string& model = TIM_SHIPPED_MODEL) {
     static std::atomic<int> counter{0};
     dir = fs::temp_directory_path() / ("tim_serve_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
     fs::create_directories(dir);
     log = dir / "stderr.txt";
     const std::string command = std::string("exec '") + TIM_EXECUTABLE + "' serve --port 0 --model '" +
-                                TIM_SHIPPED_MODEL + "' " + args + " 2> '" + log.string() + "'";
+                                model + "' " + args + " 2> '" + log.string() + "'";
     pid = ::fork();
     if (pid == 0) {
       ::execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
@@ -518,4 +518,47 @@ TEST_CASE("serve: what cannot be served is refused at start, exit code 1 and a m
   CHECK(err.find("cannot listen on 127.0.0.1:" + std::to_string(first.port)) != std::string::npos);
   std::error_code ignored;
   fs::remove_all(dir, ignored);
+}
+
+TEST_CASE("serve: a 1000-class model without class_names answers with the ImageNet-1k names") {
+  // The shipped network with a random 1001-row class table, its metadata without the keys that
+  // name or count its classes: a 1000-class model the program knows no names for but ImageNet's.
+  const auto shipped = tim::io::SafetensorsFile::open(TIM_SHIPPED_MODEL);
+  tim::io::SafetensorsWriter writer;
+  for (const auto& info : shipped.tensors()) {
+    if (info.name == "y_embedder.embedding_table.weight") {
+      auto table = tim::Tensor<float>::empty({1001, info.shape[1]});
+      for (std::int64_t i = 0; i < table.numel(); ++i) table.data()[i] = 0.02f * static_cast<float>((i * 7919) % 101 - 50);
+      writer.add(info.name, table);
+    } else {
+      writer.add(info.name, shipped.load<float>(info.name).clone());
+    }
+  }
+  for (const auto& [key, value] : shipped.metadata())
+    if (key != "class_names" && key != "dataset" && key != "config" && key != "num_classes" && key != "null_class")
+      writer.set_metadata(key, value);
+  const fs::path model = fs::temp_directory_path() / ("tim_serve_imagenet_" + std::to_string(::getpid()) + ".safetensors");
+  writer.write(model.string());
+  std::vector<std::string> names;  // the committed list, read independently of the program
+  {
+    std::istringstream lines(read_text(TIM_IMAGENET_CLASSES));
+    for (std::string line; std::getline(lines, line);) names.push_back(line);
+  }
+  REQUIRE(names.size() == 1000);
+  {
+    Server server("--batch-size 2", model.string());
+    auto client = server.client();
+    const auto models = client.Get("/v1/models");
+    REQUIRE(models);
+    const auto listed = json::parse(models->body).at("data").at(0).at("tim");
+    CHECK(listed.at("num_classes") == 1000);
+    CHECK(listed.at("class_names") == json(names));
+    // A class name as the prompt resolves to its number; the answer names class 0 and 999.
+    const auto by_name = post(client, {{"prompt", names[999]}, {"steps", 1}});
+    CHECK(by_name.at("data").at(0).at("class") == 999);
+    CHECK(by_name.at("data").at(0).at("class_name") == names[999]);
+    const auto by_number = post(client, {{"class", 0}, {"steps", 1}});
+    CHECK(by_number.at("data").at(0).at("class_name") == names[0]);
+  }
+  fs::remove(model);
 }

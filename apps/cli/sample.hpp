@@ -133,7 +133,8 @@ inline constexpr std::uint32_t random_label_step = 0xFFFFFFFEu;
 // What is written (sample_outputs.cpp).
 
 //! The class names a model's metadata gives: `class_names` (a JSON list of num_classes strings),
-//! else the Fashion-MNIST names when `dataset` says fashion-mnist; otherwise none.
+//! else the Fashion-MNIST names when `dataset` says fashion-mnist, else for a 1000-class model the
+//! ImageNet-1k names (apps/cli/data/imagenet_classes.txt, compiled in); otherwise none.
 std::vector<std::string> class_names_of(const std::map<std::string, std::string>& metadata, std::int64_t num_classes);
 
 //! What every image of a run records (sample_outputs.cpp): `parameters` (key, value) of the

@@ -7,9 +7,11 @@
 #include <filesystem>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "image_grid.hpp"
+#include "imagenet_classes_text.hpp"  // generated from data/imagenet_classes.txt (apps/CMakeLists.txt)
 #include "sample.hpp"
 #include "tim/io/image.hpp"
 #include "tim/io/png.hpp"
@@ -53,6 +55,20 @@ std::string a1111_settings(const RunRecord& run, std::int64_t width, std::int64_
 
 constexpr std::int64_t caption_grid_columns = 8;
 
+//! The ImageNet-1k class names in class-index order, one per line of the embedded
+//! data/imagenet_classes.txt (its source: apps/cli/data/README.md).
+std::vector<std::string> imagenet_class_names() {
+  std::vector<std::string> names;
+  std::string_view text = tim::cli::imagenet_classes_text;
+  while (!text.empty()) {
+    const auto end = text.find('\n');
+    names.emplace_back(text.substr(0, end));
+    text = end == std::string_view::npos ? std::string_view{} : text.substr(end + 1);
+  }
+  return names;
+}
+constexpr std::int64_t imagenet_num_classes = 1000;
+
 }  // namespace
 
 std::vector<std::string> class_names_of(const std::map<std::string, std::string>& metadata, std::int64_t num_classes) {
@@ -69,6 +85,13 @@ std::vector<std::string> class_names_of(const std::map<std::string, std::string>
                          dataset.find("fashionmnist") != std::string::npos;
     if (fashion && num_classes == static_cast<std::int64_t>(tim::cli::fashion_mnist_classes.size()))
       return {tim::cli::fashion_mnist_classes.begin(), tim::cli::fashion_mnist_classes.end()};
+    if (fashion) return {};
+  }
+  if (num_classes == imagenet_num_classes) {
+    auto names = imagenet_class_names();
+    tim::check(static_cast<std::int64_t>(names.size()) == imagenet_num_classes,
+               "the embedded ImageNet class list has " + std::to_string(names.size()) + " names, expected 1000");
+    return names;
   }
   return {};
 }
