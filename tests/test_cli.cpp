@@ -1637,7 +1637,7 @@ TEST_CASE("cli T2I errors: the wrong condition for the model, bad caption files,
   const std::vector<std::pair<std::string, std::vector<std::string>>> cases{
       {"sample --model " + quote(sampler_model) + " --height 8 --width 8 --captions " + quote(c.captions) + " --out " +
            quote(out),
-       {"--captions needs a text-to-image model", "is a class-conditional (C2I) TiM"}},
+       {"--captions and --prompt need a text-to-image model", "is a class-conditional (C2I) TiM"}},
       {t2i + "--height 8 --width 8 --labels 1,2", {"is a text-to-image (T2I) TiM", "not from --labels", "--captions"}},
       {t2i + "--height 8 --width 8 --class 1", {"is a text-to-image (T2I) TiM", "not from --class"}},
       {"sample --model " + quote(t2i_model) + " --height 8 --width 8 --grid " + quote(dir.file("g.png")),

@@ -134,7 +134,7 @@ TEST_CASE("cli sample --prompt: prompt -> features -> T2I sample -> DC-AE decode
   const std::string out = dir.file("out.safetensors"), pngs = dir.file("pngs");
   const auto result = run_tim(dir, "sample --model " + quote(model) + " --text-encoder " + quote(encoder_dir) +
                                    " --prompt " + quote(prompts[0]) + " --prompt " + quote(prompts[1]) +
-                                   " --height 4 --width 6 --steps 2 --cfg-scale 2 --seed 3 --vae " + quote(vae) +
+                                   " --latent-height 4 --latent-width 6 --steps 2 --cfg-scale 2 --seed 3 --vae " + quote(vae) +
                                    " --out " + quote(out) + " --png-dir " + quote(pngs));
   INFO(result.err);
   REQUIRE(result.code == 0);
@@ -186,7 +186,7 @@ TEST_CASE("cli sample --prompt: prompt -> features -> T2I sample -> DC-AE decode
   const std::string released = dir.file("released.safetensors");
   const auto run_released = run_tim(dir, "sample --model " + quote(model) + " --text-encoder " + quote(encoder_dir) +
                                          " --prompt " + quote(prompts[0]) + " --prompt " + quote(prompts[1]) +
-                                         " --height 4 --width 6 --steps 2 --cfg-scale 2 --seed 3 --caption-batching "
+                                         " --latent-height 4 --latent-width 6 --steps 2 --cfg-scale 2 --seed 3 --caption-batching "
                                          "released --out " + quote(released));
   REQUIRE(run_released.code == 0);
   const auto released_latents = tim::io::SafetensorsFile::open(released).load<double>("latents");
