@@ -13,6 +13,8 @@
 #include <sstream>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include "compare.hpp"
 #include "random_t2i_checkpoint.hpp"
 #include "tim/io/png.hpp"
@@ -176,9 +178,13 @@ TEST_CASE("cli sample --prompt: prompt -> features -> T2I sample -> DC-AE decode
     const auto png = tim::io::read_png(entry.path().string());
     REQUIRE(png.find_text("parameters") != nullptr);
     const auto& text = *png.find_text("parameters");
-    CHECK(text.find("text_encoder: " + encoder_dir) != std::string::npos);
-    CHECK(text.find("caption_batching: per-prompt") != std::string::npos);
-    found += text.find(prompts[0]) != std::string::npos || text.find(prompts[1]) != std::string::npos;
+    // Every setting is in the `tim` JSON chunk (docs/cli.md, "Images"); the prompt leads `parameters`.
+    REQUIRE(png.find_text("tim") != nullptr);
+    const auto record = nlohmann::json::parse(*png.find_text("tim"), nullptr, /*allow_exceptions=*/false);
+    REQUIRE(record.is_object());
+    CHECK(record.value("text_encoder", std::string()) == encoder_dir);
+    CHECK(record.value("caption_batching", std::string()) == "per-prompt");
+    found += text.rfind(prompts[0], 0) == 0 || text.rfind(prompts[1], 0) == 0;
   }
   CHECK(found == 2);
 
