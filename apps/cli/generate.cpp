@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "tim/cpu/per_sample_network.hpp"
+#include "tim/sampler/options.hpp"
 
 namespace tim_cli {
 
@@ -104,14 +105,7 @@ tim::SampleResult<> Generator::generate(const tim::SampleSettings& s, std::uint6
   } else {
     for (std::int64_t b = 0; b < B; ++b) labels.data()[b] = specs[static_cast<std::size_t>(b)].label;
   }
-  const tim::SamplerOptions<> options{.cfg_scale = s.cfg_scale.value,
-                                      .guidance_low = s.guidance_low.value,
-                                      .guidance_high = s.guidance_high.value,
-                                      .stochasticity = s.stochasticity.value,
-                                      .mode = s.mode.value,
-                                      .seed = seed,
-                                      .sample_indices = indices,
-                                      .keep_trajectory = keep_trajectory};
+  const auto options = tim::sampler_options(s, seed, indices, keep_trajectory);
   const tim::AnySchedule& schedule = s.schedule.value;
   if (cuda()) {
     // The whole chunk on the GPU in one batch (tim::TransitionSampler over the network on

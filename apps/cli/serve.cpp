@@ -30,6 +30,7 @@
 
 #include "serve_batcher.hpp"
 #include "tim/cpu/per_sample_network.hpp"
+#include "tim/sampler/options.hpp"
 #include "serve_request.hpp"
 #include "tim/core/cast.hpp"
 #include "tim/io/image.hpp"
@@ -232,13 +233,7 @@ struct Served {
     const auto noise = initial_noise_of(specs, call.seed, model.config, s);  // as tim sample draws it
     auto labels = tim::Tensor<std::int64_t>::empty({B});
     std::copy(call.labels.begin(), call.labels.end(), labels.data());
-    tim::SamplerOptions<> options{.cfg_scale = s.cfg_scale.value,
-                                  .guidance_low = s.guidance_low.value,
-                                  .guidance_high = s.guidance_high.value,
-                                  .stochasticity = s.stochasticity.value,
-                                  .mode = s.mode.value,
-                                  .seed = call.seed,
-                                  .sample_indices = call.sample_indices};
+    auto options = tim::sampler_options(s, call.seed, call.sample_indices);
     options.on_step = [&keep_going](const tim::StepInfo<>&) { return keep_going(); };
     // Every sample on its own, on one thread (tim::PerSampleNetwork): its bits do not depend on
     // which requests share the call, or how many. `model` itself never runs forward.

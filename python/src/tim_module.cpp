@@ -28,6 +28,7 @@
 
 #include "tim/core/cast.hpp"
 #include "tim/cpu/per_sample_network.hpp"
+#include "tim/sampler/options.hpp"
 #include "tim/io/image.hpp"
 #include "tim/io/pytorch.hpp"
 #include "tim/load.hpp"
@@ -315,14 +316,7 @@ class Model {
         for (std::int64_t i = 0; i < z.numel(); ++i) z.data()[i] *= s.times.front();
     }
 
-    tim::SamplerOptions<> options{.cfg_scale = s.cfg_scale.value,
-                                  .guidance_low = s.guidance_low.value,
-                                  .guidance_high = s.guidance_high.value,
-                                  .stochasticity = s.stochasticity.value,
-                                  .mode = s.mode.value,
-                                  .seed = seed,
-                                  .sample_indices = indices,
-                                  .keep_trajectory = trajectory};
+    auto options = tim::sampler_options(s, seed, indices, trajectory);
     // Every step: with the GIL, Ctrl-C (PyErr_CheckSignals) and the user's callback; either
     // stops the run, and the Python error is raised once the sampler has returned.
     std::optional<nb::python_error> python_error;
