@@ -24,7 +24,6 @@
 
 #include "sample.hpp"
 #include "tim/core/cast.hpp"
-#include "tim/text/conditioning.hpp"
 
 namespace tim_cli {
 
@@ -347,43 +346,9 @@ void run_sample(const SampleOptions& options) {
     const auto sample_start = Clock::now();
     const StepReport report = [&](int step, int steps) { return progress.step(chunk, size, step, steps); };
     tim::SampleResult<> result;
-    if (text && per_prompt) {
-      // Each prompt as if sampled alone (tim::text::sample_each_prompt_alone): the chunk's rows
-      // grouped by caption length, each group with its features and null caption cut to it.
-      std::vector<std::int64_t> rows, lengths;
-      tim::SamplerOptions<> chunk_options{.seed = options.seed};
-      for (const auto& spec : specs) {
-        rows.push_back(spec.caption);
-        lengths.push_back(plan.captions->lengths[static_cast<std::size_t>(spec.caption)]);
-        chunk_options.sample_indices.push_back(spec.index);
-      }
-      const auto chunk_captions =
-          tim::text::gather_captions(plan.captions->cap_feats, rows, plan.captions->cap_feats.dim(1));
-      result = tim::text::sample_each_prompt_alone(
-          noise, chunk_captions, plan.captions->null_cap_feats, lengths, chunk_options,
-          [&](const tim::Tensor<double>& group_noise, const tim::Tensor<float>& group_captions,
-              const tim::Tensor<float>& group_null, const tim::SamplerOptions<>& group_options) {
-            std::vector<SampleSpec> group_specs;
-            for (std::size_t i = 0; i < group_options.sample_indices.size(); ++i)
-              group_specs.push_back({.index = group_options.sample_indices[i], .caption = static_cast<std::int64_t>(i)});
-            return model.generate(s, options.seed, group_specs, group_noise, report, false, group_captions,
-                                  group_null);
-          });
-    } else if (text && !plan.captions->lengths.empty()) {
-      // --caption-batching released: the chunk is the released script's batch, its features and
-      // the null caption cut to its longest prompt (tim::text::cut_to_longest).
-      std::vector<std::int64_t> rows, lengths;
-      std::vector<SampleSpec> chunk_specs;
-      for (const auto& spec : specs) {
-        chunk_specs.push_back({.index = spec.index, .caption = static_cast<std::int64_t>(rows.size())});
-        rows.push_back(spec.caption);
-        lengths.push_back(plan.captions->lengths[static_cast<std::size_t>(spec.caption)]);
-      }
-      auto chunk_captions = tim::text::gather_captions(plan.captions->cap_feats, rows, plan.captions->cap_feats.dim(1));
-      auto chunk_null = plan.captions->null_cap_feats;
-      tim::text::cut_to_longest(chunk_captions, chunk_null, lengths);
-      result = model.generate(s, options.seed, chunk_specs, noise, report, options.trajectory, chunk_captions,
-                              chunk_null);
+    if (text && !plan.captions->lengths.empty()) {
+      result = generate_captioned(model, s, options.seed, specs, noise, report, *plan.captions, per_prompt,
+                                  options.trajectory);
     } else {
       result = model.generate(s, options.seed, specs, noise, report, options.trajectory,
                               text ? plan.captions->cap_feats : tim::Tensor<float>{},

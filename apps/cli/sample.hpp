@@ -107,6 +107,14 @@ CaptionFeatures captions_from_prompts(const SampleOptions& options, std::int64_t
 //! --caption-batching per-prompt when the captions' lengths are known.
 bool sample_per_prompt(const SampleOptions& options, const CaptionFeatures& captions);
 
+//! One chunk of a text-to-image run whose caption lengths are known: per_prompt, every prompt as
+//! if sampled alone (rows grouped by length; no trajectory); otherwise the released behaviour,
+//! the chunk's features and null caption cut to its longest prompt.
+tim::SampleResult<> generate_captioned(const Generator& model, const tim::SampleSettings& settings, std::uint64_t seed,
+                                       const std::vector<SampleSpec>& specs, const tim::Tensor<double>& noise,
+                                       const StepReport& report, const CaptionFeatures& captions, bool per_prompt,
+                                       bool keep_trajectory);
+
 //! What a run samples, in run order (position p = 0, 1, ...): each sample's index and condition.
 //! Sample indices are first + p, except in a class --grid, where column k of every class row
 //! draws first + k (so a column shows one noise under every class; `shared_indices`).
