@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "random_checkpoint.hpp"
+#include "tim/cpu/per_sample_network.hpp"
 #include "tim/tim.hpp"
 
 namespace {
@@ -78,8 +79,8 @@ void BM_Forward(benchmark::State& state, Model which, std::int64_t batch) {
 //! A whole sampling run (tim::TransitionSampler, OT-FM, 4 linspace steps, guidance 2 on every
 //! step but the first: 1 evaluation of B rows and 3 of 2B) with the network in float on the CPU.
 //! The state, guidance and transitions are the sampler's own work around the forwards.
-void BM_Sample(benchmark::State& state, Model which, std::int64_t batch) {
-  const auto& model = shared_model(which);
+template <class Network>
+void run_sample(benchmark::State& state, const Network& model, std::int64_t batch) {
   const auto& c = model.config;
   auto labels = tim::Tensor<std::int64_t>::empty({batch});
   for (std::int64_t b = 0; b < batch; ++b) labels.data()[b] = b % c.num_classes;
@@ -92,6 +93,17 @@ void BM_Sample(benchmark::State& state, Model which, std::int64_t batch) {
   }
   state.counters["images/s"] =
       benchmark::Counter(static_cast<double>(batch * state.iterations()), benchmark::Counter::kIsRate);
+}
+
+//! per_sample: through tim::PerSampleNetwork (every row on its own, one thread each), as
+//! `tim sample`, `tim serve` and the Python package sample on the CPU; else the batched network.
+void BM_Sample(benchmark::State& state, Model which, std::int64_t batch, bool per_sample) {
+  if (per_sample) {
+    const tim::PerSampleNetwork exact{shared_model(which)};
+    run_sample(state, exact, batch);
+  } else {
+    run_sample(state, shared_model(which), batch);
+  }
 }
 
 //! y (M, N) = x (M, K) W^T, W (N, K): the backend's Linear GEMM, no bias.
@@ -130,15 +142,19 @@ void register_benchmarks() {
         ->UseRealTime()
         ->Iterations(k.iterations);
   }
-  for (const Case& k : {Case{"BM_Sample/TiM-B4/batch:1/steps:4", Model::b4, 1, 5},
-                        Case{"BM_Sample/TiM-B4/batch:4/steps:4", Model::b4, 4, 3}}) {
-    const Model model = k.model;
-    const std::int64_t batch = k.batch;
-    benchmark::RegisterBenchmark(k.name, [model, batch](benchmark::State& s) { BM_Sample(s, model, batch); })
-        ->Unit(benchmark::kMillisecond)
-        ->UseRealTime()
-        ->Iterations(k.iterations);
-  }
+  for (const bool per_sample : {false, true})
+    for (const Case& k : {Case{"BM_Sample/TiM-B4/batch:1/steps:4", Model::b4, 1, 5},
+                          Case{"BM_Sample/TiM-B4/batch:4/steps:4", Model::b4, 4, 3}}) {
+      const Model model = k.model;
+      const std::int64_t batch = k.batch;
+      benchmark::RegisterBenchmark((std::string(k.name) + (per_sample ? "/per_sample" : "")).c_str(),
+                                   [model, batch, per_sample](benchmark::State& s) {
+                                     BM_Sample(s, model, batch, per_sample);
+                                   })
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime()
+          ->Iterations(k.iterations);
+    }
   // The matmul rate: a large square GEMM, then the network's largest GEMM shapes
   // (XL/2 MLP fc1 at batch 1 and 8: R x Hm x D; B/4 qkv at batch 1: R x 3D x D).
   benchmark::RegisterBenchmark("BM_Gemm", BM_Gemm)
