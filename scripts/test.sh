@@ -4,7 +4,8 @@
 # (-DTIM_CUDA=ON); on a machine without a GPU the CUDA device tests report themselves skipped.
 # TIM_CUDA=OFF in the environment keeps the CUDA targets out. Then the Python package
 # (docs/python.md) as a user installs it, `pip install .` in a fresh virtual environment, and its
-# tests, which compare it with the tim program just built; TIM_PYTHON=OFF skips that part.
+# tests, which compare it with the tim program just built (with CUDA when the C++ build has it);
+# TIM_PYTHON=OFF skips that part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cuda_args=()
@@ -28,7 +29,14 @@ if [ "${TIM_PYTHON:-ON}" != "OFF" ]; then
   venv=build/python-venv
   python3 -m venv --clear "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check numpy pytest
-  "$venv/bin/pip" install --quiet --disable-pip-version-check .
+  # The package as `pip install .` builds it: with device='cuda' when the C++ build above had
+  # CUDA (the same nvcc, one architecture, like the C++ build), CPU-only otherwise.
+  python_cuda=(-C cmake.define.TIM_PYTHON_CUDA=OFF)
+  if [ "${#cuda_args[@]}" -gt 0 ] && [ "${cuda_args[0]}" = "-DTIM_CUDA=ON" ]; then
+    python_cuda=(-C cmake.define.TIM_PYTHON_CUDA=ON -C "cmake.define.CMAKE_CUDA_COMPILER=$nvcc_path"
+                 -C "cmake.define.CMAKE_CUDA_ARCHITECTURES=${TIM_CUDA_ARCHITECTURES:-90}")
+  fi
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "${python_cuda[@]}" .
   TIM_PROGRAM=build/apps/tim TIM_REQUIRE_PROGRAM=1 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} \
     "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/python
 fi

@@ -115,3 +115,47 @@ TEST_CASE("caption batching: argument checks") {
   CHECK_THROWS_WITH_AS(tim::text::parse_caption_batching("grouped"), doctest::Contains("\"per-prompt\" or \"released\""),
                        tim::Error);
 }
+
+TEST_CASE("caption batching: sample_captions runs per-prompt groups or the released batch cut to its longest") {
+  auto s = setup();
+  const auto& lengths = s.captions.lengths;
+  const auto sample = [&](const auto& noise, const auto& cap, const auto& null, const auto& options) {
+    return run(s.model, noise, cap, null, options);
+  };
+  // Per prompt: each prompt's image is the prompt sampled alone (as above).
+  const auto per_prompt = tim::text::sample_captions(tim::text::CaptionBatching::per_prompt, s.noise,
+                                                     s.captions.cap_feats, s.captions.null_cap_feats, lengths,
+                                                     s.options, sample);
+  for (std::int64_t b = 0; b < 3; ++b) {
+    CAPTURE(b);
+    CHECK(row_error(per_prompt.x, b, alone(s, b)) <= 1e-5);
+  }
+  // Released: one call, with the features and the null caption cut to the longest prompt (here
+  // already M, so a cut of a wider copy must give the same call) and the options as given.
+  auto wide = tim::Tensor<float>::zeros({3, lengths[1] + 2, 32}), wide_null = tim::Tensor<float>::zeros({1, lengths[1] + 2, 32});
+  const std::int64_t M = lengths[1];
+  for (std::int64_t b = 0; b < 3; ++b)
+    std::copy(s.captions.cap_feats.data() + b * M * 32, s.captions.cap_feats.data() + (b + 1) * M * 32,
+              wide.data() + b * (M + 2) * 32);
+  std::copy(s.captions.null_cap_feats.data(), s.captions.null_cap_feats.data() + M * 32, wide_null.data());
+  auto options = s.options;
+  options.keep_trajectory = true;
+  int calls = 0;
+  const auto released = tim::text::sample_captions(
+      tim::text::CaptionBatching::released, s.noise, wide, wide_null, lengths, options,
+      [&](const auto& noise, const auto& cap, const auto& null, const auto& batch_options) {
+        ++calls;
+        CHECK(cap.shape() == tim::Shape{3, M, 32});
+        CHECK(null.shape() == tim::Shape{1, M, 32});
+        CHECK(batch_options.keep_trajectory);
+        CHECK(batch_options.first_sample_index == 20);
+        return run(s.model, noise, cap, null, batch_options);
+      });
+  CHECK(calls == 1);
+  const auto expected = run(s.model, s.noise, s.captions.cap_feats, s.captions.null_cap_feats, options);
+  CHECK(tim_test::relative_error(released.x.data(), expected.x.data(), static_cast<std::size_t>(expected.x.numel())) == 0);
+  CHECK(released.trajectory.numel() == expected.trajectory.numel());
+  CHECK_THROWS_WITH_AS(tim::text::sample_captions(tim::text::CaptionBatching::released, s.noise, wide, wide_null,
+                                                  {1, 2}, options, sample),
+                       doctest::Contains("2 lengths for 3 captions"), tim::Error);
+}

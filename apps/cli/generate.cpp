@@ -9,35 +9,16 @@
 #include <vector>
 
 #include "tim/cpu/per_sample_network.hpp"
+#include "tim/sampler/noise.hpp"
 #include "tim/sampler/options.hpp"
 
 namespace tim_cli {
 
 tim::Tensor<double> initial_noise_of(const std::vector<SampleSpec>& specs, std::uint64_t seed,
                                      const tim::nn::BackboneConfig& c, const tim::SampleSettings& settings) {
-  const tim::LatentSize size = tim::require_latent_size(settings.latent_size, settings.names);
-  const std::int64_t B = static_cast<std::int64_t>(specs.size()), H = size.height.value, W = size.width.value;
-  tim::check(B >= 1, "initial_noise_of: no samples");
-  tim::check(H % c.patch == 0 && W % c.patch == 0, "height ", H, " and width ", W,
-             " must be multiples of the model's patch size ", c.patch);
-  auto noise = tim::Tensor<double>::empty({B, c.in_channels, H, W});
-  const std::int64_t per_sample = c.in_channels * H * W;
-  // Runs of consecutive indices are drawn together (the stream of a row depends on its index only).
-  for (std::int64_t b = 0; b < B;) {
-    std::int64_t run = 1;
-    while (b + run < B && specs[static_cast<std::size_t>(b + run)].index == specs[static_cast<std::size_t>(b)].index +
-                                                                               static_cast<std::uint64_t>(run))
-      ++run;
-    const auto drawn = tim::initial_noise({run, c.in_channels, H, W}, seed, specs[static_cast<std::size_t>(b)].index);
-    std::copy_n(drawn.data(), run * per_sample, noise.data() + b * per_sample);
-    b += run;
-  }
-  // VE's noise has standard deviation t: start from t_0 z (docs/sampling.md, "Noise scale").
-  if (std::holds_alternative<tim::VeSde>(settings.transport.value)) {
-    const double t_0 = settings.times.front();
-    for (std::int64_t i = 0; i < noise.numel(); ++i) noise.data()[i] *= t_0;
-  }
-  return noise;
+  std::vector<std::uint64_t> indices;
+  for (const auto& spec : specs) indices.push_back(spec.index);
+  return tim::initial_noise_of(indices, seed, c.in_channels, c.patch, settings);
 }
 
 struct Generator::State {

@@ -36,8 +36,8 @@ struct SampleSpec {
   std::int64_t caption = -1;  // text-to-image models: the row of the caption features
 };
 
-//! The initial noise (B, C, H, W) of `specs`, row b the stream of specs[b].index
-//! (tim::initial_noise), at the settings' latent size, times t_0 for VE (docs/sampling.md).
+//! The initial noise (B, C, H, W) of `specs`, row b the stream of specs[b].index, at the
+//! settings' latent size, times t_0 for VE: tim::initial_noise_of (tim/sampler/noise.hpp).
 tim::Tensor<double> initial_noise_of(const std::vector<SampleSpec>& specs, std::uint64_t seed,
                                      const tim::nn::BackboneConfig& config, const tim::SampleSettings& settings);
 

@@ -8,6 +8,8 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <variant>
 #include <vector>
 
 #include "image_grid.hpp"
@@ -15,7 +17,7 @@
 #include "sample.hpp"
 #include "tim/io/image.hpp"
 #include "tim/io/png.hpp"
-#include "tim/vae/diffusers_config.hpp"
+#include "tim/vae/load.hpp"
 
 namespace tim_cli {
 
@@ -173,38 +175,16 @@ tim::Tensor<float> HostVae::decode_one(const tim::Tensor<float>& latent) const {
 
 HostVae load_vae(const std::string& path, std::int64_t latent_channels, const tim::vae::TileOptions& tiles) {
   try {
-    const auto file = tim::io::SafetensorsFile::open(path);
-    const bool sd_vae = file.contains("post_quant_conv.weight");
-    tim::check(sd_vae || file.contains("decoder.conv_in.weight"), "not a VAE decoder: it has neither "
-               "'post_quant_conv.weight' (an SD VAE, AutoencoderKL) nor 'decoder.conv_in.weight' (a DC-AE, AutoencoderDC)");
-    const char* kind = sd_vae ? "AutoencoderKL" : "AutoencoderDC";
-    const auto config = tim::vae::read_diffusers_vae_config_beside(path);
-    if (config) {
-      tim::check(config->class_name.empty() || config->class_name == kind, "the config.json beside it describes a ",
-                 config->class_name, " but the weights are an ", kind, sd_vae ? " (SD VAE)" : " (DC-AE)");
-      tim::check(!config->shift_factor || *config->shift_factor == 0, "the config.json beside it has shift_factor ",
-                 tim::shortest_decimal(*config->shift_factor), "; tim decodes latents with zero shift only (SPEC 8)");
-    }
+    auto loaded = tim::vae::load_decoder<float>(path);  // tim/vae/load.hpp, as tim.load_decoder loads it
     HostVae decoder;
     decoder.tiles = tiles;
-    if (sd_vae) {
-      tim::vae::SdVaeOptions vae_options;  // sd-vae-ft-ema's values unless config.json says otherwise
-      if (config && config->norm_num_groups) vae_options.groups = *config->norm_num_groups;
-      if (config && config->scaling_factor) vae_options.scaling_factor = *config->scaling_factor;
-      decoder.sd.emplace(tim::vae::load_sd_vae_decoder<float>(file, vae_options));
-      decoder.description = decoder.sd->config.describe();
-      decoder.channels = decoder.sd->config.latent_channels;
-      decoder.scale = decoder.sd->config.upscale();
-    } else {
-      tim::vae::DcAeOptions vae_options;  // dc-ae-f32c32-sana-1.1's values unless config.json says otherwise
-      if (config && config->attention_head_dim) vae_options.attention_head_dim = *config->attention_head_dim;
-      if (config && config->decoder_in_shortcut) vae_options.in_shortcut = *config->decoder_in_shortcut;
-      if (config && config->scaling_factor) vae_options.scaling_factor = *config->scaling_factor;
-      decoder.dc.emplace(tim::vae::load_dc_ae_decoder<float>(file, vae_options));
-      decoder.description = decoder.dc->config.describe();
-      decoder.channels = decoder.dc->config.latent_channels;
-      decoder.scale = decoder.dc->config.upscale();
-    }
+    decoder.description = loaded.describe();
+    decoder.channels = loaded.latent_channels();
+    decoder.scale = loaded.upscale();
+    if (auto* sd = std::get_if<tim::vae::SdVaeDecoder<float>>(&loaded.decoder))
+      decoder.sd.emplace(std::move(*sd));
+    else
+      decoder.dc.emplace(std::get<tim::vae::DcAeDecoder<float>>(std::move(loaded.decoder)));
     tim::check(decoder.channels == latent_channels, "the decoder takes latents with ", decoder.channels,
                " channels, but the latents have ", latent_channels);
     return decoder;
@@ -215,16 +195,7 @@ HostVae load_vae(const std::string& path, std::int64_t latent_channels, const ti
 
 tim::Tensor<float> decode_each(const tim::Tensor<float>& latents,
                                const std::function<tim::Tensor<float>(const tim::Tensor<float>&)>& decode_one) {
-  const std::int64_t B = latents.dim(0), per_latent = latents.numel() / B;
-  tim::Tensor<float> images;
-  for (std::int64_t b = 0; b < B; ++b) {
-    auto one = tim::Tensor<float>::empty({1, latents.dim(1), latents.dim(2), latents.dim(3)});
-    std::copy_n(latents.data() + b * per_latent, per_latent, one.data());
-    const auto image = decode_one(one);
-    if (b == 0) images = tim::Tensor<float>::empty({B, image.dim(1), image.dim(2), image.dim(3)});
-    std::copy_n(image.data(), image.numel(), images.data() + b * image.numel());
-  }
-  return images;
+  return tim::vae::decode_each(latents, decode_one);
 }
 
 }  // namespace tim_cli

@@ -28,32 +28,26 @@ tim::SampleResult<> generate_captioned(const Generator& model, const tim::Sample
                                        bool keep_trajectory) {
   // The chunk's captions, rows in chunk order, and their lengths.
   std::vector<std::int64_t> rows, lengths;
-  std::vector<SampleSpec> chunk_specs;
+  tim::SamplerOptions<> chunk_options{.seed = seed};
   for (const auto& spec : specs) {
-    chunk_specs.push_back({.index = spec.index, .caption = static_cast<std::int64_t>(rows.size())});
     rows.push_back(spec.caption);
     lengths.push_back(captions.lengths[static_cast<std::size_t>(spec.caption)]);
+    chunk_options.sample_indices.push_back(spec.index);
   }
-  auto chunk_captions = tim::text::gather_captions(captions.cap_feats, rows, captions.cap_feats.dim(1));
-  if (!per_prompt) {
-    // --caption-batching released: the chunk is the released script's batch, its features and
-    // the null caption cut to its longest prompt.
-    auto chunk_null = captions.null_cap_feats;
-    tim::text::cut_to_longest(chunk_captions, chunk_null, lengths);
-    return model.generate(s, seed, chunk_specs, noise, report, keep_trajectory, chunk_captions, chunk_null);
-  }
-  // Each prompt as if sampled alone: the chunk's rows grouped by caption length, each group with
-  // its features and null caption cut to it (tim::text::sample_each_prompt_alone).
-  tim::SamplerOptions<> chunk_options{.seed = seed};
-  for (const auto& spec : specs) chunk_options.sample_indices.push_back(spec.index);
-  return tim::text::sample_each_prompt_alone(
-      noise, chunk_captions, captions.null_cap_feats, lengths, chunk_options,
-      [&](const tim::Tensor<double>& group_noise, const tim::Tensor<float>& group_captions,
-          const tim::Tensor<float>& group_null, const tim::SamplerOptions<>& group_options) {
-        std::vector<SampleSpec> group_specs;
-        for (std::size_t i = 0; i < group_options.sample_indices.size(); ++i)
-          group_specs.push_back({.index = group_options.sample_indices[i], .caption = static_cast<std::int64_t>(i)});
-        return model.generate(s, seed, group_specs, group_noise, report, false, group_captions, group_null);
+  chunk_options.keep_trajectory = keep_trajectory && !per_prompt;  // per-prompt groups keep none
+  const auto chunk_captions = tim::text::gather_captions(captions.cap_feats, rows, captions.cap_feats.dim(1));
+  // Per prompt: each prompt as if sampled alone (rows grouped by caption length); released: the
+  // chunk is the released script's batch, cut to its longest prompt (tim::text::sample_captions).
+  return tim::text::sample_captions(
+      per_prompt ? tim::text::CaptionBatching::per_prompt : tim::text::CaptionBatching::released, noise,
+      chunk_captions, captions.null_cap_feats, lengths, chunk_options,
+      [&](const tim::Tensor<double>& batch_noise, const tim::Tensor<float>& batch_captions,
+          const tim::Tensor<float>& batch_null, const tim::SamplerOptions<>& batch_options) {
+        std::vector<SampleSpec> batch_specs;
+        for (std::size_t i = 0; i < batch_options.sample_indices.size(); ++i)
+          batch_specs.push_back({.index = batch_options.sample_indices[i], .caption = static_cast<std::int64_t>(i)});
+        return model.generate(s, seed, batch_specs, batch_noise, report, batch_options.keep_trajectory,
+                              batch_captions, batch_null);
       });
 }
 

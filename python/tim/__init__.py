@@ -6,6 +6,9 @@
     out.latents          # (3, 1, 32, 32) float32, equal to `tim sample --out` bit for bit
     tim.to_uint8(out.latents)   # (3, 32, 32, 1) uint8 images
 
+    t2i = tim.load("t2i.safetensors", text_encoder="gemma-3-1b-it")
+    out = t2i.sample(prompts=["a red fox in the snow"], height=32, width=32, cfg_scale=2.5)
+
 Settings not given come from the checkpoint's metadata, else tim's defaults, resolved by the same
 library function as the `tim` program (tim::resolve_sample_settings). Arrays are NumPy arrays;
 any DLPack tensor (PyTorch, JAX, CuPy on the host) is accepted as input. The GIL is released
@@ -16,6 +19,7 @@ while tim computes; Ctrl-C stops a sampling run at the next step. tim's errors r
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -28,14 +32,17 @@ __version__ = _tim.__version__
 
 __all__ = [
     "Decoder",
+    "EncodedPrompts",
     "Error",
     "Model",
     "SampleOutput",
     "StepInfo",
-    "caption_features",
+    "TextEncoder",
+    "cuda_available",
     "initial_noise",
     "load",
     "load_decoder",
+    "load_text_encoder",
     "make_grid",
     "num_threads",
     "set_num_threads",
@@ -105,7 +112,8 @@ class SampleOutput:
 
 
 class Model:
-    """A TiM checkpoint loaded on the CPU in float32 (class-conditional C2I or text-to-image T2I).
+    """A TiM checkpoint loaded on the CPU in float32, or with device='cuda' on the GPU
+    (class-conditional C2I or text-to-image T2I).
 
     Use tim.load(path). One computation at a time per model: threads sharing a model wait for
     each other (forward runs the model's one network and its workspace; sample runs its own copies
@@ -113,12 +121,18 @@ class Model:
     same cores).
     """
 
-    def __init__(self, native: Any):
+    def __init__(self, native: Any, text_encoder: Optional["TextEncoder"] = None):
         self._native = native
+        self.text_encoder = text_encoder  # what sample(prompts=...) encodes with (T2I)
 
     @property
     def path(self) -> str:
         return self._native.path
+
+    @property
+    def device(self) -> str:
+        """Where the model computes: 'cpu, float32', or the GPU and its precision."""
+        return self._native.device
 
     @property
     def kind(self) -> str:
@@ -186,7 +200,9 @@ class Model:
                                     t_max, t_min, _schedule_text(schedule), mode, height, width)
 
     def sample(self, labels: ArrayLike = None, *, cap_feats: ArrayLike = None, null_cap_feats: ArrayLike = None,
-               prompts: Optional[Sequence[str]] = None, noise: ArrayLike = None, steps: Optional[int] = None,
+               cap_mask: ArrayLike = None, prompts: Union[str, Sequence[str], None] = None,
+               text_encoder: Union["TextEncoder", str, None] = None, caption_batching: str = "per-prompt",
+               max_length: int = 256, hidden_state: str = "last", noise: ArrayLike = None, steps: Optional[int] = None,
                cfg_scale: Optional[float] = None, guidance_low: Optional[float] = None,
                guidance_high: Optional[float] = None, stochasticity: Optional[float] = None,
                transport: Optional[str] = None, t_max: Optional[float] = None, t_min: Optional[float] = None,
@@ -197,9 +213,17 @@ class Model:
                trajectory: bool = False) -> SampleOutput:
         """Samples with the any-step transition sampler, as `tim sample` does.
 
-        What is sampled: `labels` (B) for a class-conditional model (num_classes = unconditional),
-        or `cap_feats` (B, M, caption_dim) and, for guidance, `null_cap_feats` (1, M, caption_dim)
-        for a text-to-image one (`prompts` needs the text encoder: not yet, see caption_features).
+        What is sampled: `labels` (B) for a class-conditional model (num_classes = unconditional);
+        for a text-to-image one `prompts` (a string or a list of B strings), encoded by
+        `text_encoder` (a tim.TextEncoder or its folder; default: the one given to tim.load) with
+        `max_length` tokens and `hidden_state` ('last' or 'penultimate') as `tim sample
+        --text-encoder DIR --prompt ...` encodes them, or caption features `cap_feats` (B, M,
+        caption_dim) and, for guidance, `null_cap_feats` (1, M, caption_dim) (TextEncoder.encode's).
+        caption_batching (prompts, or cap_feats with their `cap_mask` (B, M)): 'per-prompt' (the
+        default), every prompt's image is the one it gets sampled alone; 'released', each batch
+        (batch_size rows, all of them when None) is cut to its longest prompt as the released
+        scripts do (tim sample --caption-batching released, whose --batch-size is 64). Without
+        cap_mask, cap_feats are sampled as given. Per-prompt runs keep no trajectory.
 
         Settings (None: the checkpoint's metadata, else tim's default): steps, cfg_scale (guidance
         when > 1), guidance_low/guidance_high (the window, fractions of t_max), stochasticity
@@ -215,8 +239,27 @@ class Model:
         trajectory: also return the states after every step (None when a batch_size run is
         cancelled after its first chunk: its rows then stopped after different numbers of steps).
         """
+        if caption_batching not in ("per-prompt", "released"):
+            raise Error(f"caption_batching: expected 'per-prompt' or 'released', got {caption_batching!r}")
+        lengths = None
         if prompts is not None:
-            caption_features(prompts)  # raises until the text encoder exists
+            if self.kind != "t2i":
+                raise Error(f"prompts: {self.path} is a class-conditional (C2I) TiM; it samples from labels")
+            if cap_feats is not None or null_cap_feats is not None or cap_mask is not None:
+                raise Error("prompts: give prompts or cap_feats (with null_cap_feats, cap_mask), not both")
+            encoder = _text_encoder_of(text_encoder if text_encoder is not None else self.text_encoder)
+            if encoder.hidden_size != self.caption_dim:
+                raise Error(f"text_encoder '{encoder.path}': its hidden size is {encoder.hidden_size}, the model's "
+                            f"caption features have cap_dim {self.caption_dim}")
+            encoded = encoder.encode(prompts, max_length=max_length, hidden_state=hidden_state)
+            cap_feats, null_cap_feats, lengths = encoded.cap_feats, encoded.null_cap_feats, encoded.lengths
+        elif text_encoder is not None:
+            raise Error("text_encoder: given without prompts")
+        elif cap_mask is not None:
+            mask = _as_array(cap_mask, np.int64, "cap_mask")
+            if mask.ndim != 2:
+                raise Error(f"cap_mask: expected shape (B, M), got {mask.shape}")
+            lengths = [int(n) for n in mask.sum(axis=1)]
         if callable(schedule):
             base = self._native.resolve(steps, cfg_scale, guidance_low, guidance_high, stochasticity, transport,
                                         t_max, t_min, None, mode, height, width)
@@ -234,12 +277,14 @@ class Model:
         if seed < 0 or first_index < 0:
             raise Error(f"seed and first_index must be >= 0, got {seed} and {first_index}")
 
+        released = caption_batching == "released"
+
         def run(rows: Optional[slice]) -> dict:
             pick = (lambda a: a) if rows is None else (lambda a: None if a is None else a[rows])
             indices = sample_indices if sample_indices is None or rows is None else sample_indices[rows]
             first = first_index if rows is None or sample_indices is not None else first_index + rows.start
-            return self._native.sample(*settings, pick(labels), pick(cap_feats), null_cap_feats, pick(noise), seed,
-                                       first, indices, trajectory, on_step)
+            return self._native.sample(*settings, pick(labels), pick(cap_feats), null_cap_feats, pick(lengths),
+                                       released, pick(noise), seed, first, indices, trajectory, on_step)
 
         batch = len(labels) if labels is not None else len(cap_feats) if cap_feats is not None else 0
         if batch_size is None or batch == 0 or batch_size >= batch:
@@ -251,7 +296,8 @@ class Model:
         # The chunks see slices: rows of sample_indices or noise beyond the batch would be dropped
         # unseen. The whole call checks them, and raises tim's message, before any computing.
         if (sample_indices is not None and len(sample_indices) != batch) or (
-                noise is not None and (noise.ndim == 0 or noise.shape[0] != batch)):
+                noise is not None and (noise.ndim == 0 or noise.shape[0] != batch)) or (
+                lengths is not None and len(lengths) != batch):
             return _output(run(None))
         parts = []
         for start in range(0, batch, batch_size):
@@ -280,21 +326,45 @@ def _output(result: dict) -> SampleOutput:
                         trajectory=result["trajectory"])
 
 
-def load(path: str, device: str = "cpu", dtype: str = "float32", *, num_heads: Optional[int] = None,
-         new_condition: Optional[str] = None, mlp_ratio: Optional[float] = None) -> Model:
+def load(path: str, device: str = "cpu", dtype: str = "float32", *, text_encoder: Union["TextEncoder", str, None] = None,
+         num_heads: Optional[int] = None, new_condition: Optional[str] = None,
+         mlp_ratio: Optional[float] = None) -> Model:
     """Loads a TiM checkpoint (.safetensors), class-conditional or text-to-image by its tensors.
 
-    device: 'cpu' (this package runs on the CPU); dtype: 'float32' (the `tim` program's CPU
-    precision). num_heads, new_condition ('t-r', 'r', 't,r'), mlp_ratio: what a released
-    checkpoint's shapes cannot tell, as the YAML --config of `tim sample` gives it; otherwise the
-    checkpoint's metadata says.
+    device: 'cpu', or 'cuda' (the current GPU) in a package built with CUDA (pip install . finds
+    nvcc; tim.cuda_available()). dtype: 'float32' (the CPU's, and the `tim` program's), or on
+    cuda also 'bfloat16' (tim sample --device cuda --precision bfloat16). text_encoder: a
+    tim.TextEncoder or its folder, for sample(prompts=...) of a T2I model. num_heads,
+    new_condition ('t-r', 'r', 't,r'), mlp_ratio: what a released checkpoint's shapes cannot
+    tell, as the YAML --config of `tim sample` gives it; otherwise the checkpoint's metadata says.
     """
-    if device != "cpu":
-        raise Error(f"device '{device}': tim's Python package computes on the CPU (device='cpu'); for a GPU use "
-                    "the tim program built with -DTIM_CUDA=ON (docs/cuda.md)")
-    if dtype not in ("float32", np.float32):
-        raise Error(f"dtype '{dtype}': the CPU runs float32 (dtype='float32')")
-    return Model(_tim.NativeModel(str(path), num_heads, new_condition, mlp_ratio))
+    dtype = np.dtype(dtype).name if not isinstance(dtype, str) and dtype is not None else dtype
+    if device == "cuda":
+        if not _tim.cuda_built:
+            raise Error("device 'cuda': this tim package was built without CUDA (no nvcc was found when it was "
+                        "installed); install it where nvcc is (pip install . finds it on PATH or in "
+                        "/usr/local/cuda/bin), or use device='cpu'")
+        if dtype not in ("float32", "bfloat16"):
+            raise Error(f"dtype '{dtype}': on cuda the network runs float32 or bfloat16")
+        if _tim.cuda_device_count() == 0:
+            raise Error("device 'cuda': no CUDA device is visible to this process (no GPU, no driver, or "
+                        "CUDA_VISIBLE_DEVICES hides them); use device='cpu'")
+    elif device == "cpu":
+        if dtype != "float32":
+            raise Error(f"dtype '{dtype}': the CPU runs float32 (dtype='float32')")
+    else:
+        raise Error(f"device '{device}': expected 'cpu' or 'cuda'")
+    model = Model(_tim.NativeModel(str(path), device, dtype, num_heads, new_condition, mlp_ratio))
+    if text_encoder is not None:
+        if model.kind != "t2i":
+            raise Error(f"text_encoder: {model.path} is a class-conditional (C2I) TiM; it samples from labels")
+        model.text_encoder = _text_encoder_of(text_encoder)
+    return model
+
+
+def cuda_available() -> bool:
+    """Whether device='cuda' can run here: the package was built with CUDA and a GPU is visible."""
+    return bool(_tim.cuda_built) and _tim.cuda_device_count() > 0
 
 
 class Decoder:
@@ -329,12 +399,102 @@ def load_decoder(path: str, tile: int = 0, overlap: int = 8) -> Decoder:
     return Decoder(_tim.NativeDecoder(str(path), tile, overlap))
 
 
-def caption_features(prompts: Sequence[str]) -> np.ndarray:
-    """The hook for prompts: caption features (B, M, caption_dim) of text prompts through the
-    Gemma-3 text encoder. Not available yet (the encoder is being added to tim); until then pass
-    cap_feats computed by tools/caption_features.py (docs/t2i.md)."""
-    raise Error("prompts: tim's Python package has no text encoder yet; pass cap_feats (B, M, caption_dim) and "
-                "null_cap_feats from tools/caption_features.py (docs/python.md, \"Prompts\")")
+@dataclass
+class EncodedPrompts:
+    """What TextEncoder.encode returns, in the layout `tim encode` writes. Unpacks as
+    (cap_feats, cap_mask), like diffusers' encode_prompt."""
+
+    cap_feats: np.ndarray  # (B, M, D) float32, M the longest prompt's tokens (BOS included)
+    cap_mask: np.ndarray  # (B, M) int64: 1 on each prompt's real tokens
+    null_cap_feats: np.ndarray  # (1, M, D) float32: the empty prompt's features (guidance)
+    input_ids: np.ndarray  # (B, M) int64
+    lengths: list  # real tokens per prompt
+    truncated: list  # whether each prompt had more than max_length - 1 tokens
+
+    def __iter__(self):
+        return iter((self.cap_feats, self.cap_mask))
+
+
+def _prompt_bytes(prompts: Union[str, bytes, Sequence[Union[str, bytes]]]) -> list:
+    """The prompts as UTF-8 bytes for tim, which checks them: a str that is not valid Unicode
+    (lone surrogates) reaches tim as the bytes it stands for, and tim says it is not valid UTF-8."""
+    if isinstance(prompts, (str, bytes)):
+        prompts = [prompts]
+    try:
+        prompts = list(prompts)
+    except TypeError:
+        raise Error(f"prompts: expected a string or a list of strings, got {type(prompts).__name__}") from None
+    out = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, bytes):
+            out.append(p)
+        elif isinstance(p, str):
+            try:
+                out.append(p.encode("utf-8", "surrogateescape"))
+            except UnicodeEncodeError:
+                out.append(p.encode("utf-8", "surrogatepass"))
+        else:
+            raise Error(f"prompts: prompt {i} is a {type(p).__name__}, expected a string")
+    return out
+
+
+class TextEncoder:
+    """A Gemma-3 text encoder folder (config.json, model.safetensors, tokenizer.model, as Hugging
+    Face ships google/gemma-3-1b-it) loaded on the CPU as `tim encode` and `tim sample
+    --text-encoder` load it: bfloat16 weights stay memory-mapped, computed in float32."""
+
+    def __init__(self, path: str):
+        if not _tim.text_built:
+            raise Error("text_encoder: this tim package was built without tim::text (SentencePiece); install "
+                        "libsentencepiece-dev and pkg-config and reinstall it")
+        self._native = _tim.NativeTextEncoder(str(path))
+
+    @property
+    def path(self) -> str:
+        return self._native.path
+
+    @property
+    def hidden_size(self) -> int:
+        """D, the width of the caption features (a T2I model's caption_dim)."""
+        return self._native.hidden_size
+
+    @property
+    def weight_dtype(self) -> str:
+        """'bfloat16' or 'float32': how the weights are held."""
+        return self._native.weight_dtype
+
+    def describe(self) -> str:
+        return self._native.describe()
+
+    def __repr__(self) -> str:
+        return f"tim.TextEncoder({self.path!r}: {self.describe()})"
+
+    def encode(self, prompts: Union[str, Sequence[str]], *, max_length: int = 256,
+               hidden_state: str = "last") -> EncodedPrompts:
+        """Caption features of prompts as the released encode_prompt makes them (BOS, right padding,
+        truncation to max_length tokens), trimmed to the longest prompt: `tim encode`'s output.
+        hidden_state: 'last' (the final norm's output, the released setting) or 'penultimate'.
+        A prompt longer than max_length - 1 tokens is truncated with a warning."""
+        texts = _prompt_bytes(prompts)
+        d = self._native.encode(texts, int(max_length), hidden_state)
+        for b, cut in enumerate(d["truncated"]):
+            if cut:
+                warnings.warn(f"prompt {b} has more than {max_length - 1} tokens and was truncated to max_length "
+                              f"{max_length}", stacklevel=2)
+        return EncodedPrompts(cap_feats=d["cap_feats"], cap_mask=d["cap_mask"], null_cap_feats=d["null_cap_feats"],
+                              input_ids=d["input_ids"], lengths=list(d["lengths"]), truncated=list(d["truncated"]))
+
+
+def load_text_encoder(path: str) -> TextEncoder:
+    """Loads a Gemma-3 text encoder folder (tim.TextEncoder)."""
+    return TextEncoder(path)
+
+
+def _text_encoder_of(value: Union[TextEncoder, str, None]) -> TextEncoder:
+    if value is None:
+        raise Error("prompts: no text encoder; pass text_encoder= (a tim.TextEncoder or its folder) to sample or "
+                    "to tim.load")
+    return value if isinstance(value, TextEncoder) else TextEncoder(value)
 
 
 def make_grid(images: ArrayLike, columns: int = 8, padding: int = 2) -> np.ndarray:

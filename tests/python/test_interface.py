@@ -72,7 +72,8 @@ def test_torch_tensors_in_and_out(model):
     (dict(labels=[1, 2, 3], sample_indices=[0, 1], batch_size=2), r"sample_indices: 2 entries for a batch of 3"),
     (dict(labels=[1, 2, 3], noise=np.zeros((4, 1, 32, 32)), batch_size=2), r"noise: expected shape \(3, 1, H, W\)"),
     (dict(labels=[1, 2, 3], noise=np.zeros((2, 1, 32, 32)), batch_size=2), r"noise: expected shape \(3, 1, H, W\)"),
-    (dict(prompts=["a cat"]), r"prompts: tim's Python package has no text encoder yet"),
+    (dict(prompts=["a cat"]), r"prompts: .* is a class-conditional \(C2I\) TiM"),
+    (dict(labels=[1], caption_batching="grouped"), r"caption_batching: expected 'per-prompt' or 'released'"),
 ])
 def test_bad_arguments_raise_tims_message(model, keywords, message):
     with pytest.raises(tim.Error, match=message):

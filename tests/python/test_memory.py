@@ -1,5 +1,6 @@
-"""No reference leaks: 1,000 calls of every entry point keep the process's memory flat, and
-nanobind finds no leaked instance, type or function when the interpreter exits."""
+"""No reference leaks: 1,000 calls of every entry point (prompts: the text encoder inside sample)
+keep the process's memory flat, and nanobind finds no leaked instance, type or function when the
+interpreter exits."""
 
 import subprocess
 import sys
@@ -22,6 +23,15 @@ SCRIPT = textwrap.dedent(f"""
     x = np.zeros((2, 4, 8, 8), np.float32)
     cap = np.ones((2, 5, 8), np.float32)
     null = np.zeros((1, 5, 8), np.float32)
+    # Prompts: the tiny Gemma-3 folder of the C++ tests (32-wide features) and a T2I network
+    # taking them (test_prompts.py writes it).
+    import sys
+    sys.path.insert(0, {str(DATA.parent / "python")!r})
+    from test_prompts import random_t2i
+    import pathlib, shutil, tempfile
+    folder = tempfile.mkdtemp()
+    encoder = tim.load_text_encoder({str(DATA / "golden_gemma" / "released_pattern")!r})
+    prompted = tim.load(random_t2i(pathlib.Path(folder) / "t2i.safetensors"), text_encoder=encoder)
 
     def calls():
         out = c2i.sample(labels=[1, 2], steps=1, noise=noise, trajectory=True,
@@ -32,6 +42,11 @@ SCRIPT = textwrap.dedent(f"""
         t2i.forward(x, 0.5, 0.25, cap_feats=cap)
         tim.to_uint8(out.latents[:, :3])
         tim.initial_noise([2, 4, 8, 8])
+        prompted.sample(prompts=["a red fox", "the lazy dog in the snow"], steps=1, height=2, width=2, cfg_scale=2.0)
+        try:
+            encoder.encode([b"\\xff"])
+        except tim.Error:
+            pass
         try:
             c2i.sample(labels=[99], steps=1, height=8, width=8)
         except tim.Error:
@@ -43,6 +58,7 @@ SCRIPT = textwrap.dedent(f"""
     for _ in range(1000):
         calls()
     print("growth_kib", rss_kib() - before)
+    shutil.rmtree(folder)
 """)
 
 

@@ -110,4 +110,26 @@ SampleResult<> sample_each_prompt_alone(const Tensor<double>& noise, const Tenso
   return result;
 }
 
+//! Samples a batch of captions whose lengths are known (lengths[b] real tokens of caption b) under
+//! `batching`, through `sample_batch(noise, cap_feats, null_cap_feats, options)`, which samples
+//! one batch as given: per_prompt, every caption as if sampled alone (sample_each_prompt_alone;
+//! options.keep_trajectory must be false); released, the whole batch in one call with its
+//! features and the null caption cut to its longest caption, as the released scripts do.
+//! `tim sample` (one chunk of a run), `tim serve` and the Python package sample prompts here.
+template <class T, class SampleBatch>
+SampleResult<> sample_captions(CaptionBatching batching, const Tensor<double>& noise, const Tensor<T>& cap_feats,
+                               const Tensor<T>& null_cap_feats, const std::vector<std::int64_t>& lengths,
+                               const SamplerOptions<>& options, SampleBatch&& sample_batch) {
+  if (batching == CaptionBatching::per_prompt)
+    return sample_each_prompt_alone(noise, cap_feats, null_cap_feats, lengths, options, sample_batch);
+  check(static_cast<std::int64_t>(lengths.size()) == cap_feats.dim(0), "captions: ", lengths.size(),
+        " lengths for ", cap_feats.dim(0), " captions");
+  for (std::size_t b = 0; b < lengths.size(); ++b)
+    check(lengths[b] >= 1 && lengths[b] <= cap_feats.dim(1), "captions: caption ", b, " has ", lengths[b],
+          " tokens, expected 1 to M = ", cap_feats.dim(1));
+  Tensor<T> cut = cap_feats, null_cut = null_cap_feats;
+  cut_to_longest(cut, null_cut, lengths);
+  return sample_batch(noise, static_cast<const Tensor<T>&>(cut), static_cast<const Tensor<T>&>(null_cut), options);
+}
+
 }  // namespace tim::text
