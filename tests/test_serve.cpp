@@ -404,6 +404,13 @@ TEST_CASE("serve: bad requests get a 4xx JSON error naming the problem, and the 
   CHECK(json::parse(health->body)["status"] == "ok");
   const json ok = post(client, {{"prompt", "trouser"}, {"steps", 1}});
   CHECK(ok["data"][0]["class"] == 1);
+  // `size` is WIDTHxHEIGHT, as OpenAI spells it.
+  const json wide = post(client, {{"class", 1}, {"steps", 1}, {"size", "32x16"}, {"return_latents", true}});
+  CHECK(wide["tim"]["size"] == "32x16");
+  CHECK(wide["data"][0]["latents_shape"] == json::array({1, 16, 32}));
+  const auto png = decode_png(wide["data"][0]["b64_json"], server.dir);
+  CHECK(png.width == 32);
+  CHECK(png.height == 16);
   const auto models = client.Get("/v1/models");
   REQUIRE(models);
   CHECK(json::parse(models->body)["data"][0]["id"] == "tim-fmnist");

@@ -107,7 +107,7 @@ std::int64_t class_of(const json& value, const char* name, const ModelFacts& mod
   return integer_field(value, name, 0, model.num_classes);
 }
 
-//! "WxH" in image pixels: the OpenAI spelling (width first).
+//! "WxH" in image pixels (the OpenAI spelling, width first) as the latent (height, width).
 std::pair<std::int64_t, std::int64_t> size_of(const std::string& text, const ModelFacts& model, const Limits& limits) {
   const std::size_t x = text.find('x');
   std::int64_t width = 0, height = 0;
@@ -126,7 +126,7 @@ std::pair<std::int64_t, std::int64_t> size_of(const std::string& text, const Mod
   tim::check(width % step == 0 && height % step == 0, "field 'size' ", width, "x", height,
              ": width and height must be multiples of ", step, " pixels (the patch size ", model.patch,
              " times the decoder's scale ", model.scale, ")");
-  return {width / model.scale, height / model.scale};
+  return {height / model.scale, width / model.scale};
 }
 
 std::string hex(double value) {
