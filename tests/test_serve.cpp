@@ -23,132 +23,20 @@
 #include <tuple>
 #include <vector>
 
-#include "random_t2i_checkpoint.hpp"
 #include "tim/core/cast.hpp"
 #include "tim/cpu/per_sample_network.hpp"
 #include "tim/io/png.hpp"
 #include "tim/sampler/settings.hpp"
 #include "tim/tim.hpp"
 
-// After Eigen (tim/tim.hpp): <resolv.h>, which httplib.h includes, defines a macro `_res`.
-#include <httplib.h>
+#include "serve_process.hpp"  // after tim/tim.hpp (Eigen before httplib.h)
 
 namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 using namespace std::chrono_literals;
-
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-//! `tim serve --port 0 ARGS` with stderr in a file; the port read from its "listening on" line.
-struct Server {
-  fs::path dir, log;
-  pid_t pid = -1;
-  int port = 0;
-
-  explicit Server(const std::string& args, const std::string& model = TIM_SHIPPED_MODEL) {
-    static std::atomic<int> counter{0};
-    dir = fs::temp_directory_path() / ("tim_serve_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::create_directories(dir);
-    log = dir / "stderr.txt";
-    const std::string command = std::string("exec '") + TIM_EXECUTABLE + "' serve --port 0 --model '" +
-                                model + "' " + args + " 2> '" + log.string() + "'";
-    pid = ::fork();
-    if (pid == 0) {
-      ::execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    const auto start = std::chrono::steady_clock::now();
-    while (std::chrono::steady_clock::now() - start < 120s) {
-      const std::string text = read_text(log);
-      const auto found = text.find("listening on http://127.0.0.1:");
-      if (found != std::string::npos && text.find('\n', found) != std::string::npos) {
-        port = std::stoi(text.substr(found + std::string("listening on http://127.0.0.1:").size()));
-        return;
-      }
-      int status = 0;
-      if (::waitpid(pid, &status, WNOHANG) == pid) {
-        pid = -1;
-        break;
-      }
-      std::this_thread::sleep_for(50ms);
-    }
-    FAIL("tim serve did not start: ", read_text(log));
-  }
-  ~Server() {
-    if (pid > 0) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-    }
-    std::error_code ignored;
-    fs::remove_all(dir, ignored);
-  }
-  httplib::Client client(int read_timeout_s = 120) const {
-    httplib::Client c("127.0.0.1", port);
-    c.set_connection_timeout(30, 0);
-    c.set_read_timeout(read_timeout_s, 0);
-    return c;
-  }
-  //! SIGTERM, then the exit status (-1: still running after `limit`).
-  int terminate(std::chrono::seconds limit = 60s) {
-    ::kill(pid, SIGTERM);
-    const auto start = std::chrono::steady_clock::now();
-    while (std::chrono::steady_clock::now() - start < limit) {
-      int status = 0;
-      if (::waitpid(pid, &status, WNOHANG) == pid) {
-        pid = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      }
-      std::this_thread::sleep_for(20ms);
-    }
-    return -1;
-  }
-};
-
-std::vector<unsigned char> from_base64(const std::string& text) {
-  std::vector<unsigned char> out;
-  std::uint32_t buffer = 0;
-  int bits = 0;
-  for (const char ch : text) {
-    int value = -1;
-    if (ch >= 'A' && ch <= 'Z') value = ch - 'A';
-    else if (ch >= 'a' && ch <= 'z') value = ch - 'a' + 26;
-    else if (ch >= '0' && ch <= '9') value = ch - '0' + 52;
-    else if (ch == '+') value = 62;
-    else if (ch == '/') value = 63;
-    else if (ch == '=') break;
-    REQUIRE(value >= 0);
-    buffer = (buffer << 6) | static_cast<std::uint32_t>(value);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out.push_back(static_cast<unsigned char>((buffer >> bits) & 0xff));
-    }
-  }
-  return out;
-}
-
-tim::io::PngImage decode_png(const std::string& b64, const fs::path& dir) {
-  static std::atomic<int> counter{0};
-  const fs::path file = dir / ("image_" + std::to_string(counter++) + ".png");
-  const auto bytes = from_base64(b64);
-  std::ofstream(file, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()),
-                                              static_cast<std::streamsize>(bytes.size()));
-  return tim::io::read_png(file.string());
-}
-
-std::vector<float> floats_of(const std::string& b64) {
-  const auto bytes = from_base64(b64);
-  std::vector<float> values(bytes.size() / sizeof(float));
-  std::memcpy(values.data(), bytes.data(), values.size() * sizeof(float));
-  return values;
-}
+using namespace tim_test::serve;
 
 //! One image a test expects: its class, seed, sample index and step count.
 struct Row {
@@ -212,14 +100,6 @@ std::vector<Expected> reference_images(const std::vector<Row>& rows, std::int64_
     }
   }
   return images;
-}
-
-json post(httplib::Client& client, const json& body, int expected_status = 200) {
-  const auto res = client.Post("/v1/images/generations", body.dump(), "application/json");
-  REQUIRE(res);
-  INFO(body.dump(), " -> ", res->body);
-  CHECK(res->status == expected_status);
-  return json::parse(res->body);
 }
 
 }  // namespace
@@ -350,6 +230,8 @@ TEST_CASE("serve: bad requests get a 4xx JSON error naming the problem, and the 
       {"{\"class\": 1, \"colour\": \"red\"}", "unknown field 'colour'"},
       {"{}", "nothing to sample"},
       {"{\"prompt\": \"a spaceship\"}", "field 'prompt': 'a spaceship' is not a class"},
+      {"{\"prompt\": \"a spaceship\"}", "so a 'prompt' must name a class: free text needs a text-to-image model"},
+      {"{\"prompt\": \"Bag\", \"size\": \"32x32\", \"n\": 1, \"text\": 1}", "unknown field 'text'"},
       {"{\"class\": 11}", "field 'class' must be in [0, 10]"},
       {"{\"class\": \"1\", \"labels\": [1]}", "cannot be used together"},
       {"{\"labels\": [1, 2], \"n\": 3}", "'labels' has 2 entries"},
@@ -500,20 +382,8 @@ TEST_CASE("serve: what cannot be served is refused at start, exit code 1 and a m
                                     "' > /dev/null").c_str());
     return std::pair{WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_text(err)};
   };
-  // A text-to-image model: prompts need a text encoder, which the server does not have.
-  const auto config = tim_test::t2i_config(16, 1, 2, 2, 1, 8, 8);
-  const auto checkpoint = tim_test::random_t2i_checkpoint(config, 11);
-  tim::io::SafetensorsWriter writer;
-  for (const auto& info : checkpoint.tensors())
-    writer.add(info.name, info.dtype, info.shape, checkpoint.bytes(info.name).data());
-  writer.set_metadata("image_size", "8x8x1");
-  const std::string t2i = (dir / "t2i.safetensors").string();
-  writer.write(t2i);
-  auto [code, err] = run("--port 0 --model '" + t2i + "'");
-  CHECK(code == 1);
-  CHECK(err.find("is a text-to-image (T2I) TiM: tim serve takes prompts only through a text encoder") !=
-        std::string::npos);
-  std::tie(code, err) = run("--port 0 --batch-size 0");
+  // (A text-to-image model without --text-encoder: test_serve_t2i.cpp.)
+  auto [code, err] = run("--port 0 --batch-size 0");
   CHECK(code == 1);
   CHECK(err.find("--batch-size must be in [1, 1024], got 0") != std::string::npos);
   std::tie(code, err) = run("--port 0 --device cuda");
