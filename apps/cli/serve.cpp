@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "serve_batcher.hpp"
+#include "serve_http.hpp"
 #include "serve_request.hpp"
 #include "tim/core/cast.hpp"
 #include "tim/text/prompts.hpp"
@@ -45,6 +46,8 @@ namespace {
 
 using nlohmann::json;
 namespace fs = std::filesystem;
+using serve::base64, serve::png_bytes, serve::send_error, serve::constant_time_equal, serve::connection_socket,
+    serve::peer_closed, serve::utc_now;
 
 struct ServeOptions {
   ModelOptions model;
@@ -63,47 +66,6 @@ struct ServeOptions {
   int http_threads = 32;
   serve::Limits limits;
 };
-
-// ---------------------------------------------------------------------------------------------
-// Small pieces of the HTTP side.
-
-std::string base64(const std::vector<unsigned char>& bytes) {
-  static constexpr char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  out.reserve((bytes.size() + 2) / 3 * 4);
-  for (std::size_t i = 0; i < bytes.size(); i += 3) {
-    const std::uint32_t a = bytes[i], b = i + 1 < bytes.size() ? bytes[i + 1] : 0,
-                        c = i + 2 < bytes.size() ? bytes[i + 2] : 0;
-    const std::uint32_t word = (a << 16) | (b << 8) | c;
-    out += alphabet[(word >> 18) & 63];
-    out += alphabet[(word >> 12) & 63];
-    out += i + 1 < bytes.size() ? alphabet[(word >> 6) & 63] : '=';
-    out += i + 2 < bytes.size() ? alphabet[word & 63] : '=';
-  }
-  return out;
-}
-
-//! The PNG file of `image` in memory, with `text` chunks (tim::io::write_png's libpng part on a
-//! memory stream).
-std::vector<unsigned char> png_bytes(const tim::io::PngImage& image, const std::vector<tim::io::PngText>& text) {
-  const std::size_t row_bytes = static_cast<std::size_t>(image.width) * static_cast<std::size_t>(image.channels);
-  std::vector<png_bytep> rows(static_cast<std::size_t>(image.height));
-  for (int y = 0; y < image.height; ++y)
-    rows[static_cast<std::size_t>(y)] = const_cast<png_bytep>(image.pixels.data() + row_bytes * y);
-  const tim::io::detail::PngTextChunks chunks(text, "cannot encode a PNG");  // iTXt for a UTF-8 prompt
-  char* buffer = nullptr;
-  std::size_t size = 0;
-  std::FILE* stream = ::open_memstream(&buffer, &size);
-  tim::check(stream != nullptr, "cannot encode a PNG: open_memstream failed");
-  tim::io::detail::PngErrorState error;
-  const bool written = tim::io::detail::png_write_stream(stream, image, rows.data(), chunks.data(), chunks.size(),
-                                                         error);
-  std::fclose(stream);
-  std::vector<unsigned char> bytes(buffer, buffer + size);
-  std::free(buffer);
-  tim::check(written, "cannot encode a PNG: ", error.message);
-  return bytes;
-}
 
 //! The run record of one request (sample_png_text writes the PNG chunks from it, as tim sample
 //! does): every setting, typed, and the names the AUTOMATIC1111 text shows.
@@ -134,74 +96,6 @@ RunRecord served_record(const tim::SampleSettings& s, std::uint64_t seed, const 
   run.model_name = std::filesystem::path(model).stem().string();
   run.sampler_name = s.mode.value == tim::SampleMode::transition ? "TiM transition" : "TiM diffusion";
   return run;
-}
-
-void send_error(httplib::Response& res, int status, const std::string& type, const std::string& message) {
-  res.status = status;
-  res.set_content(json{{"error", {{"message", message}, {"type", type}, {"param", nullptr}, {"code", nullptr}}}}
-                      .dump(-1, ' ', false, json::error_handler_t::replace),
-                  "application/json");
-}
-
-//! Equal strings, in time that does not depend on where they differ.
-bool constant_time_equal(const std::string& a, const std::string& b) {
-  unsigned char difference = a.size() == b.size() ? 0 : 1;
-  const std::size_t n = std::max(a.size(), b.size());
-  for (std::size_t i = 0; i < n; ++i)
-    difference |= static_cast<unsigned char>((i < a.size() ? a[i] : 0) ^ (i < b.size() ? b[i] : 0));
-  return difference == 0;
-}
-
-//! The socket of the connection `req` came on: cpp-httplib 0.11 does not hand it to handlers,
-//! so it is found among this process's sockets by its two addresses. -1 when not found.
-int connection_socket(const httplib::Request& req) {
-  std::error_code ignored;
-  for (const auto& entry : fs::directory_iterator("/proc/self/fd", ignored)) {
-    int fd = -1;
-    try {
-      fd = std::stoi(entry.path().filename().string());
-    } catch (...) {
-      continue;
-    }
-    sockaddr_storage peer{}, local{};
-    socklen_t peer_size = sizeof peer, local_size = sizeof local;
-    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_size) != 0) continue;
-    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_size) != 0) continue;
-    const auto port_and_address = [](const sockaddr_storage& a) -> std::pair<int, std::string> {
-      char text[INET6_ADDRSTRLEN] = {};
-      if (a.ss_family == AF_INET) {
-        const auto& v4 = reinterpret_cast<const sockaddr_in&>(a);
-        ::inet_ntop(AF_INET, &v4.sin_addr, text, sizeof text);
-        return {ntohs(v4.sin_port), text};
-      }
-      if (a.ss_family == AF_INET6) {
-        const auto& v6 = reinterpret_cast<const sockaddr_in6&>(a);
-        ::inet_ntop(AF_INET6, &v6.sin6_addr, text, sizeof text);
-        return {ntohs(v6.sin6_port), text};
-      }
-      return {-1, ""};
-    };
-    if (port_and_address(peer) == std::pair{req.remote_port, req.remote_addr} &&
-        port_and_address(local).first == req.local_port)
-      return fd;
-  }
-  return -1;
-}
-
-//! Whether the client closed its side (a read would see the end of the stream).
-bool peer_closed(int fd) {
-  char byte;
-  const ssize_t got = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-  return got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
-}
-
-std::string utc_now() {
-  const std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  ::gmtime_r(&now, &tm);
-  char text[32];
-  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return text;
 }
 
 thread_local Clock::time_point request_start;
@@ -399,9 +293,11 @@ void run_serve(const ServeOptions& o) {
   server.set_payload_max_length(o.limits.max_body_bytes);
   // SO_REUSEADDR only: cpp-httplib's default adds SO_REUSEPORT, with which a second server on
   // the same port would start and take half of the first one's connections.
-  server.set_socket_options([](socket_t sock) {
+  int listening_socket = -1;  // the last socket cpp-httplib made to bind (the one it listens on)
+  server.set_socket_options([&listening_socket](socket_t sock) {
     int yes = 1;
     ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    listening_socket = sock;
   });
   std::atomic<bool> draining{false};
   std::atomic<int> in_flight{0};
@@ -573,6 +469,7 @@ void run_serve(const ServeOptions& o) {
   const int port = o.port == 0 ? server.bind_to_any_port(o.host) : (server.bind_to_port(o.host, o.port) ? o.port : -1);
   tim::check(port > 0, "cannot listen on ", o.host, ":", o.port, " (in use, or not an address of this "
              "machine)");
+  serve::widen_listen_backlog(listening_socket);  // a burst of clients waits in the queue (serve_http.hpp)
   std::cerr << "tim serve: " << generator.describe() << (served->vae.empty() ? "" : "; decoder ")
             << served->vae.description
             << (text ? "; text encoder " + served->encoder->config().describe() + ", " + served->encoder->weight_dtype() +
