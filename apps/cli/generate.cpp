@@ -60,6 +60,7 @@ std::string Generator::device() const {
 std::string Generator::device_words() const {
   return cuda() ? state_->gpu->device() + " in " + state_->precision : std::to_string(tim::num_threads()) + " threads";
 }
+std::string Generator::describe() const { return cuda() ? state_->gpu->describe() : state_->cpu->describe(); }
 const std::map<std::string, std::string>& Generator::metadata() const { return state_->metadata; }
 
 tim::SampleResult<> Generator::generate(const tim::SampleSettings& s, std::uint64_t seed,

@@ -58,6 +58,7 @@ class Generator {
   std::string device() const;         // "cpu, float32", or the GPU and its precision
   std::string device_words() const;   // "N threads", or the GPU in its precision
   bool cuda() const;
+  std::string describe() const;       // the configuration in words (C2IConfig/T2IConfig::describe)
   const std::map<std::string, std::string>& metadata() const;  // the checkpoint's __metadata__
 
   //! The latents of `specs` (B = specs.size()) from `noise` (B, C, H, W) (initial_noise_of, or

@@ -1,7 +1,9 @@
-// tim serve: an HTTP server (cpp-httplib) that loads a class-conditional TiM (and a latent
-// decoder) once and answers POST /v1/images/generations in the OpenAI images format, GET /health
-// and GET /v1/models (docs/serve.md). Requests are parsed in serve_request.cpp and batched by
-// serve_batcher.cpp; this file holds the options, the sampler calls and the HTTP side.
+// tim serve: an HTTP server (cpp-httplib) that loads a TiM (class-conditional, or text-to-image
+// with its Gemma-3 text encoder) and a latent decoder once and answers POST
+// /v1/images/generations in the OpenAI images format, GET /health and GET /v1/models
+// (docs/serve.md). Requests are parsed in serve_request.cpp and batched by serve_batcher.cpp;
+// this file holds the options, the sampler calls (through tim sample's Generator and
+// generate_captioned) and the HTTP side.
 // Eigen (through sample.hpp) before httplib.h: <resolv.h>, which it includes, defines a macro `_res`
 // that Eigen uses as a parameter name.
 #include "sample.hpp"
@@ -18,10 +20,12 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <string>
@@ -29,10 +33,10 @@
 #include <vector>
 
 #include "serve_batcher.hpp"
-#include "tim/cpu/per_sample_network.hpp"
-#include "tim/sampler/options.hpp"
+#include "serve_http.hpp"
 #include "serve_request.hpp"
 #include "tim/core/cast.hpp"
+#include "tim/text/prompts.hpp"
 #include "tim/io/image.hpp"
 #include "tim/io/png.hpp"
 
@@ -42,11 +46,17 @@ namespace {
 
 using nlohmann::json;
 namespace fs = std::filesystem;
+using serve::base64, serve::png_bytes, serve::send_error, serve::constant_time_equal, serve::connection_socket,
+    serve::peer_closed, serve::utc_now;
 
 struct ServeOptions {
   ModelOptions model;
   ComputeOptions compute;
   std::string vae_path;
+  std::string text_encoder;  // text-to-image models: the Gemma-3 folder
+  std::int64_t max_length = tim::text::default_max_length;
+  std::string hidden_state = "last";
+  CLI::Option *max_length_option = nullptr, *hidden_state_option = nullptr;
   std::string host = "127.0.0.1";
   int port = 8000;
   std::string api_key;
@@ -57,66 +67,17 @@ struct ServeOptions {
   serve::Limits limits;
 };
 
-// ---------------------------------------------------------------------------------------------
-// Small pieces of the HTTP side.
-
-std::string base64(const std::vector<unsigned char>& bytes) {
-  static constexpr char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  out.reserve((bytes.size() + 2) / 3 * 4);
-  for (std::size_t i = 0; i < bytes.size(); i += 3) {
-    const std::uint32_t a = bytes[i], b = i + 1 < bytes.size() ? bytes[i + 1] : 0,
-                        c = i + 2 < bytes.size() ? bytes[i + 2] : 0;
-    const std::uint32_t word = (a << 16) | (b << 8) | c;
-    out += alphabet[(word >> 18) & 63];
-    out += alphabet[(word >> 12) & 63];
-    out += i + 1 < bytes.size() ? alphabet[(word >> 6) & 63] : '=';
-    out += i + 2 < bytes.size() ? alphabet[word & 63] : '=';
-  }
-  return out;
-}
-
-//! The PNG file of `image` in memory, with `text` chunks (tim::io::write_png's libpng part on a
-//! memory stream).
-std::vector<unsigned char> png_bytes(const tim::io::PngImage& image, const std::vector<tim::io::PngText>& text) {
-  const std::size_t row_bytes = static_cast<std::size_t>(image.width) * static_cast<std::size_t>(image.channels);
-  std::vector<png_bytep> rows(static_cast<std::size_t>(image.height));
-  for (int y = 0; y < image.height; ++y)
-    rows[static_cast<std::size_t>(y)] = const_cast<png_bytep>(image.pixels.data() + row_bytes * y);
-  std::vector<std::string> keys, texts;
-  for (const auto& entry : text) {
-    keys.push_back(entry.key);
-    texts.push_back(entry.text);
-  }
-  std::vector<png_text> chunks(text.size());
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    chunks[i] = png_text{};
-    chunks[i].compression = PNG_TEXT_COMPRESSION_NONE;  // ASCII: the texts below are
-    chunks[i].key = keys[i].data();
-    chunks[i].text = texts[i].data();
-    chunks[i].text_length = texts[i].size();
-  }
-  char* buffer = nullptr;
-  std::size_t size = 0;
-  std::FILE* stream = ::open_memstream(&buffer, &size);
-  tim::check(stream != nullptr, "cannot encode a PNG: open_memstream failed");
-  tim::io::detail::PngErrorState error;
-  const bool written = tim::io::detail::png_write_stream(stream, image, rows.data(), chunks.data(),
-                                                         static_cast<int>(chunks.size()), error);
-  std::fclose(stream);
-  std::vector<unsigned char> bytes(buffer, buffer + size);
-  std::free(buffer);
-  tim::check(written, "cannot encode a PNG: ", error.message);
-  return bytes;
-}
-
 //! The run record of one request (sample_png_text writes the PNG chunks from it, as tim sample
 //! does): every setting, typed, and the names the AUTOMATIC1111 text shows.
 RunRecord served_record(const tim::SampleSettings& s, std::uint64_t seed, const std::string& model,
-                        const std::string& vae) {
+                        const std::string& vae, const std::string& text_encoder) {
   RunRecord run;
   nlohmann::json& j = run.settings;
   j["model"] = model;
+  if (!text_encoder.empty()) {  // as tim sample --text-encoder records them
+    j["text_encoder"] = text_encoder;
+    j["caption_batching"] = "per-prompt";
+  }
   j["steps"] = s.steps.value;
   j["cfg_scale"] = s.cfg_scale.value;
   j["guidance_low"] = s.guidance_low.value;
@@ -137,115 +98,89 @@ RunRecord served_record(const tim::SampleSettings& s, std::uint64_t seed, const 
   return run;
 }
 
-void send_error(httplib::Response& res, int status, const std::string& type, const std::string& message) {
-  res.status = status;
-  res.set_content(json{{"error", {{"message", message}, {"type", type}, {"param", nullptr}, {"code", nullptr}}}}
-                      .dump(-1, ' ', false, json::error_handler_t::replace),
-                  "application/json");
-}
-
-//! Equal strings, in time that does not depend on where they differ.
-bool constant_time_equal(const std::string& a, const std::string& b) {
-  unsigned char difference = a.size() == b.size() ? 0 : 1;
-  const std::size_t n = std::max(a.size(), b.size());
-  for (std::size_t i = 0; i < n; ++i)
-    difference |= static_cast<unsigned char>((i < a.size() ? a[i] : 0) ^ (i < b.size() ? b[i] : 0));
-  return difference == 0;
-}
-
-//! The socket of the connection `req` came on: cpp-httplib 0.11 does not hand it to handlers,
-//! so it is found among this process's sockets by its two addresses. -1 when not found.
-int connection_socket(const httplib::Request& req) {
-  std::error_code ignored;
-  for (const auto& entry : fs::directory_iterator("/proc/self/fd", ignored)) {
-    int fd = -1;
-    try {
-      fd = std::stoi(entry.path().filename().string());
-    } catch (...) {
-      continue;
-    }
-    sockaddr_storage peer{}, local{};
-    socklen_t peer_size = sizeof peer, local_size = sizeof local;
-    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_size) != 0) continue;
-    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_size) != 0) continue;
-    const auto port_and_address = [](const sockaddr_storage& a) -> std::pair<int, std::string> {
-      char text[INET6_ADDRSTRLEN] = {};
-      if (a.ss_family == AF_INET) {
-        const auto& v4 = reinterpret_cast<const sockaddr_in&>(a);
-        ::inet_ntop(AF_INET, &v4.sin_addr, text, sizeof text);
-        return {ntohs(v4.sin_port), text};
-      }
-      if (a.ss_family == AF_INET6) {
-        const auto& v6 = reinterpret_cast<const sockaddr_in6&>(a);
-        ::inet_ntop(AF_INET6, &v6.sin6_addr, text, sizeof text);
-        return {ntohs(v6.sin6_port), text};
-      }
-      return {-1, ""};
-    };
-    if (port_and_address(peer) == std::pair{req.remote_port, req.remote_addr} &&
-        port_and_address(local).first == req.local_port)
-      return fd;
-  }
-  return -1;
-}
-
-//! Whether the client closed its side (a read would see the end of the stream).
-bool peer_closed(int fd) {
-  char byte;
-  const ssize_t got = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-  return got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
-}
-
-std::string utc_now() {
-  const std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  ::gmtime_r(&now, &tm);
-  char text[32];
-  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return text;
-}
-
 thread_local Clock::time_point request_start;
 
 // ---------------------------------------------------------------------------------------------
 // The model side.
 
 struct Served {
-  C2IModel model;
+  Generator model;
   HostVae vae;
+  // Text-to-image models: the prompts' encoder, as `tim sample --text-encoder` loads it.
+  std::optional<tim::text::PromptEncoder> encoder;
+  std::string text_encoder_path;
+  std::int64_t max_length = tim::text::default_max_length;
+  tim::text::HiddenState hidden_state = tim::text::HiddenState::last;
+  std::mutex tokenizer_mutex;  // the handlers' tokenization (the encoder itself runs on the sampler thread)
   serve::ModelFacts facts;
   std::string model_path;
   int threads = 1;  // the sampler's OpenMP threads
 
-  //! One sampler call of up to batch_size rows; the images (1, C, H, W) in float (decoded with --vae).
+  //! Encodes `job`'s prompt as `tim sample --text-encoder DIR --prompt P` does (the prompt alone,
+  //! tim::text::PromptEncoder::encode), once; sampler thread only.
+  void encode(serve::Job& job) const {
+    if (!job.cap_feats.empty_tensor()) return;
+    auto encoded = encoder->encode({job.request.prompt}, max_length, hidden_state);
+    tim::check(encoded.lengths.front() == job.caption_tokens, "internal error: the prompt encoded to ",
+               encoded.lengths.front(), " tokens, the tokenizer gave ", job.caption_tokens);
+    job.cap_feats = std::move(encoded.cap_feats);
+    job.null_cap_feats = std::move(encoded.null_cap_feats);
+  }
+
+  //! One sampler call of up to batch_size rows; the images (1, C, H, W) in float (decoded with
+  //! --vae), each row's the bits it gets alone (generate.hpp: every sample on its own, on one
+  //! thread, tim::PerSampleNetwork; text-to-image: generate_captioned, each prompt alone).
   std::vector<tim::Tensor<float>> run(const serve::BatchCall& call, const std::function<bool()>& keep_going) {
     // OpenMP's thread count is a per-thread setting: the worker thread sets its own.
     thread_local const bool threads_set = (tim::set_num_threads(threads), true);
     (void)threads_set;
     const tim::SampleSettings& s = call.settings->settings;
-    const std::int64_t B = static_cast<std::int64_t>(call.labels.size());
-    const std::int64_t C = model.config.in_channels, H = call.settings->height, W = call.settings->width;
-    const std::int64_t per_sample = C * H * W;
+    const auto B = static_cast<std::int64_t>(call.sample_indices.size());
+    const StepReport report = [&keep_going](int, int) { return keep_going(); };
     std::vector<SampleSpec> specs;
-    for (std::int64_t b = 0; b < B; ++b)
-      specs.push_back({.index = call.sample_indices[static_cast<std::size_t>(b)],
-                       .label = call.labels[static_cast<std::size_t>(b)]});
-    const auto noise = initial_noise_of(specs, call.seed, model.config, s);  // as tim sample draws it
-    auto labels = tim::Tensor<std::int64_t>::empty({B});
-    std::copy(call.labels.begin(), call.labels.end(), labels.data());
-    auto options = tim::sampler_options(s, call.seed, call.sample_indices);
-    options.on_step = [&keep_going](const tim::StepInfo<>&) { return keep_going(); };
-    // Every sample on its own, on one thread (tim::PerSampleNetwork): its bits do not depend on
-    // which requests share the call, or how many. `model` itself never runs forward.
-    const tim::PerSampleNetwork exact{model};
-    const auto result = std::visit(
-        [&](auto transport) {
-          tim::TransitionSampler sampler{exact, transport, s.schedule.value};
-          return sampler.sample(noise, labels, options);
-        },
-        s.transport.value);
+    tim::SampleResult<> result;
+    if (!facts.text_to_image) {
+      for (std::int64_t b = 0; b < B; ++b)
+        specs.push_back({.index = call.sample_indices[static_cast<std::size_t>(b)],
+                         .label = call.labels[static_cast<std::size_t>(b)]});
+      const auto noise = initial_noise_of(specs, call.seed, model.config(), s);  // as tim sample draws it
+      result = model.generate(s, call.seed, specs, noise, report);
+    } else {
+      // The call's prompts (one per request; a request's rows share it), all of one token count
+      // (the batch key), so the rows run as one group of tim::text::sample_each_prompt_alone.
+      std::vector<serve::Job*> prompts;
+      for (std::int64_t b = 0; b < B; ++b) {
+        serve::Job* job = call.jobs[static_cast<std::size_t>(b)];
+        auto slot = std::find(prompts.begin(), prompts.end(), job) - prompts.begin();
+        if (slot == static_cast<std::ptrdiff_t>(prompts.size())) {
+          encode(*job);
+          prompts.push_back(job);
+        }
+        specs.push_back({.index = call.sample_indices[static_cast<std::size_t>(b)], .caption = slot});
+      }
+      const auto L = prompts.front()->cap_feats.dim(1), Dc = prompts.front()->cap_feats.dim(2);
+      CaptionFeatures captions;
+      captions.cap_feats = tim::Tensor<float>::empty({static_cast<std::int64_t>(prompts.size()), L, Dc});
+      for (std::size_t j = 0; j < prompts.size(); ++j) {
+        const serve::Job& job = *prompts[j];
+        tim::check(job.cap_feats.dim(1) == L, "internal error: prompts of ", job.cap_feats.dim(1), " and ", L,
+                   " tokens in one sampler call");
+        std::copy_n(job.cap_feats.data(), L * Dc, captions.cap_feats.data() + static_cast<std::int64_t>(j) * L * Dc);
+        // The null caption (the empty prompt framed to L tokens) is the same for every prompt of
+        // L tokens; checked, since the call guides every row with the first one's.
+        tim::check(std::memcmp(job.null_cap_feats.data(), prompts.front()->null_cap_feats.data(),
+                               static_cast<std::size_t>(L * Dc) * sizeof(float)) == 0,
+                   "internal error: two prompts of ", L, " tokens got different null captions");
+        captions.lengths.push_back(L);
+      }
+      captions.null_cap_feats = prompts.front()->null_cap_feats;
+      const auto noise = initial_noise_of(specs, call.seed, model.config(), s);
+      result = generate_captioned(model, s, call.seed, specs, noise, report, captions, /*per_prompt=*/true,
+                                  /*keep_trajectory=*/false);
+    }
     tim::check(!result.cancelled, "cancelled: every client of the sampler call went away");
     const auto latents = tim::cast<float>(result.x);
+    const std::int64_t C = latents.dim(1), H = latents.dim(2), W = latents.dim(3), per_sample = C * H * W;
     std::vector<tim::Tensor<float>> images;
     for (std::int64_t b = 0; b < B; ++b) {
       auto one = tim::Tensor<float>::empty({1, C, H, W});
@@ -295,28 +230,54 @@ void run_serve(const ServeOptions& o) {
                  o.limits.max_body_bytes >= 1,
              "the --max-* limits must be at least 1");
 
+  tim::check(o.text_encoder.empty() || o.max_length >= 1, "--max-length must be at least 1 (room for BOS), got ",
+             o.max_length);
+  tim::check(!o.text_encoder.empty() || (!given(o.max_length_option) && !given(o.hidden_state_option)),
+             "--max-length and --hidden-state need --text-encoder DIR");
+  const auto hidden_state = tim::text::parse_hidden_state(o.hidden_state, "--hidden-state");
+
   ModelOptions model_options = o.model;
   if (model_options.model_path.empty()) model_options.model_path = default_model_path();
-  LoadedModel loaded = load_model(model_options);
-  tim::check(!loaded.text_to_image(), model_options.model_path, " is a text-to-image (T2I) TiM: tim serve takes "
-             "prompts only through a text encoder, which it does not have yet; serve a class-conditional model");
-  auto served = std::make_unique<Served>(
-      Served{std::move(std::get<C2IModel>(loaded.model)), {}, {}, model_options.model_path,
-             given(o.compute.threads_option) ? o.compute.threads : tim::default_num_threads()});
-  const auto& c = served->model.config;
+  auto served = std::make_unique<Served>();
+  served->model = Generator::load(model_options, o.compute);
+  served->model_path = model_options.model_path;
+  served->threads = given(o.compute.threads_option) ? o.compute.threads : tim::default_num_threads();
+  const Generator& generator = served->model;
+  const bool text = generator.text_to_image();
+  tim::check(!text || !o.text_encoder.empty(), model_options.model_path, " is a text-to-image (T2I) TiM: its "
+             "requests are prompts, so give --text-encoder DIR (the Gemma-3 folder that encodes them, as for tim "
+             "sample --prompt)");
+  tim::check(text || o.text_encoder.empty(), "--text-encoder needs a text-to-image model; ", model_options.model_path,
+             " is a class-conditional (C2I) TiM (its requests name classes)");
+  if (text) {
+    try {
+      served->encoder.emplace(tim::text::PromptEncoder::open(o.text_encoder));
+    } catch (const tim::Error& e) {
+      tim::fail("--text-encoder '", o.text_encoder, "': ", e.what());
+    }
+    tim::check(served->encoder->config().hidden == generator.caption_dim(), "--text-encoder '", o.text_encoder,
+               "': its hidden size is ", served->encoder->config().hidden, ", the model's caption features have "
+               "cap_dim ", generator.caption_dim());
+    served->text_encoder_path = o.text_encoder;
+    served->max_length = o.max_length;
+    served->hidden_state = hidden_state;
+  }
+  const auto& c = generator.config();
   if (!o.vae_path.empty()) served->vae = load_vae(o.vae_path, c.in_channels, {.tile = 0});
   tim::check(!served->vae.empty() || c.in_channels == 1 || c.in_channels == 3, "this model's latents have ",
              c.in_channels, " channels, which need a decoder to become images: give --vae");
   serve::ModelFacts& facts = served->facts;
   facts.id = fs::path(model_options.model_path).stem().string();
-  facts.metadata = tim::io::SafetensorsFile::open(model_options.model_path).metadata();
-  facts.num_classes = c.num_classes;
-  facts.class_names = class_names_of(facts.metadata, c.num_classes);
+  facts.metadata = generator.metadata();
+  facts.text_to_image = text;
+  facts.num_classes = generator.num_classes();
+  if (!text) facts.class_names = class_names_of(facts.metadata, facts.num_classes);
   facts.channels = c.in_channels;
   facts.patch = c.patch;
   facts.scale = served->vae.empty() ? 1 : served->vae.scale;
   // The defaults must make a request: checked now, so a bad checkpoint fails at start.
-  const auto defaults = serve::parse_generation_request("{\"class\": 0}", facts, o.limits);
+  const auto defaults =
+      serve::parse_generation_request(text ? "{\"prompt\": \"a\"}" : "{\"class\": 0}", facts, o.limits);
 
   const std::uint64_t server_seed = o.seed_option->count() > 0 ? o.seed : std::random_device{}() * 4294967296ull +
                                                                             std::random_device{}();
@@ -332,9 +293,11 @@ void run_serve(const ServeOptions& o) {
   server.set_payload_max_length(o.limits.max_body_bytes);
   // SO_REUSEADDR only: cpp-httplib's default adds SO_REUSEPORT, with which a second server on
   // the same port would start and take half of the first one's connections.
-  server.set_socket_options([](socket_t sock) {
+  int listening_socket = -1;  // the last socket cpp-httplib made to bind (the one it listens on)
+  server.set_socket_options([&listening_socket](socket_t sock) {
     int yes = 1;
     ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    listening_socket = sock;
   });
   std::atomic<bool> draining{false};
   std::atomic<int> in_flight{0};
@@ -382,18 +345,21 @@ void run_serve(const ServeOptions& o) {
                     "application/json");
   });
   server.Get("/v1/models", [&](const httplib::Request&, httplib::Response& res) {
-    json model_json = {{"id", facts.id},
-                       {"object", "model"},
-                       {"created", 0},
-                       {"owned_by", "tim"},
-                       {"tim", {{"kind", "class-conditional"},
-                                {"num_classes", facts.num_classes},
-                                {"class_names", facts.class_names},
-                                {"default_size", std::to_string(defaults.width * facts.scale) + "x" +
-                                                     std::to_string(defaults.height * facts.scale)},
-                                {"decoder", served->vae.description},
-                                {"batch_size", o.batch_size},
-                                {"defaults", settings_json(defaults.settings)}}}};
+    json about = {{"kind", text ? "text-to-image" : "class-conditional"},
+                  {"default_size", std::to_string(defaults.width * facts.scale) + "x" +
+                                       std::to_string(defaults.height * facts.scale)},
+                  {"decoder", served->vae.description},
+                  {"batch_size", o.batch_size},
+                  {"defaults", settings_json(defaults.settings)}};
+    if (text) {
+      about["text_encoder"] = served->encoder->config().describe();
+      about["max_length"] = served->max_length;
+      about["hidden_state"] = o.hidden_state;
+    } else {
+      about["num_classes"] = facts.num_classes;
+      about["class_names"] = facts.class_names;
+    }
+    json model_json = {{"id", facts.id}, {"object", "model"}, {"created", 0}, {"owned_by", "tim"}, {"tim", about}};
     res.set_content(json{{"object", "list"}, {"data", json::array({model_json})}}.dump(-1, ' ', false,
                                                                                         json::error_handler_t::replace),
                     "application/json");
@@ -412,10 +378,28 @@ void run_serve(const ServeOptions& o) {
       return send_error(res, 400, "invalid_request_error", e.what());
     }
     serve::GenerationRequest& r = job->request;
+    std::vector<std::string> warnings;
+    if (text) {  // the prompt's tokens: their count goes into the batch key; too many are cut, as tim sample cuts them
+      try {
+        std::lock_guard lock(served->tokenizer_mutex);
+        const auto framed = served->encoder->tokenizer().frame(r.prompt, served->max_length);
+        job->caption_tokens = framed.length;
+        job->prompt_truncated = framed.truncated;
+      } catch (const tim::Error& e) {
+        return send_error(res, 400, "invalid_request_error", std::string("field 'prompt': ") + e.what());
+      }
+      if (job->prompt_truncated) {
+        warnings.push_back("the prompt has more than " + std::to_string(served->max_length - 1) +
+                           " tokens and was truncated to --max-length " + std::to_string(served->max_length) +
+                           " (BOS included), as tim sample truncates it");
+        std::cerr << "tim serve: warning: a prompt was truncated to --max-length " << served->max_length << ": "
+                  << truncated(r.prompt, 60) << '\n';
+      }
+    }
     job->seed = r.seed.value_or(server_seed);
     const std::uint64_t first = r.seed ? r.first_index : next_index.fetch_add(static_cast<std::uint64_t>(r.n));
     for (std::int64_t i = 0; i < r.n; ++i) job->sample_indices.push_back(first + static_cast<std::uint64_t>(i));
-    r.batch_key = serve::batch_key_of(r.settings, r.height, r.width, job->seed);
+    r.batch_key = serve::batch_key_of(r.settings, r.height, r.width, job->seed, job->caption_tokens);
     if (!batcher.submit(job))
       return send_error(res, 429, "queue_full", "the server has " + std::to_string(batcher.queued()) +
                                                     " images queued (limit --max-queue " +
@@ -436,7 +420,8 @@ void run_serve(const ServeOptions& o) {
     if (job->failed) return send_error(res, 500, "server_error", "sampling failed: " + job->error);
     json data = json::array();
     const std::int64_t width = r.width * facts.scale, height = r.height * facts.scale;
-    const RunRecord run = served_record(r.settings, job->seed, served->model_path, o.vae_path);
+    const RunRecord run = served_record(r.settings, job->seed, served->model_path, o.vae_path,
+                                        served->text_encoder_path);
     for (std::int64_t i = 0; i < r.n; ++i) {
       const auto& image = job->images[static_cast<std::size_t>(i)];
       for (std::int64_t k = 0; k < image.numel(); ++k)
@@ -444,34 +429,53 @@ void run_serve(const ServeOptions& o) {
           return send_error(res, 500, "server_error", "image " + std::to_string(i) + " (sample index " +
                                                           std::to_string(job->sample_indices[i]) +
                                                           ") has non-finite values (NaN or Inf)");
-      const std::int64_t label = r.labels[static_cast<std::size_t>(i)];
       const std::uint64_t index = job->sample_indices[static_cast<std::size_t>(i)];
-      const auto png = png_bytes(tim::io::latent_image(image, 0, tim::io::PixelMapping::c2i),
-                                 sample_png_text(run, {.index = index, .label = label, .prompt = class_text(facts, label)},
-                                                 width, height));
-      data.push_back({{"b64_json", base64(png)},
-                      {"seed", job->seed},
-                      {"sample_index", index},
-                      {"class", label},
-                      {"class_name", class_text(facts, label)}});
+      if (text) {  // as tim sample records caption 0 of a run of one --prompt
+        const auto png = png_bytes(sample_image(image, 0, /*text_to_image=*/true),
+                                   sample_png_text(run, {.index = index, .label = std::nullopt,
+                                                         .prompt = truncated(r.prompt, 1000), .caption_row = 0},
+                                                   width, height));
+        data.push_back({{"b64_json", base64(png)}, {"seed", job->seed}, {"sample_index", index}, {"prompt", r.prompt}});
+      } else {
+        const std::int64_t label = r.labels[static_cast<std::size_t>(i)];
+        const auto png = png_bytes(sample_image(image, 0, /*text_to_image=*/false),
+                                   sample_png_text(run, {.index = index, .label = label,
+                                                         .prompt = class_text(facts, label),
+                                                         .caption_row = std::nullopt},
+                                                   width, height));
+        data.push_back({{"b64_json", base64(png)},
+                        {"seed", job->seed},
+                        {"sample_index", index},
+                        {"class", label},
+                        {"class_name", class_text(facts, label)}});
+      }
       if (r.return_latents) {  // the float values before quantisation, little-endian float32 (C, H, W)
         const auto* bytes = reinterpret_cast<const unsigned char*>(image.data());
         data.back()["latents_b64"] = base64({bytes, bytes + image.numel() * sizeof(float)});
         data.back()["latents_shape"] = {image.dim(1), image.dim(2), image.dim(3)};
       }
     }
-    json body = {{"created", static_cast<std::int64_t>(std::time(nullptr))},
-                 {"data", std::move(data)},
-                 {"tim", {{"model", facts.id}, {"size", std::to_string(width) + "x" + std::to_string(height)},
-                          {"batch_size", o.batch_size}, {"settings", settings_json(r.settings)}}}};
+    json about = {{"model", facts.id}, {"size", std::to_string(width) + "x" + std::to_string(height)},
+                  {"batch_size", o.batch_size}, {"settings", settings_json(r.settings)}};
+    if (text) {
+      about["prompt_tokens"] = job->caption_tokens;
+      about["prompt_truncated"] = job->prompt_truncated;
+    }
+    if (!warnings.empty()) about["warnings"] = warnings;
+    json body = {{"created", static_cast<std::int64_t>(std::time(nullptr))}, {"data", std::move(data)}, {"tim", about}};
     res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
   });
 
   const int port = o.port == 0 ? server.bind_to_any_port(o.host) : (server.bind_to_port(o.host, o.port) ? o.port : -1);
   tim::check(port > 0, "cannot listen on ", o.host, ":", o.port, " (in use, or not an address of this "
              "machine)");
-  std::cerr << "tim serve: " << served->model.config.describe() << (served->vae.empty() ? "" : "; decoder ")
-            << served->vae.description << "; batch size " << o.batch_size << ", seed " << server_seed
+  serve::widen_listen_backlog(listening_socket);  // a burst of clients waits in the queue (serve_http.hpp)
+  std::cerr << "tim serve: " << generator.describe() << (served->vae.empty() ? "" : "; decoder ")
+            << served->vae.description
+            << (text ? "; text encoder " + served->encoder->config().describe() + ", " + served->encoder->weight_dtype() +
+                           " weights, prompts of up to " + std::to_string(served->max_length) + " tokens"
+                     : std::string())
+            << "; batch size " << o.batch_size << ", seed " << server_seed
             << (o.api_key.empty() ? "" : ", API key required") << '\n'
             << "tim serve: listening on http://" << o.host << ":" << port << std::endl;
 
@@ -496,10 +500,19 @@ Subcommand add_serve(CLI::App& app) {
   auto owner = std::make_shared<ServeOptions>();
   ServeOptions& o = *owner;
   auto* command = app.add_subcommand(
-      "serve", "Serve a class-conditional model over HTTP: POST /v1/images/generations (OpenAI images format), "
-               "GET /health, GET /v1/models (docs/serve.md)");
+      "serve", "Serve a model over HTTP (class-conditional, or text-to-image with --text-encoder): POST "
+               "/v1/images/generations (OpenAI images format), GET /health, GET /v1/models (docs/serve.md)");
   add_model_options(*command, o.model, ModelArgument::optional_option);
   command->add_option("--vae", o.vae_path, "Decode the latents with this VAE (as tim sample --vae)");
+  command->add_option("--text-encoder", o.text_encoder,
+                      "Text-to-image models: the Gemma-3 folder (config.json, model.safetensors, tokenizer.model) "
+                      "that encodes the requests' prompts, loaded once (as tim sample --text-encoder)");
+  o.max_length_option = command->add_option("--max-length", o.max_length,
+                                            "Tokens per prompt, BOS included; longer prompts are truncated, with a "
+                                            "warning in the answer (default 256, as tim sample)");
+  o.hidden_state_option = command->add_option("--hidden-state", o.hidden_state,
+                                              "Which encoder state the captions are: last (default) or penultimate "
+                                              "(as tim sample)");
   command->add_option("--host", o.host, "Address to listen on (default 127.0.0.1: this machine only)");
   command->add_option("-p,--port", o.port, "Port (default 8000; 0: any free port, printed on stderr)");
   command->add_option("--api-key", o.api_key,

@@ -82,8 +82,10 @@ void Batcher::work() {
     call.settings = &rows.front().job->request;
     call.seed = rows.front().job->seed;
     for (const Row& row : rows) {
-      call.labels.push_back(row.job->request.labels[static_cast<std::size_t>(row.position)]);
+      if (!row.job->request.labels.empty())
+        call.labels.push_back(row.job->request.labels[static_cast<std::size_t>(row.position)]);
       call.sample_indices.push_back(row.job->sample_indices[static_cast<std::size_t>(row.position)]);
+      call.jobs.push_back(row.job.get());
     }
     const auto keep_going = [&rows] {
       for (const Row& row : rows) {

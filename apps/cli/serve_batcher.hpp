@@ -28,6 +28,13 @@ struct Job {
   std::vector<std::uint64_t> sample_indices;  // n entries
   std::vector<tim::Tensor<float>> images;     // n images (1, C, H, W), filled as rows finish
 
+  // Text-to-image requests. The handler tokenizes the prompt (its token count is in the batch
+  // key); the sampler thread encodes it once, in the first call that has one of its rows, and
+  // only that thread touches the features.
+  std::int64_t caption_tokens = 0;       // BOS included, after truncation to --max-length
+  bool prompt_truncated = false;
+  tim::Tensor<float> cap_feats, null_cap_feats;  // (1, caption_tokens, Dc) each; empty until encoded
+
   std::mutex mutex;
   std::condition_variable changed;
   std::int64_t rows_done = 0;
@@ -42,8 +49,9 @@ struct Job {
 struct BatchCall {
   const GenerationRequest* settings = nullptr;  // the first row's request (all share its key)
   std::uint64_t seed = 0;
-  std::vector<std::int64_t> labels;           // one entry per row
+  std::vector<std::int64_t> labels;           // class-conditional: one entry per row (else empty)
   std::vector<std::uint64_t> sample_indices;  // one entry per row
+  std::vector<Job*> jobs;                     // one entry per row: the request it belongs to
 };
 
 //! Runs one call; `keep_going()` turns false when every request of the call was cancelled

@@ -15,6 +15,7 @@
 
 #include "tim/core/decimal.hpp"
 #include "tim/core/error.hpp"
+#include "tim/text/utf8.hpp"
 
 namespace tim_cli::serve {
 
@@ -99,7 +100,10 @@ std::int64_t class_of(const json& value, const char* name, const ModelFacts& mod
     tim::check(!text.empty() && error == std::errc() && end == text.data() + text.size(), "field '", name, "': '",
                tim::detail::concat(text.size() > 80 ? text.substr(0, 80) + "..." : text),
                "' is not a class of this model (classes: ", class_list(model), ", or ", model.num_classes,
-               " = unconditional)");
+               " = unconditional)",
+               std::string_view(name) == "prompt" ? "; this model is class-conditional, so a 'prompt' must name "
+                                                    "a class: free text needs a text-to-image model"
+                                                  : "");
     tim::check(number >= 0 && number <= model.num_classes, "field '", name, "': class ", number, " is outside [0, ",
                model.num_classes, "] (", model.num_classes, " = unconditional)");
     return number;
@@ -107,7 +111,7 @@ std::int64_t class_of(const json& value, const char* name, const ModelFacts& mod
   return integer_field(value, name, 0, model.num_classes);
 }
 
-//! "WxH" in image pixels: the OpenAI spelling (width first).
+//! "WxH" in image pixels (the OpenAI spelling, width first) as the latent (height, width).
 std::pair<std::int64_t, std::int64_t> size_of(const std::string& text, const ModelFacts& model, const Limits& limits) {
   const std::size_t x = text.find('x');
   std::int64_t width = 0, height = 0;
@@ -126,7 +130,7 @@ std::pair<std::int64_t, std::int64_t> size_of(const std::string& text, const Mod
   tim::check(width % step == 0 && height % step == 0, "field 'size' ", width, "x", height,
              ": width and height must be multiples of ", step, " pixels (the patch size ", model.patch,
              " times the decoder's scale ", model.scale, ")");
-  return {width / model.scale, height / model.scale};
+  return {height / model.scale, width / model.scale};
 }
 
 std::string hex(double value) {
@@ -154,8 +158,10 @@ tim::SampleOptionNames field_names() {
   return names;
 }
 
-std::string batch_key_of(const tim::SampleSettings& s, std::int64_t height, std::int64_t width, std::uint64_t seed) {
+std::string batch_key_of(const tim::SampleSettings& s, std::int64_t height, std::int64_t width, std::uint64_t seed,
+                         std::int64_t caption_tokens) {
   std::string key = "seed " + std::to_string(seed);
+  if (caption_tokens > 0) key += " caption_tokens " + std::to_string(caption_tokens);
   key += " size " + std::to_string(height) + "x" + std::to_string(width);
   key += " cfg " + hex(s.cfg_scale.value) + " window " + hex(s.guidance_low.value) + " " + hex(s.guidance_high.value);
   key += " s " + hex(s.stochasticity.value) + " transport " + std::string(tim::transport_name(s.transport.value));
@@ -204,13 +210,27 @@ GenerationRequest parse_generation_request(std::string_view body, const ModelFac
     r.return_latents = v->get<bool>();
   }
 
-  // What is sampled: labels (n of them), one class n times, or the class the prompt names.
+  // What is sampled: a text-to-image model n images of the prompt; a class-conditional one
+  // labels (n of them), one class n times, or the class the prompt names.
   const json* labels = field("labels");
   const json* one_class = field("class");
   const json* n = field("n");
   tim::check(!(labels && one_class), "fields 'labels' and 'class' cannot be used together");
   if (n) r.n = integer_field(*n, "n", 1, limits.max_n);
-  if (labels) {
+  if (model.text_to_image) {
+    tim::check(!labels && !one_class, "field '", labels ? "labels" : "class", "': '", model.id,
+               "' is a text-to-image model; it samples from 'prompt' (text), not from classes");
+    tim::check(field("prompt") != nullptr, "nothing to sample: this text-to-image model needs 'prompt' (a "
+               "non-empty string)");
+    tim::check(!r.prompt.empty(), "field 'prompt' is empty; give the text to draw");
+    // nlohmann::json refuses ill-formed UTF-8 and lone surrogates; checked again all the same,
+    // since the tokenizer would otherwise see what the parser let through.
+    const std::size_t bad = tim::text::first_invalid_utf8(r.prompt);
+    tim::check(bad == std::string::npos, "field 'prompt' is not valid UTF-8 (invalid byte sequence at byte ", bad,
+               ")");
+    tim::check(r.prompt.find('\0') == std::string::npos, "field 'prompt' contains a NUL character (\\u0000), "
+               "at byte ", r.prompt.find('\0'));
+  } else if (labels) {
     tim::check(labels->is_array(), "field 'labels' must be an array of classes, got ", type_name(*labels));
     tim::check(!labels->empty() && static_cast<std::int64_t>(labels->size()) <= limits.max_n, "field 'labels' must ",
                "have 1 to ", limits.max_n, " entries (the server's limit on images per request), got ",

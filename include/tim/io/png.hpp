@@ -46,6 +46,45 @@ inline bool is_ascii(const std::string& text) {
   return true;
 }
 
+//! libpng's text chunks of `text`: tEXt for ASCII texts, iTXt (UTF-8) for the others; checks
+//! every key (1 to 79 printable ASCII characters, no leading or trailing space) and that no text
+//! holds a NUL byte, failing with `what` first. The chunks point into this object's copies (libpng
+//! wants mutable char*), so it is neither copied nor moved.
+class PngTextChunks {
+ public:
+  PngTextChunks(const std::vector<PngText>& text, const std::string& what) {
+    for (const auto& entry : text) {
+      bool printable = !entry.key.empty() && entry.key.size() <= 79 && entry.key.front() != ' ' &&
+                       entry.key.back() != ' ';
+      for (unsigned char ch : entry.key) printable = printable && ch >= 32 && ch <= 126;
+      check(printable, what, ": text key '", entry.key,
+            "' must be 1 to 79 printable ASCII characters without leading or trailing spaces");
+      check(entry.text.find('\0') == std::string::npos, what, ": the text of key '", entry.key,
+            "' contains a NUL byte");
+      keys_.push_back(entry.key);
+      texts_.push_back(entry.text);
+    }
+    chunks_.resize(text.size());
+    for (std::size_t i = 0; i < text.size(); ++i) {
+      std::memset(&chunks_[i], 0, sizeof chunks_[i]);
+      const bool ascii = is_ascii(texts_[i]);
+      chunks_[i].compression = ascii ? PNG_TEXT_COMPRESSION_NONE : PNG_ITXT_COMPRESSION_NONE;
+      chunks_[i].key = keys_[i].data();
+      chunks_[i].text = texts_[i].data();
+      (ascii ? chunks_[i].text_length : chunks_[i].itxt_length) = texts_[i].size();
+    }
+  }
+  PngTextChunks(const PngTextChunks&) = delete;
+  PngTextChunks& operator=(const PngTextChunks&) = delete;
+
+  png_textp data() const { return const_cast<png_textp>(chunks_.data()); }
+  int size() const { return static_cast<int>(chunks_.size()); }
+
+ private:
+  std::vector<std::string> keys_, texts_;
+  std::vector<png_text> chunks_;
+};
+
 // The libpng part of write_png. Everything it touches after setjmp lives in the caller's frame,
 // so a long jump leaves no C++ object half-built.
 inline bool png_write_stream(std::FILE* file, const PngImage& image, png_bytepp rows, png_textp texts,
@@ -141,41 +180,19 @@ inline void write_png(const std::string& path, const PngImage& image, const std:
   const std::size_t row_bytes = static_cast<std::size_t>(image.width) * static_cast<std::size_t>(image.channels);
   check(image.pixels.size() == row_bytes * static_cast<std::size_t>(image.height), "cannot write PNG '", path,
         "': ", image.pixels.size(), " bytes of pixels for ", image.width, " x ", image.height, " x ", image.channels);
-  for (const auto& entry : text) {
-    bool printable = !entry.key.empty() && entry.key.size() <= 79 && entry.key.front() != ' ' &&
-                     entry.key.back() != ' ';
-    for (unsigned char ch : entry.key) printable = printable && ch >= 32 && ch <= 126;
-    check(printable, "cannot write PNG '", path, "': text key '", entry.key,
-          "' must be 1 to 79 printable ASCII characters without leading or trailing spaces");
-    check(entry.text.find('\0') == std::string::npos, "cannot write PNG '", path, "': the text of key '", entry.key,
-          "' contains a NUL byte");
-  }
 
   // Every buffer libpng reads, built before the write starts.
   std::vector<png_bytep> rows(static_cast<std::size_t>(image.height));
   for (int y = 0; y < image.height; ++y)
     rows[static_cast<std::size_t>(y)] = const_cast<png_bytep>(image.pixels.data() + row_bytes * y);
-  std::vector<std::string> keys, texts;  // libpng wants mutable char*
-  for (const auto& entry : text) {
-    keys.push_back(entry.key);
-    texts.push_back(entry.text);
-  }
-  std::vector<png_text> chunks(text.size());
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    std::memset(&chunks[i], 0, sizeof chunks[i]);
-    const bool ascii = detail::is_ascii(texts[i]);
-    chunks[i].compression = ascii ? PNG_TEXT_COMPRESSION_NONE : PNG_ITXT_COMPRESSION_NONE;
-    chunks[i].key = keys[i].data();
-    chunks[i].text = texts[i].data();
-    (ascii ? chunks[i].text_length : chunks[i].itxt_length) = texts[i].size();
-  }
+  const detail::PngTextChunks chunks(text, "cannot write PNG '" + path + "'");
 
   const std::string temporary = path + ".tmp";
   std::FILE* file = std::fopen(temporary.c_str(), "wb");
   check(file != nullptr, "cannot write PNG '", path, "': cannot create '", temporary, "': ", std::strerror(errno));
   detail::PngErrorState error;
   const bool written =
-      detail::png_write_stream(file, image, rows.data(), chunks.data(), static_cast<int>(chunks.size()), error);
+      detail::png_write_stream(file, image, rows.data(), chunks.data(), chunks.size(), error);
   const bool flushed = std::fflush(file) == 0;
   const int flush_errno = errno;
   const bool closed = std::fclose(file) == 0;
