@@ -1,8 +1,9 @@
 // The whole class-conditional network's backward (tim/nn/c2i_backward.hpp): every parameter's
 // gradient (under its released name) and the input latent's, against double-precision central
 // differences of the inference forward (C2IModel::forward, independent of the training forward),
-// on tiny networks with a non-square latent; float against double; activation checkpointing
-// against the plain backward.
+// on tiny networks with a non-square latent, and against PyTorch autograd through our reference
+// (tests/data/backward_golden/, tools/reference/make_backward_golden.py); float against double;
+// activation checkpointing against the plain backward.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "compare.hpp"
+#include "golden_source.hpp"
 #include "gradient_check.hpp"
 #include "tim/nn/c2i_backward.hpp"
 #include "tim/tim.hpp"
@@ -181,7 +183,7 @@ TEST_CASE("c2i_backward: every parameter and the input against central differenc
   }
 }
 
-TEST_CASE("c2i_backward: gradients accumulate; checkpointed blocks give the same bits") {
+TEST_CASE("c2i_backward: gradients accumulate, and checkpointed blocks give the same bits") {
   const TinyNetwork n;
   auto model = tiny_model<double>(n, 13);
   const auto batch = tiny_batch<double>(n, 23);
@@ -251,4 +253,49 @@ TEST_CASE("c2i_backward in float against double") {
   const double input_error = tim_test::gradient_error(dx_f.data(), dx.data(), static_cast<std::size_t>(dx.numel()));
   CHECK(input_error <= 1e-4);
   MESSAGE("float gradients against double: largest relative error ", worst, " (input ", input_error, ")");
+}
+
+TEST_CASE("c2i_backward against PyTorch autograd through the reference (golden, double within 1e-9)") {
+  // Both sides compute in double; they differ only in summation order and in how each formula is
+  // arranged. Every value is a chain of sums of at most 256 products (u = 1.1e-16: each sum within
+  // 256 u = 3e-14 of its sum of |terms|), through a few dozen layers: a relative error near 1e-12
+  // at most, so 1e-9 (issue 17's bound) holds with margin and an O(1) formula error cannot hide.
+  auto file = tim::io::SafetensorsFile::open(std::string(TIM_TEST_DATA_DIR) + "/backward_golden/tiny.safetensors");
+  tim_test::ParametersOnly parameters(file);
+  auto model = tim::nn::clone_parameters(tim::nn::load_c2i<double>(parameters));
+  CHECK(model.config.qk_norm);
+  CHECK(model.config.interval_qkv);
+  CHECK(model.config.separate_delta_embedder);
+  const auto x = file.load<double>("input.x"), t = file.load<double>("input.t"), r = file.load<double>("input.r");
+  const auto y = file.load<std::int64_t>("input.y");
+  const auto dout = file.load<double>("input.dout");
+  CHECK(x.dim(2) != x.dim(3));  // non-square latent
+  tim::nn::C2ITrainingWorkspace<double, tim::cpu> ws;
+  tim::Tensor<double> out, dx;
+  tim::nn::c2i_training_forward(model, ws, out, x, t, r, y);
+  const auto expected_out = file.load<double>("output.out");
+  CHECK(tim_test::relative_error(out.data(), expected_out.data(), static_cast<std::size_t>(out.numel())) <= 1e-10);
+  auto grads = tim::nn::zero_gradients_like(model);
+  tim::nn::c2i_backward(model, ws, dout, grads, &dx);
+  std::size_t compared = 0;
+  double worst = 0;
+  tim::nn::for_each_parameter(
+      [&](const std::string& name, tim::Tensor<double>& g) {
+        const auto expected = file.load<double>("output.grad." + name);
+        REQUIRE(expected.numel() == g.numel());
+        const double error = tim_test::gradient_error(g.data(), expected.data(), static_cast<std::size_t>(g.numel()));
+        worst = std::max(worst, error);
+        INFO(name, ": relative error ", error);
+        CHECK(error <= 1e-9);
+        ++compared;
+      },
+      grads);
+  std::size_t golden_gradients = 0;
+  for (const auto& info : file.tensors()) golden_gradients += info.name.rfind("output.grad.", 0) == 0;
+  CHECK(compared == golden_gradients);  // every autograd gradient has its C++ counterpart
+  const auto expected_dx = file.load<double>("output.grad_input.x");
+  const double input_error = tim_test::gradient_error(dx.data(), expected_dx.data(), static_cast<std::size_t>(dx.numel()));
+  CHECK(input_error <= 1e-9);
+  MESSAGE("backward golden: ", compared, " parameter gradients, largest relative error ", worst, " (input ",
+          input_error, ")");
 }

@@ -459,5 +459,6 @@ struct cpu : HostMemory, cpu_detail::DecoderOps<cpu>, cpu_detail::TrainOps<cpu> 
 }  // inline namespace TIM_CPU_ABI
 
 static_assert(Backend<cpu>, "tim::cpu must satisfy the backend contract (tim/core/backend.hpp)");
+static_assert(BackendTrainingOps<cpu>, "tim::cpu must have the training operations (tim/core/backend.hpp)");
 
 }  // namespace tim
