@@ -22,6 +22,8 @@
 //   sampling ops convert (T <-> double), normal_forward (the counter-based normals of
 //                core/random.hpp), guidance_forward, transition_forward,
 //                stochastic_transition_forward (state in double, SPEC 6).
+//   training ops (BackendTrainingOps, optional: not part of tim::Backend) the backward of every
+//                network operation and the training forwards that save statistics.
 // Each group is its own concept, so a test (or a partial backend under construction) can name
 // which group is missing.
 //
@@ -122,6 +124,30 @@ concept BackendSamplingOps = requires(double* x, const double* F, float* y, cons
   B::guidance_forward(x, n, 2.0);
   B::transition_forward(x, F, n, c);
   B::stochastic_transition_forward(x, F, streams, n, n, detail::ProbeTransport{}, 0.5, 0.25, 0.1, seed, step);
+};
+
+//! The training operations (docs/training.md, "Backward passes"): the `*_backward` of every network
+//! operation of the C2I network and the `*_training_forward` variants that save what a backward
+//! reads, as documented on tim::cpu (tim/cpu/train_ops.hpp). Not part of tim::Backend: a backend
+//! that only samples (tim::cuda today) need not have them; nn/c2i_backward.hpp needs them.
+template <class B>
+concept BackendTrainingOps = requires(float* out, float* g, const float* in, const float* w,
+                                      const std::int64_t* labels, std::int64_t n, double eps) {
+  B::linear_backward(out, g, g, in, in, w, n, n, n, false);
+  B::layernorm_training_forward(out, g, g, in, w, w, n, n, eps);
+  B::layernorm_backward(out, g, g, in, in, in, in, w, n, n, false);
+  B::modulate_backward(out, g, g, in, in, in, n, n, n, n);
+  B::gated_residual_backward(out, g, in, in, in, n, n, n, n);
+  B::swiglu_backward(out, g, in, in, in, n, n, n, n);
+  B::silu_backward(out, in, in, n);
+  B::embedding_backward(out, in, labels, n, n);
+  B::patchify_backward(out, in, n, n, n, n, n);
+  B::unpatchify_backward(out, in, n, n, n, n, n);
+  B::qkv_split_training_forward(out, out, out, g, g, g, g, in, in, w, w, w, w, eps, in, in, n, n, n, n, 1.0f);
+  B::qkv_split_backward(out, g, g, g, g, g, in, in, in, in, in, w, w, in, in, in, in, in, in, n, n, n, n, 1.0f);
+  B::attention_training_forward(out, g, in, in, in, n, n, n, n, n, 1.0);
+  B::attention_backward(out, g, g, in, in, in, in, in, in, n, n, n, n, n, 1.0);
+  { B::attention_backward_scratch_elements(n, n) } -> std::convertible_to<std::int64_t>;
 };
 
 //! Everything a backend provides: what nn/ modules, the decoders and the sampler are written against.

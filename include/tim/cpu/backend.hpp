@@ -25,6 +25,7 @@
 #include "tim/cpu/decoder_ops.hpp"
 #include "tim/cpu/text_ops.hpp"
 #include "tim/cpu/threads.hpp"
+#include "tim/cpu/train_ops.hpp"
 #include "tim/math/activations.hpp"
 #include "tim/math/attention.hpp"
 #include "tim/math/embedding.hpp"
@@ -62,8 +63,10 @@ inline namespace TIM_CPU_ABI {
 //! Memory (allocate, fill, the three copies) comes from HostMemory; see tim/core/backend.hpp
 //! for the contract.
 //! Decoder operations (the latent decoders' convolutions, norms, attention, upsampling) come from
-//! cpu_detail::DecoderOps (tim/cpu/decoder_ops.hpp).
-struct cpu : HostMemory, cpu_detail::DecoderOps<cpu> {
+//! cpu_detail::DecoderOps (tim/cpu/decoder_ops.hpp); the training operations (every `*_backward`
+//! and the `*_training_forward` variants that save statistics) from cpu_detail::TrainOps
+//! (tim/cpu/train_ops.hpp).
+struct cpu : HostMemory, cpu_detail::DecoderOps<cpu>, cpu_detail::TrainOps<cpu> {
   //! Runs `body(i)` for i in [0, n) on the backend's threads. The executor for math/ functors.
   template <class Body>
   static void parallel_for(std::int64_t n, Body&& body) {
@@ -456,5 +459,6 @@ struct cpu : HostMemory, cpu_detail::DecoderOps<cpu> {
 }  // inline namespace TIM_CPU_ABI
 
 static_assert(Backend<cpu>, "tim::cpu must satisfy the backend contract (tim/core/backend.hpp)");
+static_assert(BackendTrainingOps<cpu>, "tim::cpu must have the training operations (tim/core/backend.hpp)");
 
 }  // namespace tim

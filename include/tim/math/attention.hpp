@@ -1,6 +1,6 @@
 // The per-head input transform of attention (qk-norm, 2-D rotary, query scale), written once:
 // the CPU backend applies it to each head of each token in a loop, the CUDA backend in one
-// thread per head.
+// thread per head. Its backward is written here too, for the training backward passes.
 #pragma once
 
 #include <cstdint>
@@ -24,6 +24,28 @@ TIM_HD inline void prepare_head(T* u, std::int64_t head_dim, const W* norm_weigh
       rotate_pair(u[2 * pair], u[2 * pair + 1], static_cast<T>(cos_row[pair]), static_cast<T>(sin_row[pair]));
   if (scale != T(1))
     for (std::int64_t j = 0; j < head_dim; ++j) u[j] *= scale;
+}
+
+//! Backward of prepare_head for one head. `d` (hd values) holds the gradient of the prepared head
+//! on entry and the gradient of its input `u` on return; `u` is the input as prepare_head saw it
+//! and `mean`, `rstd` its LayerNorm statistics (used only when `norm_weight` is given). The
+//! LayerNorm's parameter gradients are added to `dnorm_weight`, `dnorm_bias` (hd each).
+template <class T, class W = T>
+TIM_HD inline void prepare_head_backward(T* d, const T* u, std::int64_t head_dim, const W* norm_weight, T mean,
+                                         T rstd, T* dnorm_weight, T* dnorm_bias, const W* cos_row, const W* sin_row,
+                                         T scale) {
+  if (scale != T(1))
+    for (std::int64_t j = 0; j < head_dim; ++j) d[j] *= scale;
+  if (cos_row)
+    for (std::int64_t pair = 0; pair < head_dim / 2; ++pair)
+      rotate_pair_backward(d[2 * pair], d[2 * pair + 1], static_cast<T>(cos_row[pair]), static_cast<T>(sin_row[pair]));
+  if (norm_weight) {
+    for (std::int64_t j = 0; j < head_dim; ++j) {
+      dnorm_weight[j] += d[j] * (u[j] - mean) * rstd;
+      dnorm_bias[j] += d[j];
+    }
+    layernorm_row_backward(d, d, u, mean, rstd, norm_weight, head_dim, false);
+  }
 }
 
 }  // namespace tim::math

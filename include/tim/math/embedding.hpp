@@ -52,4 +52,14 @@ TIM_HD inline void rotate_pair(T& u0, T& u1, T cos_angle, T sin_angle) {
   u1 = b;
 }
 
+//! Backward of rotate_pair: (d0, d1), the gradient of the rotated pair, becomes the gradient of
+//! the pair before the rotation (the transposed rotation, i.e. the rotation by minus the angle).
+template <class T>
+TIM_HD inline void rotate_pair_backward(T& d0, T& d1, T cos_angle, T sin_angle) {
+  const T a = d0 * cos_angle + d1 * sin_angle;
+  const T b = d1 * cos_angle - d0 * sin_angle;
+  d0 = a;
+  d1 = b;
+}
+
 }  // namespace tim::math

@@ -16,6 +16,20 @@ TIM_HD inline T layernorm_rstd(T var, double eps) {
   return T(1) / sqrt(var + T(eps));
 }
 
+//! The statistics of one LayerNorm row of `cols` values: the mean and rstd = 1 / sqrt(var + eps)
+//! with the biased variance (two passes, as PyTorch). layernorm_row uses exactly these; the
+//! training forward saves them for the backward.
+template <class T>
+TIM_HD inline void layernorm_statistics(const T* u, std::int64_t cols, double eps, T& mean, T& rstd) {
+  mean = 0;
+  for (std::int64_t j = 0; j < cols; ++j) mean += u[j];
+  mean /= T(cols);
+  T var = 0;
+  for (std::int64_t j = 0; j < cols; ++j) var += (u[j] - mean) * (u[j] - mean);
+  var /= T(cols);
+  rstd = layernorm_rstd(var, eps);
+}
+
 //! One normalised value (u - mean) * rstd [* weight] [+ bias]; null weight/bias mean no affine.
 //! Parameters of another storage type W (bfloat16 weights of a float computation) are converted.
 template <class T, class W>
@@ -38,14 +52,31 @@ TIM_HD inline T rms_norm_value(T u, T rstd, const T* weight, const T* bias, std:
 template <class T, class W = T>
 TIM_HD inline void layernorm_row(T* out, const T* u, std::int64_t cols, const W* weight, const W* bias,
                                  double eps) {
-  T mean = 0;
-  for (std::int64_t j = 0; j < cols; ++j) mean += u[j];
-  mean /= T(cols);
-  T var = 0;
-  for (std::int64_t j = 0; j < cols; ++j) var += (u[j] - mean) * (u[j] - mean);
-  var /= T(cols);
-  const T rstd = layernorm_rstd(var, eps);
+  T mean, rstd;
+  layernorm_statistics(u, cols, eps, mean, rstd);
   for (std::int64_t j = 0; j < cols; ++j) out[j] = layernorm_value(u[j], mean, rstd, weight, bias, j);
+}
+
+//! Backward of one LayerNorm row y = (u - mean) rstd [* weight] [+ bias], given dy (`dout`) and
+//! the statistics the forward saved: with g = dout [* weight] and xhat = (u - mean) rstd,
+//! dx = rstd (g - mean(g) - xhat mean(g xhat)), written to `dx` or added to it (`accumulate`).
+//! `dx` may be `dout` when not accumulating. The affine parameters' gradients (sums over rows)
+//! are the caller's: dweight += dout xhat, dbias += dout.
+template <class T, class W = T>
+TIM_HD inline void layernorm_row_backward(T* dx, const T* dout, const T* u, T mean, T rstd, const W* weight,
+                                          std::int64_t cols, bool accumulate) {
+  T sum_g = 0, sum_gx = 0;
+  for (std::int64_t j = 0; j < cols; ++j) {
+    const T g = weight ? dout[j] * static_cast<T>(weight[j]) : dout[j];
+    sum_g += g;
+    sum_gx += g * (u[j] - mean) * rstd;
+  }
+  const T mean_g = sum_g / T(cols), mean_gx = sum_gx / T(cols);
+  for (std::int64_t j = 0; j < cols; ++j) {
+    const T g = weight ? dout[j] * static_cast<T>(weight[j]) : dout[j];
+    const T d = rstd * (g - mean_g - (u[j] - mean) * rstd * mean_gx);
+    dx[j] = accumulate ? dx[j] + d : d;
+  }
 }
 
 }  // namespace tim::math
