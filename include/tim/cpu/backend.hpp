@@ -23,6 +23,8 @@
 #include "tim/core/memory.hpp"
 #include "tim/core/tensor.hpp"
 #include "tim/cpu/decoder_ops.hpp"
+#include "tim/cpu/gemm_bf16.hpp"
+#include "tim/cpu/scratch.hpp"
 #include "tim/cpu/text_ops.hpp"
 #include "tim/cpu/threads.hpp"
 #include "tim/math/activations.hpp"
@@ -33,26 +35,6 @@
 
 namespace tim {
 
-namespace detail {
-//! `n` elements of scratch memory owned by the calling thread, 64-byte aligned, grown on demand
-//! and kept for the thread's lifetime (OpenMP's worker threads persist), so a loop of same-sized
-//! calls allocates only on its first. The alignment is fixed because Eigen's vectorised
-//! reductions peel to an aligned address: with a varying alignment the same row would be summed
-//! in a different order depending on which thread ran it.
-template <class T>
-T* thread_scratch(std::int64_t n) {
-  struct Buffer {
-    std::shared_ptr<T> data;
-    std::int64_t size = 0;
-  };
-  thread_local Buffer buffer;
-  if (buffer.size < n) {
-    buffer.data = HostMemory::allocate<T>(static_cast<std::size_t>(n));
-    buffer.size = n;
-  }
-  return buffer.data.get();
-}
-}  // namespace detail
 
 // tim::cpu is tim::cpu_eigen::cpu or tim::cpu_cblas::cpu (TIM_CPU_ABI, core/config.hpp): its
 // GEMMs differ by TIM_USE_CBLAS, so the configuration is part of every name that mentions it.
@@ -149,6 +131,30 @@ struct cpu : HostMemory, cpu_detail::DecoderOps<cpu> {
         y.noalias() = x * w.transpose();
     }
     if (bias) y.rowwise() += Eigen::Map<const Vector<T>>(bias, out_features);
+  }
+
+  //! The same product with weights stored as bfloat16 or float16 (memory-mapped views), float
+  //! activations in and out, in the `precision` the caller chooses (tim/cpu/gemm_bf16.hpp):
+  //! float32 widens the weights a panel at a time into per-thread scratch for the float GEMM;
+  //! bfloat16 rounds the activations to bfloat16 and runs oneDNN's bfloat16 matmul (float sums)
+  //! where cpu_gemm::bf16_kernel() is available, the float32 path otherwise (float16 weights:
+  //! always float32).
+  template <class W>
+    requires(std::is_same_v<W, bfloat16> || std::is_same_v<W, float16>)
+  static void linear_forward(float* out, const float* in, const W* weight, const float* bias, std::int64_t rows,
+                             std::int64_t in_features, std::int64_t out_features, bool accumulate = false,
+                             Precision precision = Precision::float32) {
+    if constexpr (std::is_same_v<W, bfloat16>) {
+      if (cpu_gemm::effective_precision(precision) == Precision::bfloat16)
+        cpu_gemm::linear_bf16(out, in, weight, rows, in_features, out_features, accumulate);
+      else
+        cpu_gemm::linear_widened(out, in, weight, rows, in_features, out_features, accumulate);
+    } else {
+      cpu_gemm::linear_widened(out, in, weight, rows, in_features, out_features, accumulate);
+    }
+    if (bias && rows > 0)
+      Eigen::Map<RowMajor<float>>(out, rows, out_features).rowwise() +=
+          Eigen::Map<const Vector<float>>(bias, out_features);
   }
 
   //! LayerNorm over the last axis of in (R, cols): (u - mean) / sqrt(var + eps) [* w + b].
