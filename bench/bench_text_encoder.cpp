@@ -1,7 +1,9 @@
 // The Gemma-3 text encoder on the CPU at the released gemma-3-1b-it shapes (random weights from
 // bench/make_random_gemma.py; folder in $TIM_BENCH_GEMMA_DIR, default /tmp/gemma-random): one
-// prompt of 256 tokens (the released max_seq_length) through the 26 layers, float compute over
-// the bfloat16 weights memory-mapped from model.safetensors. Reports the peak resident memory of
+// prompt of 256 tokens (the released max_seq_length) through the 26 layers over the bfloat16
+// weights memory-mapped from model.safetensors, with float products (/precision:0, the default)
+// and bfloat16 products (/precision:1, GemmaEncoder::precision; float sums, oneDNN's matmul where
+// the CPU has AVX512-BF16 or AMX, the float path otherwise: the `kernel` label says). Reports the peak resident memory of
 // the process (ru_maxrss, the mapped file's touched pages included) against the file's size.
 // Threads: the library default (physical cores); TIM_BENCH_THREADS=n overrides it.
 // Compare with bench/compare_text_encoder.py (transformers) in the same session.
@@ -29,7 +31,12 @@ void BM_GemmaEncode256(benchmark::State& state) {
     state.SkipWithError(("no " + folder() + "/model.safetensors: run bench/make_random_gemma.py " + folder()).c_str());
     return;
   }
-  const auto encoder = tim::text::load_gemma_folder<float, tim::cpu, tim::bfloat16>(folder());
+  auto encoder = tim::text::load_gemma_folder<float, tim::cpu, tim::bfloat16>(folder());
+  encoder.precision = state.range(0) ? tim::Precision::bfloat16 : tim::Precision::float32;
+  const auto& kernel = tim::cpu_gemm::bf16_kernel();
+  state.SetLabel(tim::cpu_gemm::effective_precision(encoder.precision) == tim::Precision::bfloat16
+                     ? kernel.name
+                     : (state.range(0) ? "float path: " + kernel.reason : std::string("float path")));
   constexpr std::int64_t N = 256;
   auto ids = tim::Tensor<std::int64_t>::empty({1, N});
   std::mt19937 generator(0);
@@ -54,5 +61,5 @@ void BM_GemmaEncode256(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK(BM_GemmaEncode256)->Iterations(3)->Unit(benchmark::kSecond)->UseRealTime();
+BENCHMARK(BM_GemmaEncode256)->ArgName("precision")->Arg(0)->Arg(1)->Iterations(3)->Unit(benchmark::kSecond)->UseRealTime();
 BENCHMARK_MAIN();

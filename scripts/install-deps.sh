@@ -8,6 +8,7 @@ packages=(
   build-essential cmake ninja-build
   libeigen3-dev nlohmann-json3-dev doctest-dev libbenchmark-dev libopenblas-openmp-dev
   libcli11-dev libyaml-cpp-dev libpng-dev libsentencepiece-dev libcpp-httplib-dev pkg-config
+  libdnnl-dev ocl-icd-opencl-dev  # tim::dnnl: bfloat16 matmuls (gemm_bf16.hpp); its CMake package needs OpenCL
   python3-dev python3-venv
   openmpi-bin  # tests/test_cli_scale.cpp: tim sample under mpirun -np 2 (docs/scale.md)
   dataset-fashion-mnist

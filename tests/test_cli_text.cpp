@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -106,6 +107,34 @@ TEST_CASE("cli encode: the golden prompts give the reference features, mask and 
                                   "--out " + quote(out));
   CHECK(state.code == 1);
   CHECK(state.err.find("--hidden-state: expected \"last\" or \"penultimate\"") != std::string::npos);
+  const auto precision = run_tim(dir, "encode --text-encoder " + quote(encoder_dir) +
+                                      " --prompt fox --text-precision half --out " + quote(out));
+  CHECK(precision.code == 1);
+  CHECK(precision.err.find("--text-precision: expected \"float\" or \"bfloat16\", got \"half\"") != std::string::npos);
+}
+
+// --text-precision bfloat16: within the bound of test_text_encoder.cpp (28 bfloat16 roundings in
+// sequence for this 7-layer encoder) of the float64 reference, and the program says what ran.
+TEST_CASE("cli encode --text-precision bfloat16: the reference features within 28 * 2^-8, the kernel named") {
+  Folder dir;
+  const std::string out = dir.file("caps.safetensors");
+  const auto result = run_tim(dir, "encode --text-encoder " + quote(encoder_dir) +
+                                   " --prompt 'a red fox in the snow at sunset' --prompt 'café 🤖' --prompt 'the lazy "
+                                   "dog' --max-length 8 --text-precision bfloat16 -v --out " + quote(out));
+  INFO(result.err);
+  REQUIRE(result.code == 0);
+  const auto& kernel = tim::cpu_gemm::bf16_kernel();
+  if (kernel.available) {
+    CHECK(result.err.find("products in bfloat16 products, float sums (oneDNN") != std::string::npos);
+  } else {
+    MESSAGE("bfloat16 products not available here (", kernel.reason, "): checking the float fallback's note");
+    CHECK(result.err.find("--text-precision bfloat16: computing in float instead") != std::string::npos);
+  }
+  const auto features = tim::io::SafetensorsFile::open(out).load<float>("cap_feats");
+  const auto reference = tim::io::SafetensorsFile::open(encoder_dir + "/expected.safetensors").load<double>("last");
+  REQUIRE(features.shape() == reference.shape());
+  CHECK(tim_test::relative_error(features.data(), reference.data(), static_cast<std::size_t>(features.numel())) <=
+        28 * std::ldexp(1.0, -8) + 1e-4);
 }
 
 TEST_CASE("cli sample --prompt: prompt -> features -> T2I sample -> DC-AE decode -> PNG with the prompt") {

@@ -5,7 +5,9 @@
 // the mapped file, padding masked, batch independence, and the loading errors.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <filesystem>
+#include <vector>
 #include <string>
 
 #include "compare.hpp"
@@ -18,8 +20,10 @@ std::string case_dir(const std::string& name) { return std::string(TIM_TEST_DATA
 const char* const cases[] = {"released_pattern", "gqa_layer_types"};
 
 template <class T, class W>
-double golden_error(const std::string& name, tim::text::HiddenState which) {
+double golden_error(const std::string& name, tim::text::HiddenState which,
+                    tim::Precision precision = tim::Precision::float32) {
   auto encoder = tim::text::load_gemma_folder<T, tim::cpu, W>(case_dir(name));
+  encoder.precision = precision;
   auto expected_file = tim::io::SafetensorsFile::open(case_dir(name) + "/expected.safetensors");
   auto ids = expected_file.load<std::int64_t>("input_ids");
   auto mask = expected_file.load<std::int64_t>("attention_mask");
@@ -38,7 +42,8 @@ double golden_error(const std::string& name, tim::text::HiddenState which) {
   const std::string state = which == tim::text::HiddenState::last ? "last" : "penultimate";
   const std::string compute = sizeof(T) == 8 ? "double" : "float";
   const std::string stored = sizeof(W) == 2 ? "bfloat16" : sizeof(W) == 4 ? "float" : "double";
-  MESSAGE("Gemma golden ", name, " ", state, ", compute ", compute, ", weights ", stored, ": relative error ", error);
+  MESSAGE("Gemma golden ", name, " ", state, ", compute ", compute, ", weights ", stored, ", products ",
+          std::string(tim::precision_name(precision)), ": relative error ", error);
   return error;
 }
 
@@ -61,6 +66,29 @@ TEST_CASE("Gemma encoder golden: float within 1e-4, bfloat16 weights computed in
   // released_pattern stores bfloat16: the encoder keeps them as bfloat16 and widens per product.
   CHECK(golden_error<float, tim::bfloat16>("released_pattern", tim::text::HiddenState::last) <= 1e-4);
   CHECK(golden_error<float, tim::bfloat16>("released_pattern", tim::text::HiddenState::penultimate) <= 1e-4);
+}
+
+// Precision::bfloat16 rounds the input of every product to bfloat16 (relative error u_b = 2^-8 per
+// value; products exact, sums in float: gemm_bf16.hpp, tests/test_gemm_bf16.cpp). A layer has four
+// such stages in sequence (q/k/v, o, gate/up, down), so released_pattern's 7 layers have 28. First
+// order, each stage perturbs its input by at most u_b relative; the model behind the bound is that
+// a perturbation reaches the output (relative to its largest value) with a gain of at most 1 (the
+// RMSNorm after each sub-block and the residual sum do not amplify it), so the error is at most
+// 28 u_b plus the float path's 1e-4. A bfloat16 run that silently computed in float would have the
+// float error exactly, which the second check excludes.
+TEST_CASE("Gemma encoder golden: bfloat16 products within 28 * 2^-8 of float64") {
+  const auto& kernel = tim::cpu_gemm::bf16_kernel();
+  if (!kernel.available) {
+    MESSAGE("skipped: Gemma encoder with bfloat16 products: ", kernel.reason);
+    return;
+  }
+  const double bound = 28 * std::ldexp(1.0, -8) + 1e-4;
+  for (const auto which : {tim::text::HiddenState::last, tim::text::HiddenState::penultimate}) {
+    const double bf16 = golden_error<float, tim::bfloat16>("released_pattern", which, tim::Precision::bfloat16);
+    const double fp32 = golden_error<float, tim::bfloat16>("released_pattern", which, tim::Precision::float32);
+    CHECK(bf16 <= bound);
+    CHECK(bf16 > fp32);
+  }
 }
 
 TEST_CASE("Gemma encoder: bfloat16 weights are views of the mapped file, sqrt(D) rounded to bfloat16") {
@@ -210,4 +238,31 @@ TEST_CASE("Gemma attention: the CPU's tiled products equal the reference loop (m
     // A padded query 49 or more past the last real token sees no key in a window of 40: zeros.
     if (window == 40) CHECK(loop[((1 * N) + 149) * nh * hd] == 0.0);
   }
+}
+
+// The CPU's vectorised gate (cpu::gelu_gate_forward, Eigen's float tanh) against the formula in
+// double. Bound: z = k (x + 0.044715 x^3) is computed with relative error <= 5 u (four float
+// operations), which moves tanh by <= 5 u |z| (1 - t^2); the tanh approximation adds an absolute
+// error allowed here as 16 u (its clamp at 7.9 alone costs 4.7 u); both are scaled by 0.5 |x up|;
+// the final products and the sum 1 + t add 4 u relative to |gelu(x) up| + 0.5 |x up|.
+TEST_CASE("Gemma MLP gate: cpu::gelu_gate_forward equals gelu_tanh(gate) * up in double") {
+  static_assert(tim::text::GemmaEncoder<float, tim::cpu, tim::bfloat16>::backend_reads_weights,
+                "the CPU reads bfloat16 weights itself: no widened matrix in the encoder's workspace");
+  std::vector<float> gate, up;
+  for (int i = -40000; i <= 40000; ++i) {
+    gate.push_back(static_cast<float>(i) * 3e-4f);  // [-12, 12]: both tails of tanh, and zero
+    up.push_back(1.0f + static_cast<float>(i % 7) * 0.25f);
+  }
+  const auto x = gate;
+  tim::cpu::gelu_gate_forward(gate.data(), up.data(), static_cast<std::int64_t>(gate.size()));
+  const double u = std::ldexp(1.0, -24), k = 0.79788456080286535588;
+  int failures = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double xv = x[i], z = k * (xv + 0.044715 * xv * xv * xv), t = std::tanh(z);
+    const double exact = 0.5 * xv * (1 + t) * up[i];
+    const double half = 0.5 * std::abs(xv * up[i]);
+    const double bound = half * (16 * u + 5 * u * std::abs(z) * (1 - t * t)) + 4 * u * (std::abs(exact) + half);
+    failures += !(std::abs(gate[i] - exact) <= bound);
+  }
+  CHECK(failures == 0);
 }

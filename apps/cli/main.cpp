@@ -16,7 +16,12 @@
 
 int main(int argc, char** argv) {
   CLI::App app{"tim: run class-conditional and text-to-image Transition Models (TiM) on the CPU", "tim"};
-  app.set_version_flag("--version", std::string("tim ") + tim::version_string);
+  // The version, and the CPU kernels chosen at run time (tim/cpu/gemm_bf16.hpp, by CPUID).
+  app.set_version_flag("--version", [] {
+    const auto& kernel = tim::cpu_gemm::bf16_kernel();
+    return std::string("tim ") + tim::version_string + "\nCPU: " + tim::cpu_features().describe() +
+           "\nbfloat16 products: " + (kernel.available ? kernel.name : "float path (" + kernel.reason + ")");
+  });
   app.require_subcommand(1);
   app.footer("Exit codes: 0 success, 1 error (message on stderr), other: command-line usage error. See docs/cli.md.");
 

@@ -1,5 +1,5 @@
 // The prompt options of `tim encode` and `tim sample` (docs/cli.md): the text-encoder folder, the
-// prompts (--prompt, --prompts-file), --max-length, --hidden-state and, for sampling,
+// prompts (--prompt, --prompts-file), --max-length, --hidden-state, --text-precision and, for sampling,
 // --caption-batching; and the prompts' caption features through tim::text::PromptEncoder.
 #pragma once
 
@@ -20,6 +20,7 @@ struct PromptOptions {
   std::string prompts_file;               // --prompts-file, one prompt per line
   std::int64_t max_length = tim::text::default_max_length;
   std::string hidden_state = "last";
+  std::string text_precision = "float";   // --text-precision float|bfloat16
   std::string caption_batching = "per-prompt";
   CLI::Option* prompt_option = nullptr;
 
@@ -27,7 +28,7 @@ struct PromptOptions {
   bool given() const { return (prompt_option != nullptr && prompt_option->count() > 0) || !prompts_file.empty(); }
 };
 
-//! Adds --text-encoder, --prompt, --prompts-file, --max-length, --hidden-state (and, when
+//! Adds --text-encoder, --prompt, --prompts-file, --max-length, --hidden-state, --text-precision (and, when
 //! `sampling`, --caption-batching).
 void add_prompt_options(CLI::App& command, PromptOptions& options, bool sampling);
 

@@ -16,8 +16,14 @@
 // tim::load_c2i<float>, a user's `void run(tim::Tensor<float>&)`) gets a different mangled name
 // per configuration, and a mixed program fails to link (tests/abi_mix, docs/architecture.md).
 // Source code keeps writing tim::cpu.
-#if defined(TIM_USE_CBLAS)
+// TIM_USE_DNNL (oneDNN's bfloat16 matmul for bfloat16 weights, cpu/gemm_bf16.hpp) is part of the
+// name too: cpu_cblas_dnnl, cpu_eigen_dnnl.
+#if defined(TIM_USE_CBLAS) && defined(TIM_USE_DNNL)
+#define TIM_CPU_ABI cpu_cblas_dnnl
+#elif defined(TIM_USE_CBLAS)
 #define TIM_CPU_ABI cpu_cblas
+#elif defined(TIM_USE_DNNL)
+#define TIM_CPU_ABI cpu_eigen_dnnl
 #else
 #define TIM_CPU_ABI cpu_eigen
 #endif

@@ -23,6 +23,8 @@
 #include "tim/core/memory.hpp"
 #include "tim/core/tensor.hpp"
 #include "tim/cpu/decoder_ops.hpp"
+#include "tim/cpu/gemm_bf16.hpp"
+#include "tim/cpu/scratch.hpp"
 #include "tim/cpu/text_ops.hpp"
 #include "tim/cpu/threads.hpp"
 #include "tim/cpu/train_ops.hpp"
@@ -31,29 +33,10 @@
 #include "tim/math/embedding.hpp"
 #include "tim/math/normalization.hpp"
 #include "tim/math/sampling.hpp"
+#include "tim/math/text.hpp"
 
 namespace tim {
 
-namespace detail {
-//! `n` elements of scratch memory owned by the calling thread, 64-byte aligned, grown on demand
-//! and kept for the thread's lifetime (OpenMP's worker threads persist), so a loop of same-sized
-//! calls allocates only on its first. The alignment is fixed because Eigen's vectorised
-//! reductions peel to an aligned address: with a varying alignment the same row would be summed
-//! in a different order depending on which thread ran it.
-template <class T>
-T* thread_scratch(std::int64_t n) {
-  struct Buffer {
-    std::shared_ptr<T> data;
-    std::int64_t size = 0;
-  };
-  thread_local Buffer buffer;
-  if (buffer.size < n) {
-    buffer.data = HostMemory::allocate<T>(static_cast<std::size_t>(n));
-    buffer.size = n;
-  }
-  return buffer.data.get();
-}
-}  // namespace detail
 
 // tim::cpu is tim::cpu_eigen::cpu or tim::cpu_cblas::cpu (TIM_CPU_ABI, core/config.hpp): its
 // GEMMs differ by TIM_USE_CBLAS, so the configuration is part of every name that mentions it.
@@ -154,6 +137,30 @@ struct cpu : HostMemory, cpu_detail::DecoderOps<cpu>, cpu_detail::TrainOps<cpu> 
     if (bias) y.rowwise() += Eigen::Map<const Vector<T>>(bias, out_features);
   }
 
+  //! The same product with weights stored as bfloat16 or float16 (memory-mapped views), float
+  //! activations in and out, in the `precision` the caller chooses (tim/cpu/gemm_bf16.hpp):
+  //! float32 widens the weights a panel at a time into per-thread scratch for the float GEMM;
+  //! bfloat16 rounds the activations to bfloat16 and runs oneDNN's bfloat16 matmul (float sums)
+  //! where cpu_gemm::bf16_kernel() is available, the float32 path otherwise (float16 weights:
+  //! always float32).
+  template <class W>
+    requires(std::is_same_v<W, bfloat16> || std::is_same_v<W, float16>)
+  static void linear_forward(float* out, const float* in, const W* weight, const float* bias, std::int64_t rows,
+                             std::int64_t in_features, std::int64_t out_features, bool accumulate = false,
+                             Precision precision = Precision::float32) {
+    if constexpr (std::is_same_v<W, bfloat16>) {
+      if (cpu_gemm::effective_precision(precision) == Precision::bfloat16)
+        cpu_gemm::linear_bf16(out, in, weight, rows, in_features, out_features, accumulate);
+      else
+        cpu_gemm::linear_widened(out, in, weight, rows, in_features, out_features, accumulate);
+    } else {
+      cpu_gemm::linear_widened(out, in, weight, rows, in_features, out_features, accumulate);
+    }
+    if (bias && rows > 0)
+      Eigen::Map<RowMajor<float>>(out, rows, out_features).rowwise() +=
+          Eigen::Map<const Vector<float>>(bias, out_features);
+  }
+
   //! LayerNorm over the last axis of in (R, cols): (u - mean) / sqrt(var + eps) [* w + b].
   //! `weight` and `bias` may be null (no affine). Variance is the biased one, as PyTorch's.
   template <class T>
@@ -181,6 +188,27 @@ struct cpu : HostMemory, cpu_detail::DecoderOps<cpu>, cpu_detail::TrainOps<cpu> 
           out[r * cols + j] = math::swiglu(gate[r * gate_stride + j], value[r * value_stride + j]);
       }
     });
+  }
+
+  //! gate (n) = gelu_tanh(gate) * up (the Gemma MLP's gate, math::GeluGateOp's formula) with
+  //! Eigen's vectorised tanh for float (a rational approximation within a few ulp of std::tanh,
+  //! clamped at |z| = 7.9 where 1 - tanh is 2.8e-7): the scalar tanhf loop was 32% of a bfloat16
+  //! forward of the 1B text encoder (perf). Other types run the functor.
+  template <class T>
+  static void gelu_gate_forward(T* gate, const T* up, std::int64_t n) {
+    if constexpr (std::is_same_v<T, float>) {
+      constexpr std::int64_t chunk = 4096;
+      parallel_for((n + chunk - 1) / chunk, [&](std::int64_t c) {
+        const std::int64_t first = c * chunk, m = std::min(chunk, n - first);
+        using Row = Eigen::Array<float, 1, Eigen::Dynamic>;
+        Eigen::Map<Row> g(gate + first, m);
+        const Eigen::Map<const Row> u(up + first, m);
+        const float k = 0.79788456080286535588f;  // sqrt(2 / pi)
+        g = 0.5f * g * (1.0f + (k * (g + 0.044715f * g * g * g)).tanh()) * u;
+      });
+    } else {
+      for_each(n, math::GeluGateOp<T>{gate, up});
+    }
   }
 
   //! out (R, cols) = silu(in) element-wise.

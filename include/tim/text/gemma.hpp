@@ -21,6 +21,7 @@
 
 #include "tim/core/dtype.hpp"
 #include "tim/core/error.hpp"
+#include "tim/core/precision.hpp"
 #include "tim/core/tensor.hpp"
 #include "tim/io/safetensors.hpp"
 #include "tim/math/text.hpp"
@@ -89,7 +90,22 @@ class GemmaEncoder {
         post_feedforward_layernorm;  // (D)
   };
 
+  //! Whether the backend multiplies float activations by W weights directly (tim::cpu's 16-bit
+  //! linear_forward, tim/cpu/gemm_bf16.hpp). Otherwise (tim::cuda) each weight matrix is widened
+  //! to T into the workspace before its product.
+  static constexpr bool backend_reads_weights =
+      !std::is_same_v<W, T> &&
+      requires(T* out, const T* in, const W* w, std::int64_t n, Precision p) {
+        Backend::linear_forward(out, in, w, static_cast<const T*>(nullptr), n, n, n, false, p);
+      };
+
   GemmaConfig config;
+  //! The precision of the products with bfloat16 weights on a backend that reads them directly
+  //! (backend_reads_weights): float32 (the default: the weights widened exactly, within 1e-4 of
+  //! float64, tests/test_text_encoder.cpp) or bfloat16 (the activations rounded to bfloat16 as
+  //! well, float sums: about twice the float rate where the CPU has AVX512-BF16 or AMX; the
+  //! float32 path where it has not, tim::cpu_gemm::bf16_kernel()). Ignored for float weights.
+  Precision precision = Precision::float32;
   Tensor<W, Backend> embed_tokens;  // (V, D)
   std::vector<Layer> layers;
   Tensor<T, Backend> norm;  // (D): 1 + model.norm.weight
@@ -161,7 +177,10 @@ class GemmaEncoder {
       rms_norm(ws.h.data(), x, l.pre_feedforward_layernorm, R, D);
       linear(ws.gate.data(), ws.h.data(), l.gate_proj, R, D, config.intermediate);
       linear(ws.up.data(), ws.h.data(), l.up_proj, R, D, config.intermediate);
-      Backend::for_each(R * config.intermediate, math::GeluGateOp<T>{ws.gate.data(), ws.up.data()});
+      if constexpr (requires { Backend::gelu_gate_forward(ws.gate.data(), ws.up.data(), R); })
+        Backend::gelu_gate_forward(ws.gate.data(), ws.up.data(), R * config.intermediate);  // the CPU's, vectorised
+      else
+        Backend::for_each(R * config.intermediate, math::GeluGateOp<T>{ws.gate.data(), ws.up.data()});
       linear(ws.h.data(), ws.gate.data(), l.down_proj, R, config.intermediate, D);
       rms_norm(ws.h.data(), ws.h.data(), l.post_feedforward_layernorm, R, D);
       Backend::add_forward(x, ws.h.data(), R * D);
@@ -193,7 +212,7 @@ class GemmaEncoder {
     grow(ws.up, R * config.intermediate);
     grow(ws.ids, R);
     grow(ws.lengths, B);
-    if constexpr (!std::is_same_v<W, T>) {
+    if constexpr (!std::is_same_v<W, T> && !backend_reads_weights) {
       const std::int64_t largest = std::max({config.heads * hd * D, config.intermediate * D});
       grow(ws.weight, largest);
     }
@@ -206,7 +225,8 @@ class GemmaEncoder {
 
  private:
   struct Workspace {
-    Tensor<T, Backend> x, h, q, k, v, attention, gate, up, weight;  // (R, D) x2, (R, nh*hd), ... (see reserve)
+    Tensor<T, Backend> x, h, q, k, v, attention, gate, up;  // (R, D) x2, (R, nh*hd), ... (see reserve)
+    Tensor<T, Backend> weight;  // the largest weight matrix as T, only where the backend cannot read W
     Tensor<std::int64_t, Backend> ids, lengths;                     // (R), (B)
     Tensor<T, Backend> local_cos, local_sin, global_cos, global_sin;  // (N, hd/2) each
     std::int64_t rotary_tokens = -1;
@@ -239,12 +259,16 @@ class GemmaEncoder {
     Backend::for_each(rows, math::GemmaRmsNormOp<T>{out, in, scale.data(), cols, config.rms_norm_eps});
   }
 
-  //! out (R, out_f) = in (R, in_f) weight^T, the weight widened to T first when stored as another
-  //! type (one matrix at a time into the workspace).
+  //! out (R, out_f) = in (R, in_f) weight^T: the backend reads W weights itself in `precision`
+  //! (backend_reads_weights), or the weight is widened to T first (one matrix at a time into the
+  //! workspace).
   void linear(T* out, const T* in, const Tensor<W, Backend>& weight, std::int64_t rows, std::int64_t in_features,
               std::int64_t out_features) const {
     if constexpr (std::is_same_v<W, T>) {
       Backend::linear_forward(out, in, weight.data(), static_cast<const T*>(nullptr), rows, in_features, out_features);
+    } else if constexpr (backend_reads_weights) {
+      Backend::linear_forward(out, in, weight.data(), static_cast<const T*>(nullptr), rows, in_features, out_features,
+                              false, precision);
     } else {
       T* widened = workspace_.weight.data();
       Backend::convert(widened, weight.data(), static_cast<std::size_t>(in_features * out_features));

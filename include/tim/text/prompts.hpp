@@ -12,6 +12,7 @@
 #include <variant>
 #include <vector>
 
+#include "tim/cpu/backend.hpp"
 #include "tim/text/gemma.hpp"
 #include "tim/text/tokenizer.hpp"
 
@@ -31,23 +32,26 @@ struct EncodedPrompts {
 };
 
 //! A text-encoder folder loaded for encoding on the CPU: weights stay bfloat16 views of the mapped
-//! file when stored so (computed in float), other dtypes are converted to float.
+//! file when stored so, multiplied in `precision` (tim::Precision: float32 by default, bfloat16 on
+//! request, tim/cpu/gemm_bf16.hpp); other dtypes are converted to float and computed in float.
 //!
 //! Example:
-//!   auto encoder = tim::text::PromptEncoder::open("gemma-3-1b-it");
+//!   auto encoder = tim::text::PromptEncoder::open("gemma-3-1b-it", tim::Precision::bfloat16);
 //!   auto caps = encoder.encode({"a red fox in the snow"});   // caps.cap_feats (1, M, 1152)
 class PromptEncoder {
  public:
-  static PromptEncoder open(const std::string& dir) {
+  static PromptEncoder open(const std::string& dir, Precision precision = Precision::float32) {
     const auto folder = TextEncoderFolder::at(dir);
     PromptEncoder p{Tokenizer::open(folder.tokenizer)};
     const auto config = parse_gemma_config(read_text_file(folder.config, "text encoder config"), folder.config);
     const auto file = io::SafetensorsFile::open(folder.weights);
     check(file.contains(gemma_keys::embed_tokens), folder.weights, ": tensor '", gemma_keys::embed_tokens,
           "' is missing (is this a Gemma-3 text decoder?)");
-    if (file.info(gemma_keys::embed_tokens).dtype == DType::BF16)
-      p.encoder_ = load_gemma<float, cpu, bfloat16>(file, config);
-    else
+    if (file.info(gemma_keys::embed_tokens).dtype == DType::BF16) {
+      auto e = load_gemma<float, cpu, bfloat16>(file, config);
+      e.precision = precision;
+      p.encoder_ = std::move(e);
+    } else
       p.encoder_ = load_gemma<float, cpu, float>(file, config);
     check(p.tokenizer_.vocab_size() <= config.vocab_size, dir, ": the tokenizer has ", p.tokenizer_.vocab_size(),
           " pieces, more than the encoder's vocabulary of ", config.vocab_size);
@@ -61,6 +65,26 @@ class PromptEncoder {
   const Tokenizer& tokenizer() const { return tokenizer_; }
   //! "bfloat16" or "float32": how the weights are held.
   std::string weight_dtype() const { return encoder_.index() == 0 ? "bfloat16" : "float32"; }
+  //! The precision the products run in here (bfloat16 only for bfloat16 weights where the CPU
+  //! has bfloat16 dot products and tim was built with oneDNN).
+  Precision precision() const {
+    if (encoder_.index() != 0) return Precision::float32;
+    return cpu_gemm::effective_precision(std::get<0>(encoder_).precision);
+  }
+  //! Whether bfloat16 was asked for and the float path runs instead.
+  bool precision_fell_back() const {
+    return encoder_.index() == 0 && std::get<0>(encoder_).precision == Precision::bfloat16 &&
+           precision() != Precision::bfloat16;
+  }
+  //! How the products run, e.g. "bfloat16 products, float sums (oneDNN 2.6 matmul (brg:avx512_core_bf16))"
+  //! or "float (bfloat16 requested: <why not>)".
+  std::string precision_description() const {
+    if (encoder_.index() != 0) return "float (float weights)";
+    if (precision() == Precision::bfloat16)
+      return "bfloat16 products, float sums (" + cpu_gemm::bf16_kernel().name + ")";
+    if (precision_fell_back()) return "float (bfloat16 requested: " + cpu_gemm::bf16_kernel().reason + ")";
+    return "float (bfloat16 weights widened per panel)";
+  }
 
   //! Encodes `prompts` (B >= 1) as the released encode_prompt does and trims to the longest one;
   //! the encoder runs on M tokens only (causal attention: the first M positions do not depend on
