@@ -8,6 +8,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "sample.hpp"
@@ -100,7 +101,7 @@ void run_decode(const DecodeOptions& o) {
   }
   tim::Tensor<float> images;
   if (o.compute.cuda()) {
-    const auto gpu = vae.sd ? CudaVaeDecoder::upload(*vae.sd) : CudaVaeDecoder::upload(*vae.dc);
+    const auto gpu = std::visit([](const auto& d) { return CudaVaeDecoder::upload(d); }, vae.decoder->decoder);
     vae.drop_weights();
     images = decode_each(latents, [&](const tim::Tensor<float>& one) { return gpu.decode(one, vae.tiles); });
   } else {

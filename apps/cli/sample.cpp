@@ -251,7 +251,7 @@ void run_sample(const SampleOptions& options) {
     vae = load_vae(options.vae_path, model.config().in_channels, {.tile = options.vae_tile, .overlap = options.vae_overlap});
     if (cuda) {  // the weights now live on the GPU: drop the host copy (637 MB for the DC-AE)
       try {
-        gpu_vae = vae.sd ? tim_cli::CudaVaeDecoder::upload(*vae.sd) : tim_cli::CudaVaeDecoder::upload(*vae.dc);
+        gpu_vae = std::visit([](const auto& d) { return tim_cli::CudaVaeDecoder::upload(d); }, vae.decoder->decoder);
       } catch (const tim::Error& e) {
         tim::fail("--vae '", options.vae_path, "': ", e.what());
       }

@@ -20,6 +20,7 @@
 #include "tim/io/png.hpp"
 #include <nlohmann/json.hpp>
 #include "tim/sampler/settings.hpp"
+#include "tim/vae/load.hpp"
 
 namespace tim_cli {
 
@@ -194,19 +195,18 @@ tim::io::PngImage grid_image(const std::vector<tim::io::PngImage>& images, const
 //! stays that of one image whatever the batch. With --device cuda the weights are uploaded and
 //! then dropped here (drop_weights), keeping the description and sizes.
 struct HostVae {
-  std::optional<tim::vae::SdVaeDecoder<float>> sd;
-  std::optional<tim::vae::DcAeDecoder<float>> dc;
-  tim::vae::TileOptions tiles{.tile = 0};  // tile 0: untiled
-  std::string description;                 // the decoder's describe(); empty: no decoder
-  std::int64_t channels = 0, scale = 1;    // latent channels, image size per latent size
+  std::optional<tim::vae::AnyDecoder<float>> decoder;  // tim/vae/load.hpp; empty: none, or dropped
+  tim::vae::TileOptions tiles{.tile = 0};              // tile 0: untiled
+  std::string description;                             // the decoder's describe(); empty: no decoder
+  std::int64_t channels = 0, scale = 1;                // latent channels, image size per latent size
 
   bool empty() const { return description.empty(); }
   //! One sample's image (1, 3, H, W) from its latent (1, L, h, w), tiled when tiles.tile > 0.
-  tim::Tensor<float> decode_one(const tim::Tensor<float>& latent) const;
-  void drop_weights() {
-    sd.reset();
-    dc.reset();
+  tim::Tensor<float> decode_one(const tim::Tensor<float>& latent) const {
+    tim::check(decoder.has_value(), "internal error: the host VAE decoder has no weights");
+    return decoder->decode_one(latent, tiles);
   }
+  void drop_weights() { decoder.reset(); }
 };
 
 //! Loads --vae: the safetensors weights, an SD VAE (it has post_quant_conv.weight) or a DC-AE

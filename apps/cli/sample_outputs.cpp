@@ -168,23 +168,14 @@ tim::io::PngImage grid_image(const std::vector<tim::io::PngImage>& images, const
   return tim::cli::labelled_grid(rows, tim::cli::grid_scale(images.front().height, images.front().width));
 }
 
-tim::Tensor<float> HostVae::decode_one(const tim::Tensor<float>& latent) const {
-  if (tiles.tile == 0) return sd ? sd->decode(latent) : dc->decode(latent);
-  return sd ? tim::vae::decode_tiled(*sd, latent, tiles) : tim::vae::decode_tiled(*dc, latent, tiles);
-}
-
 HostVae load_vae(const std::string& path, std::int64_t latent_channels, const tim::vae::TileOptions& tiles) {
   try {
-    auto loaded = tim::vae::load_decoder<float>(path);  // tim/vae/load.hpp, as tim.load_decoder loads it
     HostVae decoder;
+    decoder.decoder.emplace(tim::vae::load_decoder<float>(path));  // tim/vae/load.hpp, as tim.load_decoder loads it
     decoder.tiles = tiles;
-    decoder.description = loaded.describe();
-    decoder.channels = loaded.latent_channels();
-    decoder.scale = loaded.upscale();
-    if (auto* sd = std::get_if<tim::vae::SdVaeDecoder<float>>(&loaded.decoder))
-      decoder.sd.emplace(std::move(*sd));
-    else
-      decoder.dc.emplace(std::get<tim::vae::DcAeDecoder<float>>(std::move(loaded.decoder)));
+    decoder.description = decoder.decoder->describe();
+    decoder.channels = decoder.decoder->latent_channels();
+    decoder.scale = decoder.decoder->upscale();
     tim::check(decoder.channels == latent_channels, "the decoder takes latents with ", decoder.channels,
                " channels, but the latents have ", latent_channels);
     return decoder;

@@ -111,7 +111,12 @@ struct Served {
   std::string text_encoder_path;
   std::int64_t max_length = tim::text::default_max_length;
   tim::text::HiddenState hidden_state = tim::text::HiddenState::last;
-  std::mutex tokenizer_mutex;  // the handlers' tokenization (the encoder itself runs on the sampler thread)
+  // No lock around tokenization: the HTTP handlers' Tokenizer::frame and the sampler thread's
+  // PromptEncoder::encode call the one SentencePieceProcessor's const Encode concurrently, which
+  // SentencePiece's maintainer states is thread-safe (google/sentencepiece#207: "It is thread
+  // safe"; #657: Encode can be called "from multiple threads simultaneously"; its own batch
+  // Encode, since 0.1.97, runs one processor from native threads, #486, and #1136 tests one
+  // shared processor under free-threading). tim::text::Tokenizer holds no mutable state of its own.
   serve::ModelFacts facts;
   std::string model_path;
   int threads = 1;  // the sampler's OpenMP threads
@@ -381,7 +386,6 @@ void run_serve(const ServeOptions& o) {
     std::vector<std::string> warnings;
     if (text) {  // the prompt's tokens: their count goes into the batch key; too many are cut, as tim sample cuts them
       try {
-        std::lock_guard lock(served->tokenizer_mutex);
         const auto framed = served->encoder->tokenizer().frame(r.prompt, served->max_length);
         job->caption_tokens = framed.length;
         job->prompt_truncated = framed.truncated;

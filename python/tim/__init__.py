@@ -111,6 +111,29 @@ class SampleOutput:
     trajectory: Optional[np.ndarray] = None
 
 
+def _mask_lengths(cap_mask, cap_feats) -> list:
+    """The captions' token counts from `cap_mask` (B, M): every row ones then zeros (the real
+    tokens first, BOS included, then padding) with at least one 1, of cap_feats' (B, M)."""
+    if cap_feats is None:
+        raise Error("cap_mask: given without cap_feats")
+    raw = _as_array(cap_mask, np.int64, "cap_mask")
+    if raw.ndim != 2:
+        raise Error(f"cap_mask: expected shape (B, M), got {raw.shape}")
+    feats_shape = np.shape(cap_feats)
+    if tuple(raw.shape) != tuple(feats_shape[:2]):
+        raise Error(f"cap_mask: shape {raw.shape} does not match cap_feats' (B, M) = {tuple(feats_shape[:2])}")
+    if not np.all((raw == 0) | (raw == 1)):
+        bad = tuple(int(i) for i in np.argwhere((raw != 0) & (raw != 1))[0])
+        raise Error(f"cap_mask: expected only 0 and 1, got {int(raw[bad])} at {bad}")
+    for b, row in enumerate(raw):
+        if row.size == 0 or row[0] != 1:
+            raise Error(f"cap_mask: row {b} does not start with 1; every caption has at least one token (BOS)")
+        if np.any(np.diff(row) > 0):
+            raise Error(f"cap_mask: row {b} is not ones then zeros (a 1 after a 0 at column "
+                        f"{int(np.argmax(np.diff(row) > 0)) + 1})")
+    return [int(n) for n in raw.sum(axis=1)]
+
+
 class Model:
     """A TiM checkpoint loaded on the CPU in float32, or with device='cuda' on the GPU
     (class-conditional C2I or text-to-image T2I).
@@ -256,10 +279,7 @@ class Model:
         elif text_encoder is not None:
             raise Error("text_encoder: given without prompts")
         elif cap_mask is not None:
-            mask = _as_array(cap_mask, np.int64, "cap_mask")
-            if mask.ndim != 2:
-                raise Error(f"cap_mask: expected shape (B, M), got {mask.shape}")
-            lengths = [int(n) for n in mask.sum(axis=1)]
+            lengths = _mask_lengths(cap_mask, cap_feats)
         if callable(schedule):
             base = self._native.resolve(steps, cfg_scale, guidance_low, guidance_high, stochasticity, transport,
                                         t_max, t_min, None, mode, height, width)
