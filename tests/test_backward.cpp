@@ -388,7 +388,7 @@ TEST_CASE("attention_backward's scratch is linear in the tokens") {
   // region) starts without scratch, and after a real call at Nq = Nk = n its buffer holds what
   // that call took. It must be attention_backward_scratch_elements (two score tiles of
   // attention_query_tile rows and one value per query: linear in the keys), never an Nq x Nk
-  // buffer; at n = 300 a score matrix (90,000) is 4.6x what the tiles take.
+  // buffer; at n = 300 a score matrix (90,000 values) is 2.3x what the tiles take (38,464).
   using Tag = tim::cpu_detail::AttentionBackwardTag;
   const std::int64_t B = 1, nh = 2, hd = 4;
   const auto taken = [&](std::int64_t n) {
@@ -407,6 +407,6 @@ TEST_CASE("attention_backward's scratch is linear in the tokens") {
   CHECK(large == cpu::attention_backward_scratch_elements(300, hd));
   CHECK(large == cpu::attention_query_tile * (2 * 300 + 1));
   CHECK(large - small == cpu::attention_query_tile * 2 * 200);  // linear: 2 tile rows per key
-  CHECK(large * 4 < 300 * 300);
+  CHECK(large * 2 < 300 * 300);
   static_assert(cpu::attention_query_tile <= 64);
 }
