@@ -165,9 +165,12 @@ struct TrainOps {
   template <class T>
   static void layernorm_training_forward(T* out, T* mean, T* rstd, const T* in, const T* weight, const T* bias,
                                          std::int64_t rows, std::int64_t cols, double eps) {
+    // The statistics once, then the values exactly as math::layernorm_row applies them.
     Backend::parallel_for(rows, [&](std::int64_t r) {
-      math::layernorm_statistics(in + r * cols, cols, eps, mean[r], rstd[r]);
-      math::layernorm_row(out + r * cols, in + r * cols, cols, weight, bias, eps);
+      const T* u = in + r * cols;
+      math::layernorm_statistics(u, cols, eps, mean[r], rstd[r]);
+      const T m = mean[r], s = rstd[r];
+      for (std::int64_t j = 0; j < cols; ++j) out[r * cols + j] = math::layernorm_value(u[j], m, s, weight, bias, j);
     });
   }
 
