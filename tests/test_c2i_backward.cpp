@@ -6,6 +6,7 @@
 // activation checkpointing against the plain backward.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -16,6 +17,7 @@
 #include "compare.hpp"
 #include "golden_source.hpp"
 #include "gradient_check.hpp"
+#include "allocation_counter.hpp"
 #include "tim/nn/c2i_backward.hpp"
 #include "tim/tim.hpp"
 
@@ -23,6 +25,7 @@ namespace {
 
 struct TinyNetwork {
   std::int64_t channels = 3, hidden = 16, depth = 2, heads = 2, patch = 2, adaln_hidden = 8, classes = 5;
+  std::int64_t mlp_hidden = 0;  // 0: the released width (D * 4 * 2) / 3
   bool qk_norm = true, interval_qkv = true, delta_embedder = true;
   std::string new_condition = "t-r";
 };
@@ -53,7 +56,7 @@ tim::io::SafetensorsFile tiny_checkpoint(const TinyNetwork& n, std::uint32_t see
     linear(prefix + ".fc2", hid, out, true, gain);
   };
   const auto D = n.hidden, p = n.patch, C = n.channels, hd = D / n.heads;
-  const auto Hm = (D * 4 * 2) / 3;
+  const auto Hm = n.mlp_hidden > 0 ? n.mlp_hidden : (D * 4 * 2) / 3;
   add("x_embedder.proj.weight", {D, C, p, p}, 0.0, 1.0 / std::sqrt(double(C * p * p)));
   add("x_embedder.proj.bias", {D}, 0.0, 0.1);
   for (const char* e : {"t_embedder", "delta_embedder"}) {
@@ -116,6 +119,16 @@ tim::nn::C2IModel<T> tiny_model(const TinyNetwork& n, std::uint32_t seed) {
   return tim::nn::clone_parameters(tim::nn::load_c2i<T>(tiny_checkpoint(n, seed)));
 }
 
+//! Sets tim's thread count for its lifetime and restores the previous one, also when a check
+//! throws (REQUIRE) out of the scope.
+struct ThreadCount {
+  explicit ThreadCount(int n) : saved(tim::num_threads()) { tim::set_num_threads(n); }
+  ~ThreadCount() { tim::set_num_threads(saved); }
+  ThreadCount(const ThreadCount&) = delete;
+  ThreadCount& operator=(const ThreadCount&) = delete;
+  int saved;
+};
+
 //! The analytic gradients of L = sum dout * F(x) and dL/dx.
 template <class T>
 tim::nn::C2IGradients<T> analytic_gradients(const tim::nn::C2IModel<T>& model, const Batch<T>& batch,
@@ -161,8 +174,7 @@ TEST_CASE("c2i_backward: every parameter and the input against central differenc
     std::set<std::string> names, expected_names;
     const auto file = tiny_checkpoint(n, 12);
     for (const auto& info : file.tensors()) expected_names.insert(info.name);
-    const int threads = tim::num_threads();
-    tim::set_num_threads(1);  // 2 forwards per value: keep them cheap
+    const ThreadCount one_thread(1);  // 2 forwards per value: keep them cheap
     tim::Tensor<double> out;
     const auto loss = [&] {
       model.forward(out, batch.x, batch.t, batch.r, batch.labels);
@@ -178,7 +190,6 @@ TEST_CASE("c2i_backward: every parameter and the input against central differenc
         model, grads);
     tim_test::check_gradient("input x", dx.data(),
                              tim_test::numeric_gradient(batch.x.data(), static_cast<std::size_t>(batch.x.numel()), loss));
-    tim::set_num_threads(threads);
     CHECK(names == expected_names);
   }
 }
@@ -208,7 +219,22 @@ TEST_CASE("c2i_backward: gradients accumulate, and checkpointed blocks give the 
   tim::nn::for_each_parameter(
       [&](const std::string& name, tim::Tensor<double>& once, tim::Tensor<double>& two) {
         INFO(name);
-        for (std::int64_t i = 0; i < once.numel(); ++i) CHECK(two.data()[i] == doctest::Approx(2 * once.data()[i]));
+        // Exact where each gradient value takes one contribution g per backward (one use of the
+        // parameter: distinct labels, t_embedder for t and delta_embedder for t-r; the GEMMs'
+        // inner dimension, at most B*N = 12, in one block): the first backward writes 0 + g, the
+        // second g + g = 2g, both exact. The qk-norm gradients instead take B*nh = 4 per-job
+        // partial sums p_k, added in job order each time, so the second pass rounds differently:
+        // |two - 2 once| <= 2 gamma_4 sum |p_k| (gamma_4 = 4.4e-16); with sum |p_k| within 10x
+        // the tensor's largest gradient (random weights: the partials do not cancel), 1e-13 of it.
+        const bool qk_norm = name.find("_norm.") != std::string::npos;
+        double largest = 0;
+        for (std::int64_t i = 0; i < once.numel(); ++i) largest = std::max(largest, std::abs(once.data()[i]));
+        for (std::int64_t i = 0; i < once.numel(); ++i) {
+          if (qk_norm)
+            CHECK(std::abs(two.data()[i] - 2 * once.data()[i]) <= 1e-13 * largest);
+          else
+            CHECK(two.data()[i] == 2 * once.data()[i]);
+        }
       },
       grads, twice);
   tim::nn::zero_gradients(twice);
@@ -217,6 +243,86 @@ TEST_CASE("c2i_backward: gradients accumulate, and checkpointed blocks give the 
         for (std::int64_t i = 0; i < g.numel(); ++i) CHECK(g.data()[i] == 0.0);
       },
       twice);
+}
+
+TEST_CASE("C2ITrainingWorkspace regrows for a model of other widths; c2i_backward rejects mis-shaped grads") {
+  // Same depth, same batch and latent, wider MLP and adaLN: a workspace sized for the first
+  // model is too small for the second (its reserve once looked only at B, H, W and the depth).
+  const TinyNetwork narrow;
+  TinyNetwork wide;
+  wide.mlp_hidden = 64;
+  wide.adaln_hidden = 24;
+  const auto model_a = tiny_model<double>(narrow, 15);
+  const auto model_b = tiny_model<double>(wide, 16);
+  REQUIRE(model_b.config.mlp_hidden > model_a.config.mlp_hidden);
+  const auto batch = tiny_batch<double>(narrow, 25);
+  tim::nn::C2ITrainingWorkspace<double, tim::cpu> ws;
+  tim::Tensor<double> out, dx;
+  tim::nn::c2i_training_forward(model_a, ws, out, batch.x, batch.t, batch.r, batch.labels);
+  auto grads_a = tim::nn::zero_gradients_like(model_a);
+  tim::nn::c2i_backward(model_a, ws, batch.dout, grads_a);
+
+  tim::nn::c2i_training_forward(model_b, ws, out, batch.x, batch.t, batch.r, batch.labels);
+  const std::int64_t rows = batch.x.dim(0) * (batch.x.dim(2) / 2) * (batch.x.dim(3) / 2);
+  CHECK(ws.blocks[0].mlp_hidden.numel() >= 2 * rows * model_b.config.mlp_hidden);
+  CHECK(ws.blocks[0].adaln_hidden.numel() >= 2 * batch.x.dim(0) * wide.adaln_hidden);
+  CHECK(ws.mlp_product.numel() >= rows * model_b.config.mlp_hidden);
+  // The first model's gradients are not the second's: a clear error, before anything is written.
+  std::string message;
+  try {
+    tim::nn::c2i_backward(model_b, ws, batch.dout, grads_a);
+  } catch (const tim::Error& e) {
+    message = e.what();
+  }
+  CHECK(message.find("c2i_backward: 'grads' must be shaped like the model") != std::string::npos);
+  CHECK(message.find("blocks.0.adaLN_modulation.fc1_g.weight") != std::string::npos);
+  auto grads_b = tim::nn::zero_gradients_like(model_b);
+  tim::nn::c2i_backward(model_b, ws, batch.dout, grads_b, &dx);
+
+  // The reused workspace gives exactly the gradients of a fresh one.
+  tim::Tensor<double> dx_fresh;
+  auto fresh = analytic_gradients(model_b, batch, dx_fresh);
+  CHECK(std::equal(dx.data(), dx.data() + dx.numel(), dx_fresh.data()));
+  tim::nn::for_each_parameter(
+      [&](const std::string& name, tim::Tensor<double>& a, tim::Tensor<double>& b) {
+        INFO(name);
+        CHECK(std::equal(a.data(), a.data() + a.numel(), b.data()));
+      },
+      grads_b, fresh);
+}
+
+TEST_CASE("clone_parameters and zero_gradients_like: a copy has its own inference workspace") {
+  // C2IModel's workspace is a tim::nn::Workspace, whose copy starts empty. Observed with the
+  // allocation counter: a warmed forward makes some fixed number of allocations (`warm`: the
+  // workspace itself allocates nothing once sized, what remains is per call); a copy's first
+  // forward must make more, growing its own buffers (a copy sharing the original's scratch
+  // would make exactly `warm`), and the original's forwards stay at `warm` with the same bits.
+  const TinyNetwork n;
+  const auto model = tiny_model<double>(n, 17);
+  const auto batch = tiny_batch<double>(n, 27);
+  const ThreadCount one_thread(1);
+  auto out = tim::Tensor<double>::empty(batch.x.shape()), again = tim::Tensor<double>::empty(batch.x.shape());
+  model.forward(out, batch.x, batch.t, batch.r, batch.labels);
+  const auto count = [&](const tim::nn::C2IModel<double>& m, tim::Tensor<double>& o) {
+    tim_test::start_counting_allocations();
+    m.forward(o, batch.x, batch.t, batch.r, batch.labels);
+    return tim_test::stop_counting_allocations();
+  };
+  const long warm = count(model, again);
+  CHECK(count(model, again) == warm);
+  const auto clone = tim::nn::clone_parameters(model);
+  const auto grads = tim::nn::zero_gradients_like(model);
+  for (const auto* copy : {&clone, &grads}) {
+    auto copy_out = tim::Tensor<double>::empty(batch.x.shape());
+    const long first = count(*copy, copy_out);
+    CHECK(first > warm);
+    CHECK(count(*copy, copy_out) == warm);
+    CHECK(count(model, again) == warm);
+    CHECK(std::equal(again.data(), again.data() + again.numel(), out.data()));
+  }
+  auto clone_out = tim::Tensor<double>::empty(batch.x.shape());
+  clone.forward(clone_out, batch.x, batch.t, batch.r, batch.labels);
+  CHECK(std::equal(clone_out.data(), clone_out.data() + clone_out.numel(), out.data()));
 }
 
 TEST_CASE("c2i_backward in float against double") {

@@ -5,7 +5,8 @@ One tiny network (2 blocks, qk-norm, qkv_d, a separate delta embedder, a non-squ
 gradients of L = sum(dout * F) by PyTorch's autograd through tim_reference.TiM: every parameter
 under its released name and the input latent. The C++ test (tests/test_c2i_backward.cpp) runs
 tim::nn::c2i_backward on the same weights and inputs and compares.
-Usage: /work/venv/bin/python tools/reference/make_backward_golden.py [--out DIR] [--check]
+Usage: python tools/reference/make_backward_golden.py [--out DIR] [--check]  (a Python with
+tools/reference/requirements.txt installed)
 """
 
 from __future__ import annotations

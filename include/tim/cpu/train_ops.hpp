@@ -35,21 +35,42 @@
 
 namespace tim::cpu_detail {
 
+//! The calling thread's scratch buffer for one `Tag` (see tagged_scratch).
+template <class Tag, class T>
+struct TaggedScratch {
+  std::shared_ptr<T> data;
+  std::int64_t size = 0;
+
+  static TaggedScratch& of_this_thread() {
+    thread_local TaggedScratch buffer;
+    return buffer;
+  }
+};
+
 //! `n` elements of scratch owned by the calling thread for one `Tag`, 64-byte aligned, grown on
 //! demand and kept for the thread's lifetime. Distinct tags are distinct buffers, so an operation
 //! can hold a buffer shared by its team (taken before the parallel region) and per-thread ones.
 template <class Tag, class T>
 T* tagged_scratch(std::int64_t n) {
-  struct Buffer {
-    std::shared_ptr<T> data;
-    std::int64_t size = 0;
-  };
-  thread_local Buffer buffer;
+  auto& buffer = TaggedScratch<Tag, T>::of_this_thread();
   if (buffer.size < n) {
     buffer.data = HostMemory::allocate<T>(static_cast<std::size_t>(std::max<std::int64_t>(n, 1)));
     buffer.size = n;
   }
   return buffer.data.get();
+}
+
+//! Elements the calling thread's `Tag` scratch holds (the most any call has asked for since
+//! release_tagged_scratch): lets a test observe what an operation takes.
+template <class Tag, class T>
+std::int64_t tagged_scratch_elements() {
+  return TaggedScratch<Tag, T>::of_this_thread().size;
+}
+
+//! Frees the calling thread's `Tag` scratch (the next call allocates what it needs).
+template <class Tag, class T>
+void release_tagged_scratch() {
+  TaggedScratch<Tag, T>::of_this_thread() = {};
 }
 
 // The scratch buffers of the operations below, one tag each.
@@ -144,9 +165,12 @@ struct TrainOps {
   template <class T>
   static void layernorm_training_forward(T* out, T* mean, T* rstd, const T* in, const T* weight, const T* bias,
                                          std::int64_t rows, std::int64_t cols, double eps) {
+    // The statistics once, then the values exactly as math::layernorm_row applies them.
     Backend::parallel_for(rows, [&](std::int64_t r) {
-      math::layernorm_statistics(in + r * cols, cols, eps, mean[r], rstd[r]);
-      math::layernorm_row(out + r * cols, in + r * cols, cols, weight, bias, eps);
+      const T* u = in + r * cols;
+      math::layernorm_statistics(u, cols, eps, mean[r], rstd[r]);
+      const T m = mean[r], s = rstd[r];
+      for (std::int64_t j = 0; j < cols; ++j) out[r * cols + j] = math::layernorm_value(u[j], m, s, weight, bias, j);
     });
   }
 

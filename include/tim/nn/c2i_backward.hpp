@@ -145,8 +145,7 @@ void c2i_backward(const C2IModel<T, Backend>& model, C2ITrainingWorkspace<T, Bac
   check(dout.rank() == 4 && dout.dim(0) == B && dout.dim(1) == c.out_channels && dout.dim(2) == H && dout.dim(3) == W,
         "c2i_backward: 'dout' must have the output's shape [", B, ", ", c.out_channels, ", ", H, ", ", W, "], got ",
         dout.shape());
-  check(grads.blocks.size() == model.blocks.size() && grads.config.hidden == c.hidden,
-        "c2i_backward: 'grads' must be shaped like the model (zero_gradients_like)");
+  check_shaped_like(model, grads, "c2i_backward", "grads");
   const auto D = c.hidden, p = c.patch, N = (H / p) * (W / p), rows = B * N;
   const T* none = nullptr;
 

@@ -51,6 +51,13 @@ template <class T, class Backend>
 struct C2ITrainingWorkspace {
   std::int64_t batch = -1, height = -1, width = -1;
   bool checkpoint_blocks = false;
+  //! The widths of the model the buffers were sized for: a model of other widths regrows them.
+  struct ModelWidths {
+    std::int64_t depth = -1, hidden = -1, heads = -1, mlp_hidden = -1, adaln_hidden = -1, final_adaln_hidden = -1;
+    std::int64_t patch = -1, in_channels = -1, out_channels = -1;
+    bool operator==(const ModelWidths&) const = default;
+  };
+  ModelWidths widths;
 
   Workspace<T, Backend> shared;  // rotary tables, times, embedder scratch, the modulated input
   Tensor<T, Backend> patches;    // (B*N, C p p) patchified input
@@ -83,18 +90,22 @@ struct C2ITrainingWorkspace {
   Tensor<T, Backend> d_sample_bias;   // (B, 3D)
 
   //! Sizes every buffer for `model` at batch B and latent H x W (checkpoint_blocks: keep only
-  //! each block's input). Nothing is allocated when the sizes are those of the last call.
+  //! each block's input). Nothing is allocated when the sizes and the model's widths are those
+  //! of the last call; a model of other widths (same depth or not) regrows every buffer.
   void reserve(const C2IModel<T, Backend>& model, std::int64_t B, std::int64_t H, std::int64_t W,
                bool checkpoint = false) {
-    if (batch == B && height == H && width == W && checkpoint_blocks == checkpoint &&
-        block_inputs.size() == model.blocks.size())
-      return;
     const auto& c = model.config;
-    const auto D = c.hidden, p = c.patch, N = (H / p) * (W / p), rows = B * N, nh = c.num_heads;
-    const auto patch_values = c.in_channels * p * p, Hm = c.mlp_hidden;
     std::int64_t L = 0;
     for (const auto& block : model.blocks) L = std::max(L, block.adaln.hidden());
     const auto Lf = model.final_layer.adaln.hidden();
+    const ModelWidths now{static_cast<std::int64_t>(model.blocks.size()), c.hidden, c.num_heads, c.mlp_hidden, L, Lf,
+                          c.patch, c.in_channels, c.out_channels};
+    if (batch == B && height == H && width == W && checkpoint_blocks == checkpoint && widths == now) return;
+    // The backbone workspace checks only (B, H, W): for other widths (the rotary tables depend on
+    // the head dim) it starts again.
+    if (!(widths == now)) shared = Workspace<T, Backend>{};
+    const auto D = c.hidden, p = c.patch, N = (H / p) * (W / p), rows = B * N, nh = c.num_heads;
+    const auto patch_values = c.in_channels * p * p, Hm = c.mlp_hidden;
     reserve_backbone(shared, c, model.blocks, B, H, W);
     const auto grow = [](Tensor<T, Backend>& t, std::int64_t n) { Workspace<T, Backend>::grow(t, n); };
     grow(patches, rows * patch_values);
@@ -137,6 +148,7 @@ struct C2ITrainingWorkspace {
     height = H;
     width = W;
     checkpoint_blocks = checkpoint;
+    widths = now;
   }
 
   //! The saved activations of block i (the one shared set when checkpointing).

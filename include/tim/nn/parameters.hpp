@@ -9,6 +9,7 @@
 #include <string>
 #include <utility>
 
+#include "tim/core/error.hpp"
 #include "tim/nn/c2i.hpp"
 #include "tim/nn/config.hpp"
 
@@ -73,6 +74,27 @@ void for_each_parameter(F&& f, First& first, Rest&... rest) {
   detail::visit_swiglu(f, std::string(keys::final_layer) + ".adaLN_modulation", first.final_layer.adaln,
                        rest.final_layer.adaln...);
   detail::visit_linear(f, std::string(keys::final_layer) + ".linear", first.final_layer.linear, rest.final_layer.linear...);
+}
+
+//! Checks that `grads` is shaped like `model` (every parameter present in both with the same
+//! shape, the same depth): a tim::Error "`where`: '`argument`' must be shaped like the model"
+//! naming the first parameter that differs.
+template <class T, class Backend>
+void check_shaped_like(const C2IModel<T, Backend>& model, const C2IGradients<T, Backend>& grads, const char* where,
+                       const char* argument) {
+  check(grads.blocks.size() == model.blocks.size(), where, ": '", argument, "' must be shaped like the model (zero_gradients_like): ",
+        grads.blocks.size(), " blocks, the model has ", model.blocks.size());
+  std::size_t in_model = 0, in_both = 0;
+  for_each_parameter([&](const std::string&, const Tensor<T, Backend>&) { ++in_model; }, model);
+  for_each_parameter(
+      [&](const std::string& name, const Tensor<T, Backend>& p, const Tensor<T, Backend>& g) {
+        ++in_both;
+        check(p.shape() == g.shape(), where, ": '", argument, "' must be shaped like the model (zero_gradients_like): ", name,
+              " is ", g.shape(), ", the parameter is ", p.shape());
+      },
+      model, grads);
+  check(in_model == in_both, where, ": '", argument,
+        "' must be shaped like the model (zero_gradients_like): it lacks a bias the model has");
 }
 
 //! Gradients for `model`: the same configuration and shapes, every tensor zero.
