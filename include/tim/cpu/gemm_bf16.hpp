@@ -21,11 +21,15 @@
 #include <cblas.h>
 #endif
 #if defined(TIM_USE_DNNL)
-#include <oneapi/dnnl/dnnl.hpp>
+// oneDNN's C API: its C++ header (dnnl.hpp) stops nvcc 13's front end with an internal error
+// under -std=c++20, and CUDA translation units include this header through tim/tim.hpp; the C
+// API gives every translation unit, g++ or nvcc, the same inline bodies.
+#include <oneapi/dnnl/dnnl.h>
+#include <oneapi/dnnl/dnnl_version.h>
 
-#include <map>
+#include <memory>
 #include <mutex>
-#include <tuple>
+#include <vector>
 #endif
 #include <algorithm>
 #include <cstdint>
@@ -155,40 +159,80 @@ struct Bf16Kernel {
 
 #if defined(TIM_USE_DNNL)
 namespace dnnl_detail {
-inline dnnl::engine& engine() {
-  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
+//! Throws tim::Error naming `what` unless `status` is dnnl_success.
+inline void ok(dnnl_status_t status, const char* what) {
+  check(status == dnnl_success, "oneDNN: ", what, " failed with status ", static_cast<int>(status));
+}
+inline dnnl_engine_t engine() {
+  static const dnnl_engine_t e = [] {
+    dnnl_engine_t created = nullptr;
+    ok(dnnl_engine_create(&created, dnnl_cpu, 0), "dnnl_engine_create");
+    return created;  // kept for the process's lifetime
+  }();
   return e;
 }
+//! A 2-D memory descriptor of `rows` x `cols` with the given strides.
+inline dnnl_memory_desc_t desc(std::int64_t rows, std::int64_t cols, dnnl_data_type_t type, std::int64_t row_stride,
+                               std::int64_t col_stride) {
+  dnnl_memory_desc_t d{};
+  const dnnl_dims_t dims = {rows, cols}, strides = {row_stride, col_stride};
+  ok(dnnl_memory_desc_init_by_strides(&d, 2, dims, type, strides), "dnnl_memory_desc_init_by_strides");
+  return d;
+}
 //! The matmul y (M, N) f32 (+)= x (M, K) bf16 w (K, N) bf16 with w stored as W (N, K) row-major
-//! (oneDNN's "ba"), created once per shape and kept (oneDNN primitives are reusable and may be
-//! executed from several threads).
-inline const dnnl::matmul& matmul(std::int64_t M, std::int64_t K, std::int64_t N, bool accumulate,
-                                  std::string* implementation = nullptr) {
-  using dt = dnnl::memory::data_type;
+//! (strides {1, K}), created once per shape and kept for the process's lifetime (oneDNN
+//! primitives are reusable and may be executed from several threads).
+inline const_dnnl_primitive_t matmul(std::int64_t M, std::int64_t K, std::int64_t N, bool accumulate,
+                                     std::string* implementation = nullptr) {
+  struct Entry {
+    std::int64_t M, K, N;
+    bool accumulate;
+    dnnl_primitive_t primitive;
+  };
   static std::mutex mutex;
-  static std::map<std::tuple<std::int64_t, std::int64_t, std::int64_t, bool>, dnnl::matmul> cache;
+  static std::vector<Entry> cache;
   const std::lock_guard<std::mutex> lock(mutex);
-  const auto key = std::make_tuple(M, K, N, accumulate);
-  auto found = cache.find(key);
-  if (found == cache.end()) {
-    const dnnl::memory::desc src({M, K}, dt::bf16, dnnl::memory::dims{K, 1});
-    const dnnl::memory::desc wei({K, N}, dt::bf16, dnnl::memory::dims{1, K});
-    const dnnl::memory::desc dst({M, N}, dt::f32, dnnl::memory::dims{N, 1});
-    dnnl::primitive_attr attr;
-    if (accumulate) {
-      dnnl::post_ops ops;
-      ops.append_sum(1.0f);
-      attr.set_post_ops(ops);
-    }
-    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, wei, dst), attr, engine());
-    found = cache.emplace(key, dnnl::matmul(pd)).first;
-    if (implementation) *implementation = pd.impl_info_str();
+  for (const Entry& e : cache)
+    if (e.M == M && e.K == K && e.N == N && e.accumulate == accumulate) return e.primitive;
+  const dnnl_memory_desc_t src = desc(M, K, dnnl_bf16, K, 1), wei = desc(K, N, dnnl_bf16, 1, K),
+                           dst = desc(M, N, dnnl_f32, N, 1);
+  dnnl_matmul_desc_t op{};
+  ok(dnnl_matmul_desc_init(&op, &src, &wei, nullptr, &dst), "dnnl_matmul_desc_init");
+  dnnl_primitive_attr_t attr = nullptr;
+  ok(dnnl_primitive_attr_create(&attr), "dnnl_primitive_attr_create");
+  const std::unique_ptr<dnnl_primitive_attr, dnnl_status_t (*)(dnnl_primitive_attr_t)> attr_owner(
+      attr, dnnl_primitive_attr_destroy);
+  if (accumulate) {
+    dnnl_post_ops_t ops = nullptr;
+    ok(dnnl_post_ops_create(&ops), "dnnl_post_ops_create");
+    const std::unique_ptr<dnnl_post_ops, dnnl_status_t (*)(dnnl_post_ops_t)> ops_owner(ops, dnnl_post_ops_destroy);
+    ok(dnnl_post_ops_append_sum(ops, 1.0f), "dnnl_post_ops_append_sum");
+    ok(dnnl_primitive_attr_set_post_ops(attr, ops), "dnnl_primitive_attr_set_post_ops");
   }
-  return found->second;
+  dnnl_primitive_desc_t pd = nullptr;
+  ok(dnnl_primitive_desc_create(&pd, &op, attr, engine(), nullptr), "dnnl_primitive_desc_create (bfloat16 matmul)");
+  const std::unique_ptr<dnnl_primitive_desc, dnnl_status_t (*)(dnnl_primitive_desc_t)> pd_owner(
+      pd, dnnl_primitive_desc_destroy);
+  if (implementation) {
+    const char* info = nullptr;
+    if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &info) == dnnl_success && info)
+      *implementation = info;
+  }
+  dnnl_primitive_t primitive = nullptr;
+  ok(dnnl_primitive_create(&primitive, pd), "dnnl_primitive_create");
+  cache.push_back(Entry{M, K, N, accumulate, primitive});
+  return primitive;
+}
+//! A memory object over `data` (not owned), destroyed with the handle.
+using Memory = std::unique_ptr<dnnl_memory, dnnl_status_t (*)(dnnl_memory_t)>;
+inline Memory memory(const dnnl_memory_desc_t& d, void* data) {
+  dnnl_memory_t m = nullptr;
+  ok(dnnl_memory_create(&m, &d, engine(), data), "dnnl_memory_create");
+  return Memory(m, dnnl_memory_destroy);
 }
 
-inline bool isa_has_bf16(dnnl::cpu_isa isa) {
-  return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
+inline bool isa_has_bf16(dnnl_cpu_isa_t isa) {
+  return isa == dnnl_cpu_isa_avx512_core_bf16 || isa == dnnl_cpu_isa_avx512_core_amx;
 }
 }  // namespace dnnl_detail
 #endif
@@ -206,7 +250,7 @@ inline const Bf16Kernel& bf16_kernel() {
       return k;
     }
     try {
-      const auto isa = dnnl::get_effective_cpu_isa();
+      const auto isa = dnnl_get_effective_cpu_isa();
       if (!dnnl_detail::isa_has_bf16(isa)) {
         k.reason = "oneDNN is limited to an instruction set without bfloat16 dot products (ONEDNN_MAX_CPU_ISA?)";
         return k;
@@ -216,7 +260,7 @@ inline const Bf16Kernel& bf16_kernel() {
       k.available = true;
       k.name = "oneDNN " + std::to_string(DNNL_VERSION_MAJOR) + "." + std::to_string(DNNL_VERSION_MINOR) +
                " matmul (" + implementation + ")";
-    } catch (const dnnl::error& e) {
+    } catch (const Error& e) {
       k.reason = std::string("oneDNN could not create a bfloat16 matmul: ") + e.what();
     }
 #endif
@@ -248,20 +292,22 @@ inline void linear_bf16([[maybe_unused]] float* out, [[maybe_unused]] const floa
   detail::ensure_default_threads();
   bfloat16* x = detail::thread_scratch<bfloat16>(M * K);
   round_to_bfloat16(x, in, M * K);
-  using dt = dnnl::memory::data_type;
-  try {
-    const auto& primitive = dnnl_detail::matmul(M, K, N, accumulate);
-    auto& e = dnnl_detail::engine();
-    const dnnl::memory src(dnnl::memory::desc({M, K}, dt::bf16, dnnl::memory::dims{K, 1}), e, x);
-    const dnnl::memory wei(dnnl::memory::desc({K, N}, dt::bf16, dnnl::memory::dims{1, K}), e,
-                           const_cast<bfloat16*>(weight));
-    const dnnl::memory dst(dnnl::memory::desc({M, N}, dt::f32, dnnl::memory::dims{N, 1}), e, out);
-    thread_local dnnl::stream stream(e);
-    primitive.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst}});
-    stream.wait();
-  } catch (const dnnl::error& error) {
-    fail("bfloat16 linear (", M, " x ", K, " by ", N, "): oneDNN failed: ", error.what());
-  }
+  const auto& primitive = dnnl_detail::matmul(M, K, N, accumulate);
+  const auto src = dnnl_detail::memory(dnnl_detail::desc(M, K, dnnl_bf16, K, 1), x);
+  const auto wei = dnnl_detail::memory(dnnl_detail::desc(K, N, dnnl_bf16, 1, K), const_cast<bfloat16*>(weight));
+  const auto dst = dnnl_detail::memory(dnnl_detail::desc(M, N, dnnl_f32, N, 1), out);
+  // One stream per thread, kept for the thread's lifetime.
+  thread_local const std::unique_ptr<dnnl_stream, dnnl_status_t (*)(dnnl_stream_t)> stream = [] {
+    dnnl_stream_t created = nullptr;
+    dnnl_detail::ok(dnnl_stream_create(&created, dnnl_detail::engine(), dnnl_stream_default_flags),
+                    "dnnl_stream_create");
+    return std::unique_ptr<dnnl_stream, dnnl_status_t (*)(dnnl_stream_t)>(created, dnnl_stream_destroy);
+  }();
+  const dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, src.get()}, {DNNL_ARG_WEIGHTS, wei.get()}, {DNNL_ARG_DST, dst.get()}};
+  const auto status = dnnl_primitive_execute(primitive, stream.get(), 3, args);
+  check(status == dnnl_success, "bfloat16 linear (", M, " x ", K, " by ", N, "): oneDNN failed with status ",
+        static_cast<int>(status));
+  dnnl_detail::ok(dnnl_stream_wait(stream.get()), "dnnl_stream_wait");
 #endif
 }
 
