@@ -243,6 +243,59 @@ tim::Tensor<float> CudaVaeDecoder::decode(const tim::Tensor<float>& latents, con
   return impl_->decode(latents, tiles);
 }
 
+struct CudaTextEncoder::Impl {
+  virtual ~Impl() = default;
+  virtual const tim::text::GemmaConfig& config() const = 0;
+  virtual std::string weight_dtype() const = 0;
+  virtual void encode(tim::Tensor<float>& out, const tim::Tensor<std::int64_t>& ids,
+                      const std::vector<std::int64_t>& lengths, tim::text::HiddenState which) = 0;
+};
+
+namespace {
+
+//! GemmaEncoder<float, tim::cuda, W> on host ids, host features out. Its workspace is reused
+//! between calls, so encode is not const: one caller at a time (the program encodes once).
+template <class W>
+struct TypedTextEncoder final : CudaTextEncoder::Impl {
+  tim::text::GemmaEncoder<float, tim::cuda, W> encoder;
+  explicit TypedTextEncoder(tim::text::GemmaEncoder<float, tim::cuda, W> e) : encoder(std::move(e)) {}
+  const tim::text::GemmaConfig& config() const override { return encoder.config; }
+  std::string weight_dtype() const override { return std::is_same_v<W, tim::bfloat16> ? "bfloat16" : "float32"; }
+  void encode(tim::Tensor<float>& out, const tim::Tensor<std::int64_t>& ids, const std::vector<std::int64_t>& lengths,
+              tim::text::HiddenState which) override {
+    tim::Tensor<float, tim::cuda> device_out;
+    encoder.forward(device_out, ids, lengths, which);
+    out = tim::to_host(device_out);
+  }
+};
+
+}  // namespace
+
+CudaTextEncoder CudaTextEncoder::load(const std::string& dir) {
+  tim::check(tim::cuda::available(), "--device cuda: ", tim::cuda::device_description());
+  namespace text = tim::text;
+  const auto folder = text::TextEncoderFolder::at(dir, /*with_tokenizer=*/false);
+  const auto config = text::parse_gemma_config(text::read_text_file(folder.config, "text encoder config"), folder.config);
+  const auto file = tim::io::SafetensorsFile::open(folder.weights);
+  tim::check(file.contains(text::gemma_keys::embed_tokens), folder.weights, ": tensor '", text::gemma_keys::embed_tokens,
+             "' is missing (is this a Gemma-3 text decoder?)");
+  CudaTextEncoder loaded;
+  // As tim::text::PromptEncoder::open holds them on the CPU: bfloat16 stays bfloat16, the rest float.
+  if (file.info(text::gemma_keys::embed_tokens).dtype == tim::DType::BF16)
+    loaded.impl_ = std::make_shared<TypedTextEncoder<tim::bfloat16>>(text::load_gemma<float, tim::cuda, tim::bfloat16>(file, config));
+  else
+    loaded.impl_ = std::make_shared<TypedTextEncoder<float>>(text::load_gemma<float, tim::cuda, float>(file, config));
+  return loaded;
+}
+
+const tim::text::GemmaConfig& CudaTextEncoder::config() const { return impl_->config(); }
+std::string CudaTextEncoder::weight_dtype() const { return impl_->weight_dtype(); }
+std::string CudaTextEncoder::device() const { return tim::cuda::device_description(); }
+void CudaTextEncoder::encode(tim::Tensor<float>& out, const tim::Tensor<std::int64_t>& ids,
+                             const std::vector<std::int64_t>& lengths, tim::text::HiddenState which) const {
+  impl_->encode(out, ids, lengths, which);
+}
+
 int cuda_device_count() {
   int count = 0;
   const cudaError_t status = cudaGetDeviceCount(&count);

@@ -15,11 +15,13 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "tim/core/tensor.hpp"
 #include "tim/nn/config.hpp"
 #include "tim/sampler/sampler.hpp"
 #include "tim/sampler/schedule.hpp"
+#include "tim/text/gemma.hpp"
 #include "tim/transport/transports.hpp"
 #include "tim/vae/dc_ae.hpp"
 #include "tim/vae/sd_vae.hpp"
@@ -88,6 +90,37 @@ class CudaVaeDecoder {
   //! images (B, 3, H, W) from latents (B, L, h, w), host tensors; with tiles.tile > 0 decoded in
   //! tiles on the GPU (tim::vae::decode_tiled over the device decoder).
   tim::Tensor<float> decode(const tim::Tensor<float>& latents, const tim::vae::TileOptions& tiles = {}) const;
+
+  struct Impl;  // in cuda_backend.cu
+
+ private:
+  std::shared_ptr<Impl> impl_;
+};
+
+//! The Gemma-3 text encoder of a text-encoder folder on the current GPU
+//! (tim::text::GemmaEncoder<float, tim::cuda, W>): `tim encode` and `tim sample --text-encoder`
+//! with --device cuda, as the encoder stage of tim::text::PromptEncoder::with_encoder. Weights
+//! stored in bfloat16 (the released folder) stay bfloat16 on the GPU, others are held in float,
+//! as the CPU encoder holds them; arithmetic is float. Copies share the encoder.
+//!
+//! Example:
+//!   auto gpu = tim_cli::CudaTextEncoder::load("gemma-3-1b-it");
+//!   gpu.encode(features, ids, lengths, tim::text::HiddenState::last);   // host (B, N, D) float
+class CudaTextEncoder {
+ public:
+  //! Loads config.json and model.safetensors of `dir` onto the GPU. Throws tim::Error when there
+  //! is no usable device or the folder is not a Gemma-3 text decoder.
+  static CudaTextEncoder load(const std::string& dir);
+
+  const tim::text::GemmaConfig& config() const;
+  //! "bfloat16" or "float32": how the weights are held on the GPU.
+  std::string weight_dtype() const;
+  //! The device the encoder lives on, in words.
+  std::string device() const;
+  //! out (B, N, D) host floats = the `which` hidden state of ids (B, N) (host) whose first
+  //! lengths[b] tokens are real (tim::text::GemmaEncoder::forward).
+  void encode(tim::Tensor<float>& out, const tim::Tensor<std::int64_t>& ids, const std::vector<std::int64_t>& lengths,
+              tim::text::HiddenState which) const;
 
   struct Impl;  // in cuda_backend.cu
 

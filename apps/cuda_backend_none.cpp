@@ -1,4 +1,4 @@
-// `tim` built without the CUDA backend (TIM_CUDA=OFF): CudaModel::load answers --device cuda
+// `tim` built without the CUDA backend (TIM_CUDA=OFF): CudaModel::load (and CudaTextEncoder::load) answers --device cuda
 // with an error that says how to get a build that has it. Nothing else is reachable without a
 // loaded model. The real implementation is apps/cuda_backend.cu.
 #include "cuda_backend.hpp"
@@ -43,6 +43,15 @@ tim::SampleResult<> CudaModel::sample(const tim::AnyTransport&, const tim::AnySc
 CudaVaeDecoder CudaVaeDecoder::upload(const tim::vae::SdVaeDecoder<float>&) { not_built(); }
 CudaVaeDecoder CudaVaeDecoder::upload(const tim::vae::DcAeDecoder<float>&) { not_built(); }
 tim::Tensor<float> CudaVaeDecoder::decode(const tim::Tensor<float>&, const tim::vae::TileOptions&) const { not_built(); }
+
+CudaTextEncoder CudaTextEncoder::load(const std::string&) { not_built(); }
+const tim::text::GemmaConfig& CudaTextEncoder::config() const { not_built(); }
+std::string CudaTextEncoder::weight_dtype() const { not_built(); }
+std::string CudaTextEncoder::device() const { not_built(); }
+void CudaTextEncoder::encode(tim::Tensor<float>&, const tim::Tensor<std::int64_t>&, const std::vector<std::int64_t>&,
+                             tim::text::HiddenState) const {
+  not_built();
+}
 
 int cuda_device_count() { not_built(); }
 void use_cuda_device(int) { not_built(); }

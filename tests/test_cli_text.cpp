@@ -113,6 +113,40 @@ TEST_CASE("cli encode: the golden prompts give the reference features, mask and 
   CHECK(precision.err.find("--text-precision: expected \"float\" or \"bfloat16\", got \"half\"") != std::string::npos);
 }
 
+// --device cuda: the encoder stage on the GPU (tim_cli::CudaTextEncoder). Without a usable GPU
+// (no device, or a build without -DTIM_CUDA=ON) a clear error, exit code 1 and no output file;
+// with one, the file says the GPU encoded it and the features are the reference's within the
+// float bound above (tests/cuda/test_cuda_text.cu compares them with the CPU's).
+TEST_CASE("cli encode --device cuda: the GPU encoder, or a clear error without a GPU") {
+  Folder dir;
+  const std::string out = dir.file("caps.safetensors");
+  const auto result = run_tim(dir, "encode --device cuda --text-encoder " + quote(encoder_dir) +
+                                   " --prompt 'a red fox in the snow at sunset' --prompt 'café 🤖' --prompt 'the lazy "
+                                   "dog' --max-length 8 --out " + quote(out));
+  INFO(result.err);
+  if (result.code == 0) {
+    MESSAGE("a GPU is visible: checking the GPU encoder's file");
+    const auto file = tim::io::SafetensorsFile::open(out);
+    CHECK(file.metadata().at("encoder").find("(CUDA, float)") != std::string::npos);
+    const auto features = file.load<float>("cap_feats");
+    const auto reference = tim::io::SafetensorsFile::open(encoder_dir + "/expected.safetensors").load<double>("last");
+    REQUIRE(features.shape() == reference.shape());
+    CHECK(tim_test::relative_error(features.data(), reference.data(), static_cast<std::size_t>(features.numel())) <=
+          1e-4);
+  } else {
+    CHECK(result.code == 1);
+    CHECK(result.err.find("tim: error: --device cuda: ") != std::string::npos);
+    CHECK((result.err.find("no CUDA device") != std::string::npos ||
+           result.err.find("built without the CUDA backend") != std::string::npos));
+    CHECK_FALSE(fs::exists(out));
+  }
+  // The CPU encoder's option is refused with the GPU one, before anything is loaded.
+  const auto precision = run_tim(dir, "encode --device cuda --text-encoder " + quote(encoder_dir) +
+                                      " --prompt fox --text-precision bfloat16 --out " + quote(out));
+  CHECK(precision.code == 1);
+  CHECK(precision.err.find("--text-precision bfloat16 is the CPU encoder's") != std::string::npos);
+}
+
 // --text-precision bfloat16: within the bound of test_text_encoder.cpp (28 bfloat16 roundings in
 // sequence for this 7-layer encoder) of the float64 reference, and the program says what ran.
 TEST_CASE("cli encode --text-precision bfloat16: the reference features within 28 * 2^-8, the kernel named") {

@@ -28,7 +28,7 @@ void add_compute_options(CLI::App& command, ComputeOptions& options) {
   options.threads_option = command.add_option(
       "-j,--threads", options.threads, "CPU threads, 1 to 4096 (default: the number of physical cores)");
   command.add_option("--device", options.device,
-                     "cpu (default) or cuda: the GPU, class-conditional models (needs a build with -DTIM_CUDA=ON)");
+                     "cpu (default) or cuda: the GPU (needs a build with -DTIM_CUDA=ON)");
   options.precision_option = command.add_option(
       "--precision", options.precision,
       "With --device cuda: the network's storage and arithmetic, float32 (default) or bfloat16 (float32 "

@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "common.hpp"
+#include "cuda_backend.hpp"
 #include "tim/text/prompts_file.hpp"
 
 namespace tim_cli {
@@ -55,10 +56,29 @@ std::vector<std::string> read_prompts(const PromptOptions& o) {
   return prompts;
 }
 
-tim::text::EncodedPrompts encode_prompts(const PromptOptions& o, const std::vector<std::string>& prompts, bool verbose) {
+namespace {
+
+//! The CPU encoder, or the tokenizer here and the encoder stage on the GPU.
+tim::text::PromptEncoder open_encoder(const PromptOptions& o, bool cuda) {
+  const auto precision = tim::parse_precision(o.text_precision, "--text-precision");
+  if (!cuda) return tim::text::PromptEncoder::open(o.text_encoder, precision);
+  tim::check(precision == tim::Precision::float32, "--text-precision ", o.text_precision, " is the CPU encoder's; "
+             "with --device cuda the encoder keeps the folder's bfloat16 weights on the GPU and computes in float");
+  tim::text::TextEncoderFolder::at(o.text_encoder);  // a missing file is named before the GPU is touched
+  const auto gpu = CudaTextEncoder::load(o.text_encoder);
+  return tim::text::PromptEncoder::with_encoder(
+      o.text_encoder,
+      [gpu](tim::Tensor<float>& out, const tim::Tensor<std::int64_t>& ids, const std::vector<std::int64_t>& lengths,
+            tim::text::HiddenState which) { gpu.encode(out, ids, lengths, which); },
+      gpu.weight_dtype(), "float on the GPU (" + gpu.device() + ")");
+}
+
+}  // namespace
+
+tim::text::EncodedPrompts encode_prompts(const PromptOptions& o, const std::vector<std::string>& prompts, bool verbose,
+                                         bool cuda) {
   const auto start = Clock::now();
-  const auto encoder =
-      tim::text::PromptEncoder::open(o.text_encoder, tim::parse_precision(o.text_precision, "--text-precision"));
+  const auto encoder = open_encoder(o, cuda);
   const double load_seconds = seconds_since(start);
   if (encoder.precision_fell_back())
     std::cerr << "tim: note: --text-precision bfloat16: computing in float instead: "

@@ -1,6 +1,7 @@
 // The prompt options of `tim encode` and `tim sample` (docs/cli.md): the text-encoder folder, the
 // prompts (--prompt, --prompts-file), --max-length, --hidden-state, --text-precision and, for sampling,
-// --caption-batching; and the prompts' caption features through tim::text::PromptEncoder.
+// --caption-batching; and the prompts' caption features through tim::text::PromptEncoder (on the CPU, or
+// its encoder stage on the GPU with --device cuda).
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -38,9 +39,11 @@ void check_prompt_options(const PromptOptions& options);
 //! The prompts: every --prompt, then the lines of --prompts-file.
 std::vector<std::string> read_prompts(const PromptOptions& options);
 
-//! The prompts encoded on the CPU (tim::text::PromptEncoder); `verbose` reports the encoder and
-//! the time on stderr, and a warning names every truncated prompt.
+//! The prompts encoded by tim::text::PromptEncoder: on the CPU, or with `cuda` (--device cuda) with
+//! the encoder stage on the current GPU (tim_cli::CudaTextEncoder, bfloat16 weights stay bfloat16)
+//! and the same tokenizing and trimming; `verbose` reports the encoder and the time on stderr, and
+//! a warning names every truncated prompt.
 tim::text::EncodedPrompts encode_prompts(const PromptOptions& options, const std::vector<std::string>& prompts,
-                                         bool verbose);
+                                         bool verbose, bool cuda = false);
 
 }  // namespace tim_cli

@@ -10,7 +10,7 @@ namespace tim_cli {
 
 CaptionFeatures captions_from_prompts(const SampleOptions& options, std::int64_t caption_dim) {
   const auto prompts = read_prompts(options.prompts);
-  auto encoded = encode_prompts(options.prompts, prompts, options.compute.verbose);
+  auto encoded = encode_prompts(options.prompts, prompts, options.compute.verbose, options.compute.cuda());
   tim::check(encoded.cap_feats.dim(2) == caption_dim, "--text-encoder '", options.prompts.text_encoder,
              "': its hidden size is ", encoded.cap_feats.dim(2), ", the model's caption features have cap_dim ",
              caption_dim);

@@ -1,14 +1,17 @@
-// From prompts to caption features on the CPU: the tokenizer and the Gemma-3 encoder of a text
-// encoder folder, with the released encode_prompt's framing (BOS, right padding to max_length,
-// truncation, mask) and trimming (the batch to its longest prompt, the null caption, the empty
-// prompt's features, to the same length). Needs tim::text (the tokenizer links SentencePiece).
+// From prompts to caption features: the tokenizer and the Gemma-3 encoder of a text encoder
+// folder (on the CPU, or the encoder stage supplied from outside: with_encoder), with the released
+// encode_prompt's framing (BOS, right padding to max_length, truncation, mask) and trimming (the
+// batch to its longest prompt, the null caption, the empty prompt's features, to the same length).
+// Needs tim::text (the tokenizer links SentencePiece).
 //
 // Shape legend: B prompts, M caption tokens (the longest prompt's), D the encoder's hidden width.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <type_traits>
 #include <variant>
 #include <vector>
 
@@ -31,6 +34,12 @@ struct EncodedPrompts {
   std::vector<bool> truncated;            // (B) the prompt had more than max_length - 1 tokens
 };
 
+//! The encoder stage of PromptEncoder::encode supplied from outside (the `tim` program's GPU
+//! encoder, apps/cuda_backend.hpp): host features out (B, N, D) of ids (B, N) with lengths[b] real
+//! tokens (right padding), the hidden state `which`, as GemmaEncoder::forward computes them.
+using EncoderFunction = std::function<void(Tensor<float>& out, const Tensor<std::int64_t>& ids,
+                                           const std::vector<std::int64_t>& lengths, HiddenState which)>;
+
 //! A text-encoder folder loaded for encoding on the CPU: weights stay bfloat16 views of the mapped
 //! file when stored so, multiplied in `precision` (tim::Precision: float32 by default, bfloat16 on
 //! request, tim/cpu/gemm_bf16.hpp); other dtypes are converted to float and computed in float.
@@ -38,6 +47,7 @@ struct EncodedPrompts {
 //! Example:
 //!   auto encoder = tim::text::PromptEncoder::open("gemma-3-1b-it", tim::Precision::bfloat16);
 //!   auto caps = encoder.encode({"a red fox in the snow"});   // caps.cap_feats (1, M, 1152)
+//! Or with the encoder elsewhere (with_encoder): the same tokenizing, framing and trimming.
 class PromptEncoder {
  public:
   static PromptEncoder open(const std::string& dir, Precision precision = Precision::float32) {
@@ -53,18 +63,31 @@ class PromptEncoder {
       p.encoder_ = std::move(e);
     } else
       p.encoder_ = load_gemma<float, cpu, float>(file, config);
-    check(p.tokenizer_.vocab_size() <= config.vocab_size, dir, ": the tokenizer has ", p.tokenizer_.vocab_size(),
-          " pieces, more than the encoder's vocabulary of ", config.vocab_size);
-    p.dir_ = dir;
+    p.finish(dir, config);
     return p;
   }
 
-  const GemmaConfig& config() const {
-    return std::visit([](const auto& e) -> const GemmaConfig& { return e.config; }, encoder_);
+  //! The tokenizer and config.json of the folder `dir`, with the encoder stage done by `encoder`
+  //! (its weights loaded elsewhere from the same folder; `weight_dtype` says how it holds them,
+  //! `description` how it computes). encode() frames, trims and fills the batch exactly as with
+  //! the CPU encoder and calls `encoder` where that one runs.
+  static PromptEncoder with_encoder(const std::string& dir, EncoderFunction encoder, std::string weight_dtype,
+                                    std::string description) {
+    check(static_cast<bool>(encoder), "PromptEncoder::with_encoder: no encoder function");
+    const auto folder = TextEncoderFolder::at(dir);
+    PromptEncoder p{Tokenizer::open(folder.tokenizer)};
+    p.encoder_ = External{std::move(encoder), std::move(weight_dtype), std::move(description)};
+    p.finish(dir, parse_gemma_config(read_text_file(folder.config, "text encoder config"), folder.config));
+    return p;
   }
+
+  const GemmaConfig& config() const { return config_; }
   const Tokenizer& tokenizer() const { return tokenizer_; }
   //! "bfloat16" or "float32": how the weights are held.
-  std::string weight_dtype() const { return encoder_.index() == 0 ? "bfloat16" : "float32"; }
+  std::string weight_dtype() const {
+    if (const auto* e = std::get_if<External>(&encoder_)) return e->weight_dtype;
+    return encoder_.index() == 0 ? "bfloat16" : "float32";
+  }
   //! The precision the products run in here (bfloat16 only for bfloat16 weights where the CPU
   //! has bfloat16 dot products and tim was built with oneDNN).
   Precision precision() const {
@@ -79,6 +102,7 @@ class PromptEncoder {
   //! How the products run, e.g. "bfloat16 products, float sums (oneDNN 2.6 matmul (brg:avx512_core_bf16))"
   //! or "float (bfloat16 requested: <why not>)".
   std::string precision_description() const {
+    if (const auto* e = std::get_if<External>(&encoder_)) return e->description;
     if (encoder_.index() != 0) return "float (float weights)";
     if (precision() == Precision::bfloat16)
       return "bfloat16 products, float sums (" + cpu_gemm::bf16_kernel().name + ")";
@@ -111,19 +135,46 @@ class PromptEncoder {
     const auto null_framed = tokenizer_.frame("", M);
     auto null_ids = Tensor<std::int64_t>::empty({1, M});
     std::copy(null_framed.ids.begin(), null_framed.ids.end(), null_ids.data());
-    std::visit(
-        [&](const auto& e) {
-          e.forward(out.cap_feats, out.input_ids, out.lengths, which);
-          e.forward(out.null_cap_feats, null_ids, std::vector<std::int64_t>{1}, which);
-        },
-        encoder_);
+    run_encoder(out.cap_feats, out.input_ids, out.lengths, which);
+    run_encoder(out.null_cap_feats, null_ids, std::vector<std::int64_t>{1}, which);
     return out;
   }
 
  private:
+  struct External {
+    EncoderFunction run;
+    std::string weight_dtype, description;
+  };
+
   explicit PromptEncoder(Tokenizer tokenizer) : tokenizer_(std::move(tokenizer)) {}
+
+  void finish(const std::string& dir, const GemmaConfig& config) {
+    check(tokenizer_.vocab_size() <= config.vocab_size, dir, ": the tokenizer has ", tokenizer_.vocab_size(),
+          " pieces, more than the encoder's vocabulary of ", config.vocab_size);
+    config_ = config;
+    dir_ = dir;
+  }
+
+  void run_encoder(Tensor<float>& out, const Tensor<std::int64_t>& ids, const std::vector<std::int64_t>& lengths,
+                   HiddenState which) const {
+    std::visit(
+        [&](const auto& e) {
+          if constexpr (std::is_same_v<std::decay_t<decltype(e)>, External>) {
+            e.run(out, ids, lengths, which);
+            check(out.rank() == 3 && out.dim(0) == ids.dim(0) && out.dim(1) == ids.dim(1) &&
+                      out.dim(2) == config_.hidden,
+                  "text encoder: features of shape ", out.shape().str(), ", expected (", ids.dim(0), ", ", ids.dim(1),
+                  ", ", config_.hidden, ")");
+          } else {
+            e.forward(out, ids, lengths, which);
+          }
+        },
+        encoder_);
+  }
+
   Tokenizer tokenizer_;
-  std::variant<GemmaEncoder<float, cpu, bfloat16>, GemmaEncoder<float, cpu, float>> encoder_;
+  std::variant<GemmaEncoder<float, cpu, bfloat16>, GemmaEncoder<float, cpu, float>, External> encoder_;
+  GemmaConfig config_;
   std::string dir_;
 };
 
