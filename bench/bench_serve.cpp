@@ -9,8 +9,8 @@
 // is encoded on the server's sampler thread (part of the measured time). One iteration: every
 // client sends one request and all answers are in; items are images. The server is a child
 // process (the `tim` program), started once per benchmark; TIM_BENCH_THREADS=n gives it
-// --threads n. Results: docs/performance.md, "tim serve" (BM_Serve, of the first, padded design;
-// BM_ServeT2I: not measured yet).
+// --threads n. Results: docs/performance.md, "`tim serve` re-measured" (both benchmarks, idle,
+// commit a1200f5).
 #include <benchmark/benchmark.h>
 #include <signal.h>
 #include <sys/wait.h>
