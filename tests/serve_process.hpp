@@ -21,6 +21,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "tim/io/png.hpp"
@@ -200,6 +201,21 @@ inline bool wait_for_queue(const Server& server, std::int64_t images) {
     std::this_thread::sleep_for(50ms);
   }
   return false;
+}
+
+//! Posts every (body, message) pair to /v1/images/generations and checks each answer is a 400
+//! invalid_request_error whose message contains `message`.
+inline void check_bad_requests(httplib::Client& client,
+                               const std::vector<std::pair<std::string, std::string>>& bad) {
+  for (const auto& [body, message] : bad) {
+    const auto res = client.Post("/v1/images/generations", body, "application/json");
+    REQUIRE(res);
+    INFO(body, " -> ", res->body);
+    CHECK(res->status == 400);
+    const auto error = nlohmann::json::parse(res->body);
+    CHECK(error["error"]["type"] == "invalid_request_error");
+    CHECK(error["error"]["message"].get<std::string>().find(message) != std::string::npos);
+  }
 }
 
 }  // namespace tim_test::serve

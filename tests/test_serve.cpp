@@ -261,15 +261,7 @@ TEST_CASE("serve: bad requests get a 4xx JSON error naming the problem, and the 
       {"{\"class\": 1, \"transport\": \"vp\", \"stochasticity\": 0.5}", "needs the ot-fm transport"},
       {"{\"class\": 1, \"t_max\": 0.2, \"t_min\": 0.5}", "must be greater than"},
   };
-  for (const auto& [body, message] : bad) {
-    const auto res = client.Post("/v1/images/generations", body, "application/json");
-    REQUIRE(res);
-    INFO(body, " -> ", res->body);
-    CHECK(res->status == 400);
-    const auto error = json::parse(res->body);
-    CHECK(error["error"]["type"] == "invalid_request_error");
-    CHECK(error["error"]["message"].get<std::string>().find(message) != std::string::npos);
-  }
+  check_bad_requests(client, bad);
   // Too large a body: 413 before anything is parsed.
   const auto large = client.Post("/v1/images/generations", "{\"prompt\": \"" + std::string(5000, 'a') + "\"}",
                                  "application/json");
