@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -132,8 +133,32 @@ class ImageFolder final : public Dataset {
   std::int64_t read(std::int64_t index, float* out) const override {
     check(index >= 0 && index < size(), "image folder: sample ", index, " of ", size());
     const std::string& path = files_[static_cast<std::size_t>(index)];
+    check_png_size(path);
     image_to_sample(io::read_png(path), channels_, height_, width_, out, path);
     return labels_[static_cast<std::size_t>(index)];
+  }
+
+  //! Most pixels an image may have (2^26, e.g. 8192 x 8192): a larger one is refused from its
+  //! header before it is decoded.
+  static constexpr std::uint64_t max_pixels = std::uint64_t{1} << 26;
+
+  //! Reads the PNG header (signature, IHDR width and height) of `path` and refuses an image of
+  //! more than max_pixels, so a hostile file cannot make the decoder allocate without bound.
+  //! Files that are not PNG are left to io::read_png, which names the problem.
+  static void check_png_size(const std::string& path) {
+    std::FILE* file = std::fopen(path.c_str(), "rb");
+    check(file != nullptr, "cannot open PNG '", path, "'");
+    unsigned char header[24] = {};
+    const std::size_t got = std::fread(header, 1, sizeof header, file);
+    std::fclose(file);
+    if (got < sizeof header || png_sig_cmp(header, 0, 8) != 0) return;
+    const auto be32 = [&](int at) {
+      return (std::uint64_t{header[at]} << 24) | (std::uint64_t{header[at + 1]} << 16) | (std::uint64_t{header[at + 2]} << 8) |
+             std::uint64_t{header[at + 3]};
+    };
+    const std::uint64_t width = be32(16), height = be32(20);
+    check(width * height <= max_pixels, "image '", path, "': ", width, " x ", height, " pixels, more than the ", max_pixels,
+          " a training image may have");
   }
 
   //! Class names in label order (label i is class_names()[i]).
