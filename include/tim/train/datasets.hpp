@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <memory>
@@ -68,8 +69,9 @@ inline IdxArray parse_idx(const std::uint8_t* bytes, std::size_t size, const std
     const std::uint8_t* p = bytes + 4 + 4 * i;
     const std::uint64_t extent = (std::uint64_t{p[0]} << 24) | (std::uint64_t{p[1]} << 16) |
                                  (std::uint64_t{p[2]} << 8) | std::uint64_t{p[3]};
-    count *= extent;  // <= (2^32)^4 would overflow; checked against the size before it can
-    check(count <= size, label, ": idx extents need more bytes than the file has (", size, ")");
+    // count <= size holds before each product, so checking against size / extent cannot overflow.
+    check(extent == 0 || count <= size / extent, label, ": idx extents need more bytes than the file has (", size, ")");
+    count *= extent;
     out.dims.push_back(static_cast<std::int64_t>(extent));
   }
   const std::size_t body = size - 4 - 4 * static_cast<std::size_t>(rank);
