@@ -1,6 +1,6 @@
 // Training data (tim/train/data_order.hpp, datasets.hpp, image_folder.hpp, loader.hpp): the epoch
 // order (a permutation, deterministic, different per epoch and seed, uniform, independent of the
-// batch size), Fashion-MNIST against tools/reference/train.py's loader (tests/data/data_golden/,
+// batch size, the same as the independent Python copy tools/reference/data_order.py), Fashion-MNIST against tools/reference/train.py's loader (tests/data/data_golden/,
 // tools/reference/make_data_golden.py), latent shards and PNG folders written here, the
 // prefetching loader against synchronous reads, and the errors for bad files.
 #include <doctest/doctest.h>
@@ -103,6 +103,23 @@ TEST_CASE("data order: a deterministic permutation per (seed, epoch), different 
   }
   CHECK(tim::train::epoch_order(0, 1, 1).empty());
   CHECK_THROWS_AS(tim::train::epoch_order(-1, 1, 1), tim::Error);
+}
+
+TEST_CASE("data order: the same orders as the independent Python copy (tools/reference/data_order.py)") {
+  // An order a Python (or multi-process) trainer can reproduce from (n, seed, epoch) alone.
+  const auto golden = tim::io::SafetensorsFile::open(std::string(TIM_TEST_DATA_DIR) + "/data_golden/epoch_order.safetensors");
+  int cases = 0;
+  for (int k = 0; golden.contains("case." + std::to_string(k)); ++k, ++cases) {
+    const auto c = golden.load<std::int64_t>("case." + std::to_string(k));
+    const auto n = c.data()[0];
+    const auto seed = static_cast<std::uint64_t>(c.data()[1]) | (static_cast<std::uint64_t>(c.data()[2]) << 32);
+    const auto epoch = static_cast<std::uint64_t>(c.data()[3]) | (static_cast<std::uint64_t>(c.data()[4]) << 32);
+    const auto expected = golden.load<std::int64_t>("order." + std::to_string(k));
+    INFO("n " << n << " seed " << seed << " epoch " << epoch);
+    CHECK(tim::train::epoch_order(n, seed, epoch) ==
+          std::vector<std::int64_t>(expected.data(), expected.data() + expected.numel()));
+  }
+  CHECK(cases == 5);
 }
 
 TEST_CASE("data order: uniform over epochs (where each element lands, and all 24 orders of 4)") {
