@@ -8,6 +8,8 @@
 // dL/dF = F. What is checked is the run management, which does not depend on the loss.
 #include <doctest/doctest.h>
 
+#include <unistd.h>
+
 #include <cstdint>
 #include <cstring>
 #include <filesystem>

@@ -5,10 +5,12 @@
 // prefetching loader against synchronous reads, and the errors for bad files.
 #include <doctest/doctest.h>
 
+#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -17,6 +19,7 @@
 #include <memory>
 #include <numeric>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "compare.hpp"
@@ -75,10 +78,13 @@ class CountingDataset final : public tim::train::Dataset {
   tim::Shape sample_shape() const override { return tim::Shape({1, 2, 2}); }
   std::int64_t num_classes() const override { return 3; }
   std::int64_t read(std::int64_t index, float* out) const override {
+    ++reads;
     tim::check(index != bad_, "sample ", index, " is unreadable");
     for (int e = 0; e < 4; ++e) out[e] = static_cast<float>(index);
     return index % 3;
   }
+
+  mutable std::atomic<int> reads{0};
 
  private:
   std::int64_t n_, bad_;
@@ -394,4 +400,20 @@ TEST_CASE("batch loader: a read error reaches the caller at its batch; destructi
     for (int b = 0; b < consumed; ++b) l.next();
   }
   CHECK_THROWS_AS(tim::train::BatchLoader(data, 13, 1), tim::Error);  // cannot fill a batch
+}
+
+TEST_CASE("batch loader: reads ahead on its own thread, never more than `prefetch` batches") {
+  // After the first batch is handed out the loader's thread fills the other two slots of its
+  // ring (prefetch 2) without being asked, then stops: 3 batches of 3 samples read in all. Waits
+  // up to 20 s for the reads (a functional check, not a timing), then checks nothing more is read.
+  auto data = std::make_shared<CountingDataset>(30);
+  tim::train::BatchLoader loader(data, 3, 5, {}, 2);
+  loader.next();
+  for (int i = 0; i < 2000 && data->reads.load() < 9; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  CHECK(data->reads.load() == 9);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK(data->reads.load() == 9);
+  loader.next();  // gives the first batch back: one more batch is read ahead
+  for (int i = 0; i < 2000 && data->reads.load() < 12; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  CHECK(data->reads.load() == 12);
 }

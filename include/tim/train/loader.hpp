@@ -35,7 +35,7 @@ struct Batch {
 //!   const tim::train::Batch& b = loader.next();   // valid until the next call to next()
 class BatchLoader {
  public:
-  //! `data` must outlive the loader. `prefetch` batches are read ahead (0: read in next()).
+  //! The loader shares ownership of `data`. `prefetch` batches are read ahead (0: read in next()).
   BatchLoader(std::shared_ptr<const Dataset> data, std::int64_t batch, std::uint64_t seed, DataPosition start = {},
               int prefetch = 2)
       : data_(std::move(data)), order_(data_->size(), batch, seed, start) {
