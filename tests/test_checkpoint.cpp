@@ -210,7 +210,7 @@ TEST_CASE("checkpoint: model.safetensors is the EMA under the released names, lo
   CHECK(w.data()[5] == static_cast<float>(tim::bfloat16(run.model.blocks[0].attn.qkv.weight.data()[5])));
 }
 
-TEST_CASE("checkpoint: bad or foreign state files are errors naming the file; a failed restore changes nothing") {
+TEST_CASE("checkpoint: bad or foreign state files are errors naming the file, and a failed restore changes nothing") {
   TempDir tmp("bad");
   auto data = tiny_data(tmp / "shard.safetensors");
   Run run(data, 4);

@@ -383,7 +383,7 @@ TEST_CASE("batch loader: prefetched batches are the synchronous ones, bit for bi
   CHECK(resumed.next().indices == fifth);
 }
 
-TEST_CASE("batch loader: a read error reaches the caller at its batch; destruction mid-run is clean") {
+TEST_CASE("batch loader: a read error reaches the caller at its batch, and destruction mid-run is clean") {
   auto data = std::make_shared<CountingDataset>(12, -1);
   const auto order = tim::train::epoch_order(12, 3, 0);
   const auto bad_at = static_cast<std::int64_t>(std::find(order.begin(), order.end(), 7) - order.begin());
