@@ -382,6 +382,8 @@ training:
             .find("unknown weight_time_type 'soft-min-snr'") != std::string::npos);
   CHECK(error(head + "  transition_loss:\n    diffusion_ratio: 1.5\n").find("diffusion_ratio must be in [0, 1]") !=
         std::string::npos);
+  CHECK(error(head + "  transition_loss:\n    diffusion_ratio: 0.6\n    consistency_ratio: 0.5\n")
+            .find("must not exceed 1") != std::string::npos);
   CHECK(error(head + "  transition_loss:\n    weight_time_tangent: maybe\n").find("must be a boolean") !=
         std::string::npos);
   CHECK(error(head + "  transition_loss: {}\n  unified_dcm_loss: {}\n").find("both") != std::string::npos);

@@ -96,6 +96,9 @@ struct ObjectiveConfig {
     ratio(diffusion_ratio, "diffusion_ratio");
     ratio(consistency_ratio, "consistency_ratio");
     ratio(label_dropout, "class_dropout_prob");
+    check(diffusion_ratio + consistency_ratio <= 1, where, ": diffusion_ratio + consistency_ratio must not exceed 1, got ",
+          diffusion_ratio, " + ", consistency_ratio,
+          " (the released code would then count rows with r = T_min among the diffusion rows)");
     check(std::isfinite(differential_epsilon) && differential_epsilon > 0, where,
           ": differential_epsilon must be a positive number, got ", differential_epsilon);
     check(std::isfinite(adaptive_eps) && adaptive_eps > 0, where, ": adaptive_eps must be a positive number, got ",
