@@ -40,6 +40,7 @@ Subcommand add_bench(CLI::App& app);
 Subcommand add_encode(CLI::App& app);
 Subcommand add_serve(CLI::App& app);  // serve.cpp
 Subcommand add_decode(CLI::App& app);  // decode.cpp
+Subcommand add_train_step(CLI::App& app);  // train_step.cpp
 
 //! Whether the option was given on the command line.
 inline bool given(const CLI::Option* option) { return option != nullptr && option->count() > 0; }

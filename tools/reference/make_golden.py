@@ -121,7 +121,7 @@ def make_inputs(cfg: TiMConfig, latent: tuple[int, int], batch: int) -> dict[str
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
     """safetensors writer with a deterministic header (sorted names, sorted metadata) so that
     regenerating gives byte-identical files; safetensors' own writer orders metadata randomly."""
-    dtype_names = {torch.float64: "F64", torch.int64: "I64"}
+    dtype_names = {torch.float64: "F64", torch.float32: "F32", torch.int64: "I64"}
     header: dict[str, object] = {"__metadata__": dict(sorted(meta.items()))}
     blobs, offset = [], 0
     for name in sorted(tensors):

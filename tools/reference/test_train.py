@@ -93,9 +93,12 @@ def test_gaussian_oracle() -> None:
         m_t, std_t, a_t, sg_t = stats(tb)
         x_bar = mu + a_t * s * s / std_t ** 2 * (x_t - m_t)     # E[x | x_t]
         z_bar = sg_t / std_t ** 2 * (x_t - m_t)                  # E[z | x_t]
-        # eps 1e-6 (SPEC 9); 1e-5 for EDM, whose t reaches 72 here: the test model recovers t from
-        # c_noise = ln(t) / 4, and that round trip's rounding, divided by 2 eps, dominates at 1e-6.
-        eps = 1e-5 if name == "edm" else 1e-6
+        # eps 1e-6 (SPEC 9); 1e-4 for EDM, whose t reaches 72 here: the test model recovers t from
+        # c_noise = ln(t) / 4, and that round trip's rounding, divided by 2 eps, dominates at small
+        # eps; the released order of the DDE, F(t+e) / (2e) - F(t-e) / (2e), also rounds each
+        # quotient before the cancellation. At 1e-4 both stay below 1e-7, and so does the O(eps^2)
+        # truncation (measured: 3.5e-8; at 1e-5 the rounding gives 1.7e-6).
+        eps = 1e-4 if name == "edm" else 1e-6
         obj = T.Objective(tp, epsilon=eps)
         dF = obj.dde(model, x_bar, z_bar, t, r, torch.zeros(4, dtype=torch.long), 0)
         _, _, da, dsg = tp.interpolant(tb)
@@ -255,18 +258,26 @@ def test_weights() -> None:
     logit = torch.log(tt / (1 - tt))
     check("OT-FM t = s / (1 + s), ln s ~ N(-0.4, 1)", abs(logit.mean().item() + 0.4) < 0.01 and abs(logit.std().item() - 1) < 0.01,
           f"mean {logit.mean().item():.3f}, std {logit.std().item():.3f}")
-    # label dropout rate in a training run is checked implicitly; here the enhanced target mixes as SPEC 7
-    obj5 = T.Objective(T.OTFM(), enhance_w_gt=0.6, enhance_w_cond=0.1)
+    # label dropout rate in a training run is checked implicitly; here the enhanced target mixes as
+    # the released transports.py: every row inside the window [0.3, 0.8] of absolute t, null-label
+    # rows included; rows outside keep v_t
+    obj5 = T.Objective(T.OTFM(), enhance_w_gt=0.6, enhance_w_cond=0.1, enhance_low=0.3, enhance_high=0.8)
 
     def ema(x_in, t_in, r_in, y):   # F_c = 1 for real labels, F_u = -1 for the null class
         return torch.where(T._bc(y, x_in) == 10, -1.0, 1.0).expand_as(x_in).clone()
 
-    x_t = torch.zeros(3, 1, 2, 2)
-    v = torch.full((3, 1, 2, 2), 2.0)
-    got = obj5.enhanced_velocity(ema, x_t, v, torch.tensor([0.5, 0.5, 0.5]), torch.tensor([1, 10, 2]), 10)
+    x_t = torch.zeros(4, 1, 2, 2)
+    v = torch.full((4, 1, 2, 2), 2.0)
+    got = obj5.enhanced_base(ema, x_t, v, torch.tensor([0.5, 0.5, 0.9, 0.3]), torch.tensor([1, 10, 2, 3]), 10)
     want_v = 0.6 * 2 + 0.1 * 1 + 0.3 * (-1)
-    check("guidance-enhanced v: w_gt v + w_cond F_c + (1 - w_gt - w_cond) F_u; null rows unchanged",
-          bool((got[0] == want_v).all() and (got[1] == 2).all() and (got[2] == want_v).all()))
+    want_null = 0.6 * 2 + 0.1 * (-1) + 0.3 * (-1)
+    close = lambda a, b: bool(((a - b).abs() < 1e-6).all())  # noqa: E731 (float32 rounding of the weights)
+    check("guidance-enhanced base: w_gt v + w_cond F_c + (1 - w_gt - w_cond) F_u inside [w_start, w_end]",
+          close(got[0], want_v) and close(got[1], want_null) and bool((got[2] == 2).all()) and close(got[3], want_v),
+          f"{got.flatten(1)[:, 0].tolist()} vs {[want_v, want_null, 2.0, want_v]}")
+    ve = T.Objective(T.VESDE(), enhance_w_gt=0.6, enhance_w_cond=0.1, enhance_low=0.0, enhance_high=200.0)
+    got_ve = ve.enhanced_base(ema, x_t[:1], v[:1], torch.tensor([5.0]), torch.tensor([1]), 10)
+    check("VE: the EMA outputs enter negated (released)", close(got_ve, 0.6 * 2 - 0.1 * 1 + 0.3 * 1))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 IMAGE_SIZE = 32          # 28x28 padded by 2 px each side with the background (-1)
 NUM_CLASSES = 10         # label 10 is the null class
-ADAPTIVE_EPS = 1e-5      # adaptive weight 1 / (l.detach() + 1e-5), released 10e-6
+ADAPTIVE_EPS = 10e-6     # adaptive weight 1 / (l.detach() + eps): the released eps=10e-6, which is 1e-5
 
 
 # ==============================================================================================
@@ -80,9 +80,20 @@ class Transport:
     def sample_t(self, n: int, gen: torch.Generator, p_mean: float, p_std: float) -> torch.Tensor:
         raise NotImplementedError
 
+    guidance_sign = 1.0   # the EMA outputs enter the enhanced base with this sign (VE: -1, as released)
+
+    def base(self, x, z, v_t, t) -> torch.Tensor:
+        """The part of F* that the guidance-enhanced target replaces (released transports.py):
+        v_t for OT-FM and TrigFlow, ah x + sh z for EDM, z for VP and VE."""
+        return v_t
+
+    def target_from_base(self, base, x, z, x_t, t, r, dF_dt) -> torch.Tensor:
+        """F* from its base; t, r already broadcast to (B, 1, 1, 1)."""
+        raise NotImplementedError
+
     def target(self, x, z, x_t, v_t, t, r, dF_dt) -> torch.Tensor:
         """F*; t, r already broadcast to (B, 1, 1, 1)."""
-        raise NotImplementedError
+        return self.target_from_base(self.base(x, z, v_t, t), x, z, x_t, t, r, dF_dt)
 
     def coefficients(self, t: float, r: float) -> tuple[float, float]:
         """(a, b) with x_r = a x_t + b F (deterministic transition)."""
@@ -109,8 +120,8 @@ class OTFM(Transport):
         sigma = torch.exp(p_mean + p_std * torch.randn(n, generator=gen, dtype=torch.float64))
         return (sigma / (1 + sigma)).float()
 
-    def target(self, x, z, x_t, v_t, t, r, dF_dt):
-        return v_t - (t - r) * dF_dt
+    def target_from_base(self, base, x, z, x_t, t, r, dF_dt):
+        return base - (t - r) * dF_dt
 
     def coefficients(self, t, r):
         return 1.0, -(t - r)
@@ -134,8 +145,8 @@ class TrigFlow(Transport):
     def sample_t(self, n, gen, p_mean, p_std):
         return torch.atan(torch.exp(p_mean + p_std * torch.randn(n, generator=gen, dtype=torch.float64))).float()
 
-    def target(self, x, z, x_t, v_t, t, r, dF_dt):
-        return v_t - torch.tan(t - r) * (x_t + dF_dt)
+    def target_from_base(self, base, x, z, x_t, t, r, dF_dt):
+        return base - torch.tan(t - r) * (x_t + dF_dt)
 
     def coefficients(self, t, r):
         return math.cos(t - r), -math.sin(t - r)
@@ -157,15 +168,18 @@ class EDM(Transport):
     def sample_t(self, n, gen, p_mean, p_std):
         return torch.exp(p_mean + p_std * torch.randn(n, generator=gen, dtype=torch.float64)).float()
 
-    def target(self, x, z, x_t, v_t, t, r, dF_dt):
+    def base(self, x, z, v_t, t):
+        sd = self.sigma_d
+        q2 = sd * sd + t * t
+        return (t / (sd * torch.sqrt(q2))) * x + (-sd / torch.sqrt(q2)) * z
+
+    def target_from_base(self, base, x, z, x_t, t, r, dF_dt):
         sd = self.sigma_d
         q2, q3 = sd * sd + t * t, sd ** 3 + t * t
-        ah = t / (sd * torch.sqrt(q2))
-        sh = -sd / torch.sqrt(q2)
         dah = -t * t / (sd * q2 ** 1.5) + 1 / (sd * torch.sqrt(q2))
         dsh = sd * t / q2 ** 1.5
         k = (t - r) * q2 * q3 / (2 * t * (r - t) * q2 - t * (r - t) * q3 + q2 * q3)
-        return (ah * x + sh * z) + k * (dah * x + dsh * z - dF_dt)
+        return base + k * (dah * x + dsh * z - dF_dt)
 
     def coefficients(self, t, r):
         sd = self.sigma_d
@@ -196,8 +210,11 @@ class VPSDE(Transport):
         u = torch.rand(n, generator=gen, dtype=torch.float64)
         return (1 + u * (self.t_min - 1)).float()
 
-    def target(self, x, z, x_t, v_t, t, r, dF_dt):
-        return z - dF_dt * (self.b(t) - self.b(r)) / self.db(t)
+    def base(self, x, z, v_t, t):
+        return z
+
+    def target_from_base(self, base, x, z, x_t, t, r, dF_dt):
+        return base - dF_dt * (self.b(t) - self.b(r)) / self.db(t)
 
     def coefficients(self, t, r):
         bt = math.sqrt(math.exp(0.5 * self.beta_d * t * t + self.beta_min * t) - 1)
@@ -219,8 +236,13 @@ class VESDE(Transport):
         u = torch.rand(n, generator=gen, dtype=torch.float64)
         return (self.t_min * (self.t_max / self.t_min) ** u).float()
 
-    def target(self, x, z, x_t, v_t, t, r, dF_dt):
-        return (r - t) * dF_dt - z
+    guidance_sign = -1.0
+
+    def base(self, x, z, v_t, t):
+        return z
+
+    def target_from_base(self, base, x, z, x_t, t, r, dF_dt):
+        return (r - t) * dF_dt - base
 
     def coefficients(self, t, r):
         return 1.0, t - r
@@ -243,10 +265,12 @@ class Objective:
     p_std: float = 1.0
     weight_time: str = "sqrt"          # constant | reciprocal | sqrt | square | soft-min-snr
     weight_transform: str = "tangent"  # none | tangent | sigmoid
+    weight_t_and_r: bool = True        # d = t - r in the time weight (released weight_t_and_r; else d = t)
     adaptive: bool = True
     directional: bool = False          # add 1 - cos(F, F*) over channels
     label_dropout: float = 0.1
-    # guidance-enhanced target (off when enhance_w_gt is None)
+    # guidance-enhanced target (off when enhance_w_gt is None); the window is in absolute times
+    # (released w_start, w_end), not fractions of T_max
     enhance_w_gt: Optional[float] = None
     enhance_w_cond: float = 0.0
     enhance_low: float = 0.0
@@ -272,7 +296,7 @@ class Objective:
             t, r = t / (1 - t), r / (1 - r)
         elif self.weight_transform != "none":
             raise ValueError(f"unknown weight transform {self.weight_transform!r}")
-        d, sd = t - r, self.transport.sigma_d
+        d, sd = (t - r if self.weight_t_and_r else t), self.transport.sigma_d
         kind = self.weight_time
         if kind == "constant":
             w = torch.ones_like(d)
@@ -291,7 +315,8 @@ class Objective:
         return w
 
     def dde(self, model, x, z, t, r, y, n_diffusion: int) -> torch.Tensor:
-        """dF/dt = (F(x_{t+e}, t+e, r) - F(x_{t-e}, t-e, r)) / (2e), same x, z, y; zero for r = t rows."""
+        """dF/dt = F(x_{t+e}, t+e, r) / (2e) - F(x_{t-e}, t-e, r) / (2e) (the released order of
+        operations), same x, z, y; zero for the r = t rows."""
         dF_dt = torch.zeros_like(x)
         B = x.shape[0]
         if n_diffusion >= B:
@@ -306,26 +331,35 @@ class Objective:
             return model(_bc(a, xs) * xs + _bc(sg, xs) * zs, tr_.c_noise(tt), tr_.c_noise(rs), ys)
 
         with torch.no_grad():
-            dF_dt[s] = (f(ts + e) - f(ts - e)) / (2 * e)
+            half_inverse = 1 / (2 * e)
+            dF_dt[s] = f(ts + e) * half_inverse - f(ts - e) * half_inverse
         return dF_dt
 
     def losses(self, model, ema, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
-               null_label: int) -> dict:
-        """One batch: x (B, C, H, W) clean data, y (B,) labels (already dropped). Returns the
-        weighted loss (for backward) and per-sample diagnostics."""
-        tr_ = self.transport
-        B = x.shape[0]
+               null_label: int, y_cond: Optional[torch.Tensor] = None) -> dict:
+        """One batch: x (B, C, H, W) clean data, y (B,) labels (already dropped), y_cond the labels
+        before dropout (the EMA's conditional labels of the enhanced target, as the released
+        trainer passes them; None: y). Draws z, then (t, r). Returns the weighted loss (for
+        backward) and per-sample diagnostics."""
         z = torch.randn(x.shape, generator=gen, dtype=x.dtype)
-        t, r, n_diffusion = self.sample_t_r(B, gen)
+        t, r, n_diffusion = self.sample_t_r(x.shape[0], gen)
+        return self.loss_parts(model, ema, x, z, t, r, n_diffusion, y, y if y_cond is None else y_cond, null_label)
+
+    def loss_parts(self, model, ema, x, z, t, r, n_diffusion: int, y, y_cond, null_label: int) -> dict:
+        """The deterministic part of the objective (released TransitionSchedule.__call__): given
+        x, z, the time pairs (the first n_diffusion rows have r = t), the network's labels y and
+        the EMA's conditional labels y_cond."""
+        tr_ = self.transport
         a, sg, da, dsg = (_bc(u, x) for u in tr_.interpolant(t))
         x_t = a * x + sg * z
         v_t = da * x + dsg * z
         F_pred = model(x_t, tr_.c_noise(t), tr_.c_noise(r), y)
         dF_dt = self.dde(model, x, z, t, r, y, n_diffusion)
+        base = tr_.base(x, z, v_t, _bc(t, x))
         if self.enhance_w_gt is not None:
-            v_t = self.enhanced_velocity(ema, x_t, v_t, t, y, null_label)
+            base = self.enhanced_base(ema, x_t, base, t, y_cond, null_label)
         tb, rb = _bc(t, x), _bc(r, x)
-        target = tr_.target(x, z, x_t, v_t, tb, rb, dF_dt)
+        target = tr_.target_from_base(base, x, z, x_t, tb, rb, dF_dt)
         per_sample = ((F_pred - target) ** 2).flatten(1).mean(1)
         per_sample = torch.nan_to_num(per_sample, nan=0.0, posinf=1e5, neginf=-1e5)
         if self.directional:
@@ -339,25 +373,23 @@ class Objective:
                 "F": F_pred.detach(), "target": target, "x_t": x_t, "z": z, "dF_dt": dF_dt, "weight": weight}
 
     @torch.no_grad()
-    def enhanced_velocity(self, ema, x_t, v_t, t, y, null_label):
-        """Inside [low, high] * T_max and for rows with a real label: w_gt v_t + w_cond F_c +
-        (1 - w_gt - w_cond) F_u, F_c, F_u from the EMA model at r = t."""
+    def enhanced_base(self, ema, x_t, base, t, y_cond, null_label):
+        """As released (transports.py target): on every row with enhance_low <= t <= enhance_high
+        (absolute times), base -> w_gt base + w_cond s F_c + (1 - w_gt - w_cond) s F_u, else
+        w_gt = 1, w_cond = 0; F_c (with y_cond; only evaluated when w_cond > 0) and F_u (null class)
+        are the EMA model at (x_t, c_noise(t), c_noise(t)); s is the transport's guidance_sign."""
         tr_ = self.transport
-        lo, hi = self.enhance_low * tr_.t_max, self.enhance_high * tr_.t_max
-        rows = ((t >= lo) & (t <= hi) & (y != null_label))
-        if not rows.any():
-            return v_t
-        idx = rows.nonzero().flatten()
-        xs, ts, ys = x_t[idx], t[idx], y[idx]
-        n = len(idx)
-        c = tr_.c_noise(ts)
-        out = ema(torch.cat([xs, xs]), torch.cat([c, c]), torch.cat([c, c]),
-                  torch.cat([ys, torch.full_like(ys, null_label)]))
-        F_c, F_u = out[:n], out[n:]
-        w_gt, w_c = self.enhance_w_gt, self.enhance_w_cond
-        v_t = v_t.clone()
-        v_t[idx] = w_gt * v_t[idx] + w_c * F_c + (1 - w_gt - w_c) * F_u
-        return v_t
+        c = tr_.c_noise(t)
+        if self.enhance_w_cond > 0:
+            F_c = ema(x_t, c, c, y_cond)
+        else:
+            F_c = torch.zeros_like(x_t)
+        F_u = ema(x_t, c, c, torch.full_like(y_cond, null_label))
+        inside = _bc((t >= self.enhance_low) & (t <= self.enhance_high), x_t)
+        w_gt = torch.where(inside, self.enhance_w_gt, 1.0).to(x_t.dtype)
+        w_c = torch.where(inside, self.enhance_w_cond, 0.0).to(x_t.dtype)
+        sign = tr_.guidance_sign
+        return w_gt * base + w_c * (sign * F_c) + (1 - w_gt - w_c) * (sign * F_u)
 
 
 # ==============================================================================================
@@ -924,8 +956,8 @@ def train(args) -> dict:
                 g["lr"] = lr
             x, y = batches.next()
             drop = torch.rand(len(y), generator=gen) < objective.label_dropout
-            y = torch.where(drop, torch.full_like(y, NUM_CLASSES), y)
-            out = objective.losses(model, ema, x, y, gen, NUM_CLASSES)
+            y_dropped = torch.where(drop, torch.full_like(y, NUM_CLASSES), y)
+            out = objective.losses(model, ema, x, y_dropped, gen, NUM_CLASSES, y_cond=y)
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             gnorm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
@@ -1048,7 +1080,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--enhance-w-gt", type=float, default=None,
                    help="guidance-enhanced target: weight of v_t (off when unset)")
     g.add_argument("--enhance-w-cond", type=float, default=0.0)
-    g.add_argument("--enhance-window", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"))
+    g.add_argument("--enhance-window", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"),
+                   help="rows with LOW <= t <= HIGH (absolute times, released w_start, w_end) get the enhanced target")
 
     g = p.add_argument_group("optimiser")
     g.add_argument("--lr", type=float, default=1e-4)

@@ -27,6 +27,15 @@ TIM_HD inline Real apply_transition(TransitionCoefficients<Real> c, Real x_t, Re
   return c.a * x_t + c.b * F;
 }
 
+//! The guidance-enhanced base of the training target (released transports.py): inside the
+//! window, base' = w_gt base + w_cond sign F_c + (1 - w_gt - w_cond) sign F_u, F_c and F_u the EMA
+//! network at r = t with the label and with the null class; sign = -1 for VE (its target
+//! subtracts the base), +1 otherwise. Outside the window w_gt = 1 and w_cond = 0.
+template <class Real>
+TIM_HD inline Real enhanced_base(Real base, Real w_gt, Real w_cond, Real F_cond, Real F_uncond, Real sign) {
+  return w_gt * base + w_cond * (sign * F_cond) + (Real(1) - w_gt - w_cond) * (sign * F_uncond);
+}
+
 // ---------------------------------------------------------------------------------------------
 //! OT-FM (linear flow matching): alpha = 1 - t, sigma = t; T in [0, 1].
 namespace ot_fm {
@@ -52,10 +61,22 @@ TIM_HD inline Real stochastic_transition(Real x_t, Real F, Real t, Real r, Real 
   return x_t - interval * F - s * z_hat * interval + sqrt(Real(2) * s * t * interval) * eps;
 }
 
+//! The part of F* the guidance-enhanced target replaces: v_t = alpha' x + sigma' z = z - x.
+template <class Real>
+TIM_HD inline Real target_base(Real x, Real z, Real) {
+  return z - x;
+}
+
+//! F* from its base: base - (t - r) dF/dt.
+template <class Real>
+TIM_HD inline Real target_from_base(Real base, Real, Real, Real dF_dt, Real t, Real r) {
+  return base - (t - r) * dF_dt;
+}
+
 //! F* = v_t - (t - r) dF/dt, v_t = z - x.
 template <class Real>
 TIM_HD inline Real target(Real x, Real z, Real dF_dt, Real t, Real r) {
-  return (z - x) - (t - r) * dF_dt;
+  return target_from_base(target_base(x, z, t), x, z, dF_dt, t, r);
 }
 
 //! sigma = exp(P_mean + P_std n), t = sigma / (1 + sigma), for a standard normal n.
@@ -84,13 +105,24 @@ TIM_HD inline TransitionCoefficients<Real> transition_coefficients(Real t, Real 
   return {cos(t - r), -sin(t - r)};
 }
 
+//! The part of F* the guidance-enhanced target replaces: v_t = -sin t x + cos t z.
+template <class Real>
+TIM_HD inline Real target_base(Real x, Real z, Real t) {
+  return d_alpha(t) * x + d_sigma(t) * z;
+}
+
+//! F* from its base: base - tan(t - r) (x_t + dF/dt), x_t = cos t x + sin t z.
+template <class Real>
+TIM_HD inline Real target_from_base(Real base, Real x, Real z, Real dF_dt, Real t, Real r) {
+  using std::tan;
+  const Real x_t = alpha(t) * x + sigma(t) * z;
+  return base - tan(t - r) * (x_t + dF_dt);
+}
+
 //! F* = v_t - tan(t - r) (x_t + dF/dt), x_t = cos t x + sin t z, v_t = -sin t x + cos t z.
 template <class Real>
 TIM_HD inline Real target(Real x, Real z, Real dF_dt, Real t, Real r) {
-  using std::tan;
-  const Real x_t = alpha(t) * x + sigma(t) * z;
-  const Real v_t = d_alpha(t) * x + d_sigma(t) * z;
-  return v_t - tan(t - r) * (x_t + dF_dt);
+  return target_from_base(target_base(x, z, t), x, z, dF_dt, t, r);
 }
 
 //! t = atan(exp(P_mean + P_std n)).
@@ -131,21 +163,34 @@ TIM_HD inline TransitionCoefficients<Real> transition_coefficients(Real t, Real 
   return {(sd3 + t * r) * q, sd * sd * (t - r) * q};
 }
 
-//! F* = (ah x + sh z) + k (ah' x + sh' z - dF/dt) with ah, sh, their derivatives and k of SPEC 2.
+//! The part of F* the guidance-enhanced target replaces: ah x + sh z with
+//! ah = t / (sd sqrt(t^2 + sd^2)), sh = -sd / sqrt(t^2 + sd^2).
 template <class Real>
-TIM_HD inline Real target(Real x, Real z, Real dF_dt, Real t, Real r, Real sd) {
+TIM_HD inline Real target_base(Real x, Real z, Real t, Real sd) {
+  using std::sqrt;
+  const Real root = sqrt(t * t + sd * sd);
+  return (t / (sd * root)) * x + (-sd / root) * z;
+}
+
+//! F* from its base: base + k (ah' x + sh' z - dF/dt) with ah', sh' and k of SPEC 2.
+template <class Real>
+TIM_HD inline Real target_from_base(Real base, Real x, Real z, Real dF_dt, Real t, Real r, Real sd) {
   using std::pow;
   using std::sqrt;
   const Real sd2 = sd * sd, sd3 = sd2 * sd, t2 = t * t;
   const Real root = sqrt(t2 + sd2);
   const Real root3 = pow(sd2 + t2, Real(1.5));
-  const Real a_hat = t / (sd * root);
-  const Real s_hat = -sd / root;
   const Real d_a_hat = -t2 / (sd * root3) + Real(1) / (sd * root);
   const Real d_s_hat = sd * t / root3;
   const Real k = (t - r) * (sd2 + t2) * (sd3 + t2) /
                  (Real(2) * t * (r - t) * (sd2 + t2) - t * (r - t) * (sd3 + t2) + (sd2 + t2) * (sd3 + t2));
-  return (a_hat * x + s_hat * z) + k * (d_a_hat * x + d_s_hat * z - dF_dt);
+  return base + k * (d_a_hat * x + d_s_hat * z - dF_dt);
+}
+
+//! F* = (ah x + sh z) + k (ah' x + sh' z - dF/dt) with ah, sh, their derivatives and k of SPEC 2.
+template <class Real>
+TIM_HD inline Real target(Real x, Real z, Real dF_dt, Real t, Real r, Real sd) {
+  return target_from_base(target_base(x, z, t, sd), x, z, dF_dt, t, r, sd);
 }
 
 //! t = exp(P_mean + P_std n).
@@ -210,10 +255,22 @@ TIM_HD inline TransitionCoefficients<Real> transition_coefficients(Real t, Real 
   return {sqrt(bt * bt + Real(1)) / root_r, (br - bt) / root_r};
 }
 
+//! The part of F* the guidance-enhanced target replaces: z.
+template <class Real>
+TIM_HD inline Real target_base(Real, Real z, Real) {
+  return z;
+}
+
+//! F* from its base: base - dF/dt (b_t - b_r) / b'_t.
+template <class Real>
+TIM_HD inline Real target_from_base(Real base, Real, Real, Real dF_dt, Real t, Real r, Real beta_min, Real beta_d) {
+  return base - dF_dt * (b(t, beta_min, beta_d) - b(r, beta_min, beta_d)) / d_b(t, beta_min, beta_d);
+}
+
 //! F* = z - dF/dt (b_t - b_r) / b'_t.
 template <class Real>
-TIM_HD inline Real target(Real, Real z, Real dF_dt, Real t, Real r, Real beta_min, Real beta_d) {
-  return z - dF_dt * (b(t, beta_min, beta_d) - b(r, beta_min, beta_d)) / d_b(t, beta_min, beta_d);
+TIM_HD inline Real target(Real x, Real z, Real dF_dt, Real t, Real r, Real beta_min, Real beta_d) {
+  return target_from_base(target_base(x, z, t), x, z, dF_dt, t, r, beta_min, beta_d);
 }
 
 //! t = 1 + u (eps_t - 1) for u uniform in [0, 1].
@@ -239,10 +296,23 @@ TIM_HD inline TransitionCoefficients<Real> transition_coefficients(Real t, Real 
   return {Real(1), t - r};
 }
 
+//! The part of F* the guidance-enhanced target replaces: z (F* = ... - z, so the guided
+//! network outputs enter it negated, as released).
+template <class Real>
+TIM_HD inline Real target_base(Real, Real z, Real) {
+  return z;
+}
+
+//! F* from its base: (r - t) dF/dt - base.
+template <class Real>
+TIM_HD inline Real target_from_base(Real base, Real, Real, Real dF_dt, Real t, Real r) {
+  return (r - t) * dF_dt - base;
+}
+
 //! F* = (r - t) dF/dt - z.
 template <class Real>
-TIM_HD inline Real target(Real, Real z, Real dF_dt, Real t, Real r) {
-  return (r - t) * dF_dt - z;
+TIM_HD inline Real target(Real x, Real z, Real dF_dt, Real t, Real r) {
+  return target_from_base(target_base(x, z, t), x, z, dF_dt, t, r);
 }
 
 //! t = sigma_min (sigma_max / sigma_min)^u for u uniform in [0, 1].

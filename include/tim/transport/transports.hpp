@@ -24,7 +24,9 @@ namespace tim {
 //!   members t_max, t_min (the default time range) and sigma_d;
 //!   alpha(t), sigma(t), d_alpha(t), d_sigma(t), c_noise(t) (the network time input);
 //!   coefficients(t, r) -> math::TransitionCoefficients<double> with x_r = a x_t + b F;
-//!   transition(x_t, F, t, r); target(x, z, dF_dt, t, r) (SPEC 2, for training and tests);
+//!   transition(x_t, F, t, r); target(x, z, dF_dt, t, r) (SPEC 2, for training and tests), split
+//!   as target_from_base(target_base(x, z, t), x, z, dF_dt, t, r) for the guidance-enhanced
+//!   target, which replaces the base (math::enhanced_base, with T::guidance_sign);
 //!   sample_time(normal, uniform) (SPEC 2 time sampling; each transport uses the draw it needs);
 //!   and, when has_stochastic_transition, stochastic_transition(x_t, F, t, r, s, eps).
 template <class T>
@@ -42,6 +44,9 @@ concept Transport = std::copy_constructible<T> && requires(const T& tr, double t
   { tr.coefficients(t, r) } -> std::same_as<math::TransitionCoefficients<double>>;
   { tr.transition(v, v, t, r) } -> std::convertible_to<double>;
   { tr.target(v, v, v, t, r) } -> std::convertible_to<double>;
+  { tr.target_base(v, v, t) } -> std::convertible_to<double>;
+  { tr.target_from_base(v, v, v, v, t, r) } -> std::convertible_to<double>;
+  { T::guidance_sign } -> std::convertible_to<double>;
   { tr.sample_time(v, v) } -> std::convertible_to<double>;
 } && (!T::has_stochastic_transition || requires(const T& tr, double v) {
   { tr.stochastic_transition(v, v, v, v, v, v) } -> std::convertible_to<double>;
@@ -52,6 +57,7 @@ concept Transport = std::copy_constructible<T> && requires(const T& tr, double t
 struct OtFm {
   static constexpr std::string_view name = "ot-fm";
   static constexpr bool has_stochastic_transition = true;
+  static constexpr double guidance_sign = 1.0;  // sign of the EMA outputs in the enhanced base
   double t_max = 1.0;
   double t_min = 0.0;
   double sigma_d = 1.0;
@@ -72,6 +78,10 @@ struct OtFm {
   template <class R> TIM_HD R stochastic_transition(R x_t, R F, R t, R r, R s, R eps) const {
     return math::ot_fm::stochastic_transition(x_t, F, t, r, s, eps);
   }
+  template <class R> TIM_HD R target_base(R x, R z, R t) const { return math::ot_fm::target_base(x, z, t); }
+  template <class R> TIM_HD R target_from_base(R base, R x, R z, R dF_dt, R t, R r) const {
+    return math::ot_fm::target_from_base(base, x, z, dF_dt, t, r);
+  }
   template <class R> TIM_HD R target(R x, R z, R dF_dt, R t, R r) const {
     return math::ot_fm::target(x, z, dF_dt, t, r);
   }
@@ -84,6 +94,7 @@ struct OtFm {
 struct TrigFlow {
   static constexpr std::string_view name = "trigflow";
   static constexpr bool has_stochastic_transition = false;
+  static constexpr double guidance_sign = 1.0;  // sign of the EMA outputs in the enhanced base
   double t_max = 1.57;
   double t_min = 0.0;
   double sigma_d = 0.5;
@@ -101,6 +112,10 @@ struct TrigFlow {
   template <class R> TIM_HD R transition(R x_t, R F, R t, R r) const {
     return math::apply_transition(coefficients(t, r), x_t, F);
   }
+  template <class R> TIM_HD R target_base(R x, R z, R t) const { return math::trigflow::target_base(x, z, t); }
+  template <class R> TIM_HD R target_from_base(R base, R x, R z, R dF_dt, R t, R r) const {
+    return math::trigflow::target_from_base(base, x, z, dF_dt, t, r);
+  }
   template <class R> TIM_HD R target(R x, R z, R dF_dt, R t, R r) const {
     return math::trigflow::target(x, z, dF_dt, t, r);
   }
@@ -114,6 +129,7 @@ struct TrigFlow {
 struct Edm {
   static constexpr std::string_view name = "edm";
   static constexpr bool has_stochastic_transition = false;
+  static constexpr double guidance_sign = 1.0;  // sign of the EMA outputs in the enhanced base
   double t_max = 80.0;
   double t_min = 0.01;
   double sigma_d = 0.5;
@@ -131,6 +147,10 @@ struct Edm {
   template <class R> TIM_HD R transition(R x_t, R F, R t, R r) const {
     return math::apply_transition(coefficients(t, r), x_t, F);
   }
+  template <class R> TIM_HD R target_base(R x, R z, R t) const { return math::edm::target_base(x, z, t, R(sigma_d)); }
+  template <class R> TIM_HD R target_from_base(R base, R x, R z, R dF_dt, R t, R r) const {
+    return math::edm::target_from_base(base, x, z, dF_dt, t, r, R(sigma_d));
+  }
   template <class R> TIM_HD R target(R x, R z, R dF_dt, R t, R r) const {
     return math::edm::target(x, z, dF_dt, t, r, R(sigma_d));
   }
@@ -143,6 +163,7 @@ struct Edm {
 struct VpSde {
   static constexpr std::string_view name = "vp";
   static constexpr bool has_stochastic_transition = false;
+  static constexpr double guidance_sign = 1.0;  // sign of the EMA outputs in the enhanced base
   double beta_min = 0.1;
   double beta_d = 19.9;
   double eps_t = 1e-5;            // smallest time; also the default t_min
@@ -162,6 +183,10 @@ struct VpSde {
   template <class R> TIM_HD R transition(R x_t, R F, R t, R r) const {
     return math::apply_transition(coefficients(t, r), x_t, F);
   }
+  template <class R> TIM_HD R target_base(R x, R z, R t) const { return math::vp::target_base(x, z, t); }
+  template <class R> TIM_HD R target_from_base(R base, R x, R z, R dF_dt, R t, R r) const {
+    return math::vp::target_from_base(base, x, z, dF_dt, t, r, R(beta_min), R(beta_d));
+  }
   template <class R> TIM_HD R target(R x, R z, R dF_dt, R t, R r) const {
     return math::vp::target(x, z, dF_dt, t, r, R(beta_min), R(beta_d));
   }
@@ -175,6 +200,7 @@ struct VpSde {
 struct VeSde {
   static constexpr std::string_view name = "ve";
   static constexpr bool has_stochastic_transition = false;
+  static constexpr double guidance_sign = -1.0;  // sign of the EMA outputs in the enhanced base
   double sigma_min = 0.02;
   double sigma_max = 100.0;
   double t_max = 100.0;
@@ -191,6 +217,10 @@ struct VeSde {
   }
   template <class R> TIM_HD R transition(R x_t, R F, R t, R r) const {
     return math::apply_transition(coefficients(t, r), x_t, F);
+  }
+  template <class R> TIM_HD R target_base(R x, R z, R t) const { return math::ve::target_base(x, z, t); }
+  template <class R> TIM_HD R target_from_base(R base, R x, R z, R dF_dt, R t, R r) const {
+    return math::ve::target_from_base(base, x, z, dF_dt, t, r);
   }
   template <class R> TIM_HD R target(R x, R z, R dF_dt, R t, R r) const {
     return math::ve::target(x, z, dF_dt, t, r);
