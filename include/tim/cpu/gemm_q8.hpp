@@ -1,0 +1,367 @@
+// Linear layers with q8_0 weights (core/q8_0.hpp: int8 values, one float16 scale per 32 along K),
+// float activations in and out: y (M, N) (+)= x (M, K) W^T (+ b). Each row of x is quantised to
+// int8 per 32-block with its own float scale (dx = max|x| / 127, q = round-half-even(x * 127 / max|x|)),
+// each block's products are summed exactly in int32 and the sums are scaled (dx dw) and added in
+// float. Three variants, all in every build (each compiled for its instruction set with
+// __attribute__((target)), none needs -march=native) and chosen by CPUID at run time (q8_kernel()):
+//   avx512_vnni  VPDPBUSD on ZMM (AVX512-VNNI), activations offset to uint8 (q + 128) and the
+//                offset's 128 * sum(w) taken off again in int32, exactly;
+//                (q_w = -128 would also be right here; the file reader refuses it for the avx2 variant's sake);
+//   avx2         VPMADDUBSW on |q_x| and q_w with the sign of q_x (no int16 overflow: 2*127*127
+//                < 32767), then VPMADDWD into int32 (AVX2, FMA, F16C);
+//   scalar       portable C++.
+// Every variant gives the same int32 block sums; only the order of the float sums differs.
+// Threads: blocks of output features over the OpenMP team. Scratch: the quantised activations in the
+// calling thread's scratch (scratch.hpp), kept between calls; nothing allocated after the first call
+// of a size. Shape legend: M rows of activations, K input features, N output features, nb = ceil(K/32).
+#pragma once
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <string_view>
+
+#include "tim/core/dtype.hpp"
+#include "tim/core/error.hpp"
+#include "tim/core/q8_0.hpp"
+#include "tim/cpu/cpu_features.hpp"
+#include "tim/cpu/scratch.hpp"
+#include "tim/cpu/threads.hpp"
+
+// The SIMD variants need x86-64 and a host compiler; nvcc's front end sees only the scalar one.
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(__CUDACC__) && (defined(__GNUC__) || defined(__clang__))
+#define TIM_Q8_X86 1
+#include <immintrin.h>
+#endif
+
+namespace tim::cpu_gemm {
+
+//! The kernel variants of the q8_0 linear layer, slowest first.
+enum class Q8Variant { scalar, avx2, avx512_vnni };
+
+inline constexpr Q8Variant q8_variants[] = {Q8Variant::scalar, Q8Variant::avx2, Q8Variant::avx512_vnni};
+
+//! "scalar", "avx2", "avx512_vnni".
+constexpr std::string_view q8_variant_name(Q8Variant v) {
+  switch (v) {
+    case Q8Variant::scalar: return "scalar";
+    case Q8Variant::avx2: return "avx2";
+    case Q8Variant::avx512_vnni: return "avx512_vnni";
+  }
+  return "?";
+}
+
+//! Whether this build and this CPU (cpu_features()) can run variant `v`; when not, `why` (if
+//! given) says what is missing.
+inline bool q8_variant_supported(Q8Variant v, std::string* why = nullptr) {
+  const auto& f = cpu_features();
+  auto no = [&](const char* reason) {
+    if (why) *why = reason;
+    return false;
+  };
+  switch (v) {
+    case Q8Variant::scalar: return true;
+    case Q8Variant::avx2:
+#if defined(TIM_Q8_X86)
+      return f.avx2 && f.fma && f.f16c ? true : no("the CPU lacks AVX2, FMA or F16C");
+#else
+      (void)f;
+      return no("not an x86-64 host build");
+#endif
+    case Q8Variant::avx512_vnni:
+#if defined(TIM_Q8_X86)
+      return f.avx512f && f.avx512bw && f.avx512vl && f.avx512_vnni && f.f16c
+                 ? true
+                 : no("the CPU lacks AVX512F/BW/VL with AVX512-VNNI");
+#else
+      return no("not an x86-64 host build");
+#endif
+  }
+  return no("unknown variant");
+}
+
+//! Parses "scalar", "avx2" or "avx512_vnni"; throws tim::Error naming `what` otherwise.
+inline Q8Variant parse_q8_variant(std::string_view name, std::string_view what = "q8_0 kernel") {
+  for (const Q8Variant v : q8_variants)
+    if (q8_variant_name(v) == name) return v;
+  fail(what, ": unknown q8_0 kernel variant \"", name, "\" (expected scalar, avx2 or avx512_vnni)");
+}
+
+//! The variant q8_0 linear layers run here, decided once: the fastest this CPU supports, or the
+//! one the environment variable TIM_Q8_KERNEL names (scalar, avx2, avx512_vnni; an unknown or
+//! unsupported name throws tim::Error). `name` is what `tim --version` prints.
+struct Q8Kernel {
+  Q8Variant variant = Q8Variant::scalar;
+  std::string name;
+};
+
+inline const Q8Kernel& q8_kernel() {
+  static const Q8Kernel kernel = [] {
+    Q8Kernel k;
+    if (const char* forced = std::getenv("TIM_Q8_KERNEL"); forced && *forced) {
+      k.variant = parse_q8_variant(forced, "TIM_Q8_KERNEL");
+      std::string why;
+      check(q8_variant_supported(k.variant, &why), "TIM_Q8_KERNEL=", forced, ": not supported here: ", why);
+      k.name = std::string(q8_variant_name(k.variant)) + " (forced by TIM_Q8_KERNEL)";
+      return k;
+    }
+    for (const Q8Variant v : q8_variants)
+      if (q8_variant_supported(v)) k.variant = v;
+    k.name = std::string(q8_variant_name(k.variant));
+    return k;
+  }();
+  return kernel;
+}
+
+namespace q8_detail {
+
+//! Quantises row x (K) of activations: per block b, dx[b] = amax / 127 and
+//! q[k] = nearbyint(x[k] * (127 / amax)) (0 where amax is 0; a block holding a NaN or infinity gets
+//! dx = NaN and q = 0, so the outputs it feeds are NaN). q is zero-padded to `padded` >= K values.
+//! |x - q dx| <= dx (1/2 + 3u amax / dx) = dx (1/2 + 381 u), u = 2^-24.
+inline void quantize_activations(std::int8_t* q, float* dx, const float* x, std::int64_t K, std::int64_t padded) {
+  for (std::int64_t b = 0; b * q8_0_block < K; ++b) {
+    const std::int64_t k0 = b * q8_0_block, k1 = std::min(K, k0 + q8_0_block);
+    float amax = 0;
+    bool finite = true;
+    for (std::int64_t k = k0; k < k1; ++k) {
+      const float a = std::abs(x[k]);
+      finite = finite && a <= std::numeric_limits<float>::max();  // false for NaN and infinity
+      amax = std::max(amax, a);
+    }
+    if (!finite) {
+      dx[b] = std::numeric_limits<float>::quiet_NaN();
+      for (std::int64_t k = k0; k < k1; ++k) q[k] = 0;
+      continue;
+    }
+    dx[b] = amax / 127.0f;
+    const float inverse = amax > 0 ? 127.0f / amax : 0.0f;
+    for (std::int64_t k = k0; k < k1; ++k) q[k] = static_cast<std::int8_t>(std::nearbyint(x[k] * inverse));
+  }
+  for (std::int64_t k = K; k < padded; ++k) q[k] = 0;
+}
+
+//! out = (accumulate ? out : 0) + sum (+ bias).
+inline void store(float* out, float sum, const float* bias, std::int64_t n, bool accumulate) {
+  float v = accumulate ? *out + sum : sum;
+  if (bias) v += bias[n];
+  *out = v;
+}
+
+// Per-variant kernel over output features [n0, n1): every row m of the quantised activations
+// (qx (M, Kp) int8 zero-padded, dx (M, nb)) against weight rows n.
+struct Activations {
+  const std::int8_t* q;  // (M, padded)
+  const float* dx;       // (M, nb)
+  std::int64_t M, K, nb, padded;
+};
+
+inline void rows_scalar(float* y, const Activations& a, const Q8Weight& w, const float* bias, std::int64_t n0,
+                        std::int64_t n1, bool accumulate) {
+  const std::int64_t N = w.out;
+  for (std::int64_t n = n0; n < n1; ++n) {
+    const std::int8_t* qw = w.q + n * a.K;
+    const float16* dw = w.scales + n * a.nb;
+    for (std::int64_t m = 0; m < a.M; ++m) {
+      const std::int8_t* qx = a.q + m * a.padded;
+      const float* dx = a.dx + m * a.nb;
+      float sum = 0;
+      for (std::int64_t b = 0; b < a.nb; ++b) {
+        const std::int64_t k0 = b * q8_0_block, k1 = std::min(a.K, k0 + q8_0_block);
+        std::int32_t s = 0;
+        for (std::int64_t k = k0; k < k1; ++k) s += static_cast<std::int32_t>(qx[k]) * qw[k];
+        sum += dx[b] * static_cast<float>(dw[b]) * static_cast<float>(s);
+      }
+      store(y + m * N + n, sum, bias, n, accumulate);
+    }
+  }
+}
+
+#if defined(TIM_Q8_X86)
+// GCC 12 warns that the intrinsics' own _mm512_undefined_* placeholders "may be used uninitialized".
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+//! Activations for the VNNI variant: q + 128 as uint8, (M, padded) with padded a multiple of 64
+//! (the zero-padded tail becomes 128), and dx expanded to 8 copies per block, (M, padded / 4).
+struct VnniActivations {
+  const std::uint8_t* u;  // (M, padded)
+  const float* dx8;       // (M, padded / 4)
+};
+
+__attribute__((target("avx2,fma,f16c"))) inline float horizontal_sum(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+
+//! Up to 4 rows of activations at a time against one weight row: the weight block is loaded once
+//! per tile, and a partial last block is read through a zero-padded copy (never past the row).
+__attribute__((target("avx2,fma,f16c"))) inline void rows_avx2(float* y, const Activations& a, const Q8Weight& w,
+                                                                const float* bias, std::int64_t n0, std::int64_t n1,
+                                                                bool accumulate) {
+  constexpr int tile = 4;
+  const std::int64_t N = w.out;
+  const __m256i ones = _mm256_set1_epi16(1);
+  const std::int64_t full = a.K / q8_0_block;  // blocks wholly inside a weight row
+  alignas(32) std::int8_t tail[q8_0_block];
+  for (std::int64_t n = n0; n < n1; ++n) {
+    const std::int8_t* qw = w.q + n * a.K;
+    const float16* dw = w.scales + n * a.nb;
+    if (full < a.nb) {
+      std::memset(tail, 0, sizeof tail);
+      std::memcpy(tail, qw + full * q8_0_block, static_cast<std::size_t>(a.K - full * q8_0_block));
+    }
+    for (std::int64_t m0 = 0; m0 < a.M; m0 += tile) {
+      const int rows = static_cast<int>(std::min<std::int64_t>(tile, a.M - m0));
+      __m256 acc[tile] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+      for (std::int64_t b = 0; b < a.nb; ++b) {
+        const std::int8_t* wb = b < full ? qw + b * q8_0_block : tail;
+        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb));
+        const __m256 dwv = _mm256_set1_ps(_cvtsh_ss(dw[b].bits));
+        for (int r = 0; r < rows; ++r) {
+          const std::int64_t m = m0 + r;
+          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + m * a.padded + b * q8_0_block));
+          const __m256i products = _mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(wv, xv));
+          const __m256 sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(products, ones));
+          const __m256 scale = _mm256_mul_ps(_mm256_broadcast_ss(a.dx + m * a.nb + b), dwv);
+          acc[r] = _mm256_fmadd_ps(scale, sums, acc[r]);
+        }
+      }
+      for (int r = 0; r < rows; ++r) store(y + (m0 + r) * N + n, horizontal_sum(acc[r]), bias, n, accumulate);
+    }
+  }
+}
+
+//! Two blocks (64 values) per VPDPBUSD; rows of activations 4 at a time; the weight row's last one
+//! or two blocks (when K is not a multiple of 64) read through a zero-padded 64-byte copy.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma"))) inline void rows_vnni(
+    float* y, const Activations& a, const VnniActivations& v, const Q8Weight& w, const float* bias, std::int64_t n0,
+    std::int64_t n1, bool accumulate) {
+  constexpr int tile = 4;
+  const std::int64_t N = w.out;
+  const std::int64_t chunks = a.padded / 64;
+  const std::int64_t full = a.K / 64;  // 64-value chunks wholly inside a weight row
+  const __m512i ones = _mm512_set1_epi8(1);
+  alignas(64) std::int8_t tail[64];
+  alignas(64) std::uint16_t tail_scales[2];
+  for (std::int64_t n = n0; n < n1; ++n) {
+    const std::int8_t* qw = w.q + n * a.K;
+    const float16* dw = w.scales + n * a.nb;
+    if (full < chunks) {
+      std::memset(tail, 0, sizeof tail);
+      std::memcpy(tail, qw + full * 64, static_cast<std::size_t>(a.K - full * 64));
+      tail_scales[0] = dw[2 * full].bits;
+      tail_scales[1] = 2 * full + 1 < a.nb ? dw[2 * full + 1].bits : 0;
+    }
+    for (std::int64_t m0 = 0; m0 < a.M; m0 += tile) {
+      const int rows = static_cast<int>(std::min<std::int64_t>(tile, a.M - m0));
+      __m512 acc[tile] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+      for (std::int64_t c = 0; c < chunks; ++c) {
+        const std::int8_t* wc = c < full ? qw + c * 64 : tail;
+        const __m512i wv = _mm512_loadu_si512(wc);
+        // 128 * (sum of the four weights) per int32 lane: what the +128 offset of x added.
+        const __m512i offset = _mm512_slli_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, wv), 7);
+        const std::uint16_t s0 = c < full ? dw[2 * c].bits : tail_scales[0];
+        const std::uint16_t s1 = c < full ? dw[2 * c + 1].bits : tail_scales[1];
+        const __m512 dwv = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(_cvtsh_ss(s0)), _mm512_set1_ps(_cvtsh_ss(s1)));
+        for (int r = 0; r < rows; ++r) {
+          const std::int64_t m = m0 + r;
+          const __m512i xv = _mm512_loadu_si512(v.u + m * a.padded + c * 64);
+          const __m512i dots = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), xv, wv), offset);
+          const __m512 scale = _mm512_mul_ps(_mm512_loadu_ps(v.dx8 + m * (a.padded / 4) + c * 16), dwv);
+          acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dots), acc[r]);
+        }
+      }
+      for (int r = 0; r < rows; ++r) store(y + (m0 + r) * N + n, _mm512_reduce_add_ps(acc[r]), bias, n, accumulate);
+    }
+  }
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif  // TIM_Q8_X86
+
+}  // namespace q8_detail
+
+//! y (rows, out) (+)= x (rows, in) W^T (+ bias), W a q8_0 matrix (out, in), with variant `variant`
+//! (throws tim::Error when this CPU cannot run it: q8_variant_supported). `bias` may be null; with
+//! `accumulate` the product is added to y. Activations are quantised per 32-block as the file
+//! comment says; the quantised rows live in the calling thread's scratch.
+inline void linear_forward_q8(float* y, const float* x, const Q8Weight& w, const float* bias, std::int64_t rows,
+                              bool accumulate, Q8Variant variant) {
+  std::string why;
+  check(q8_variant_supported(variant, &why), "q8_0 linear: variant ", q8_variant_name(variant),
+        " cannot run here: ", why);
+  check(rows >= 0 && w.in >= 0 && w.out >= 0, "q8_0 linear: negative extent (rows ", rows, ", in ", w.in, ", out ",
+        w.out, ")");
+  const std::int64_t M = rows, K = w.in, N = w.out;
+  if (M == 0 || N == 0) return;
+  detail::ensure_default_threads();
+  const std::int64_t nb = q8_0_blocks(K);
+  const std::int64_t padded = (K + 63) / 64 * 64;  // whole 64-value chunks for the VNNI variant
+  q8_detail::Activations a{detail::thread_scratch<std::int8_t>(M * padded),
+                           detail::thread_scratch<float>(M * nb + M * padded / 4), M, K, nb, padded};
+  float* dx = const_cast<float*>(a.dx);
+  auto* q = const_cast<std::int8_t*>(a.q);
+#pragma omp parallel for schedule(static) if (M * K > (1 << 15))
+  for (std::int64_t m = 0; m < M; ++m) q8_detail::quantize_activations(q + m * padded, dx + m * nb, x + m * K, K, padded);
+
+#if defined(TIM_Q8_X86)
+  q8_detail::VnniActivations v{nullptr, nullptr};
+  if (variant == Q8Variant::avx512_vnni) {
+    auto* u = detail::thread_scratch<std::uint8_t>(M * padded);
+    float* dx8 = dx + M * nb;
+    for (std::int64_t m = 0; m < M; ++m) {
+      for (std::int64_t k = 0; k < padded; ++k)
+        u[m * padded + k] = static_cast<std::uint8_t>(static_cast<int>(q[m * padded + k]) + 128);
+      for (std::int64_t k = 0; k < padded / 4; ++k) {
+        const std::int64_t b = k / 8;
+        dx8[m * (padded / 4) + k] = b < nb ? dx[m * nb + b] : 0.0f;
+      }
+    }
+    v = {u, dx8};
+  }
+#endif
+  // Blocks of output features over the threads, several per thread for balance.
+  const std::int64_t threads = std::max(1, omp_get_max_threads());
+  const std::int64_t work = M * N * std::max<std::int64_t>(K, 1);
+  const std::int64_t block = std::max<std::int64_t>(4, (N + 4 * threads - 1) / (4 * threads));
+  const std::int64_t blocks = (N + block - 1) / block;
+#pragma omp parallel for schedule(dynamic) if (blocks > 1 && work > (1 << 16))
+  for (std::int64_t i = 0; i < blocks; ++i) {
+    const std::int64_t n0 = i * block, n1 = std::min(N, n0 + block);
+    switch (variant) {
+      case Q8Variant::scalar: q8_detail::rows_scalar(y, a, w, bias, n0, n1, accumulate); break;
+#if defined(TIM_Q8_X86)
+      case Q8Variant::avx2: q8_detail::rows_avx2(y, a, w, bias, n0, n1, accumulate); break;
+      case Q8Variant::avx512_vnni: q8_detail::rows_vnni(y, a, v, w, bias, n0, n1, accumulate); break;
+#else
+      default: break;
+#endif
+    }
+  }
+}
+
+//! As above with the variant q8_kernel() chose.
+inline void linear_forward_q8(float* y, const float* x, const Q8Weight& w, const float* bias, std::int64_t rows,
+                              bool accumulate = false) {
+  linear_forward_q8(y, x, w, bias, rows, accumulate, q8_kernel().variant);
+}
+
+//! The plain-pointer form: q (out, in) int8, scales (out, ceil(in / 32)) float16.
+inline void linear_forward_q8(float* y, const float* x, const std::int8_t* q, const float16* scales, const float* bias,
+                              std::int64_t rows, std::int64_t in, std::int64_t out, bool accumulate = false) {
+  linear_forward_q8(y, x, Q8Weight{q, scales, out, in}, bias, rows, accumulate);
+}
+
+}  // namespace tim::cpu_gemm
