@@ -27,6 +27,7 @@
 #include <string>
 #include <string_view>
 
+#include "tim/core/config.hpp"
 #include "tim/core/dtype.hpp"
 #include "tim/core/error.hpp"
 #include "tim/core/q8_0.hpp"
@@ -34,13 +35,23 @@
 #include "tim/cpu/scratch.hpp"
 #include "tim/cpu/threads.hpp"
 
-// The SIMD variants need x86-64 and a host compiler; nvcc's front end sees only the scalar one.
+// The SIMD variants need x86-64 and g++ or clang; a translation unit nvcc compiles gets only the
+// scalar one, in an inline namespace of its own (q8_scalar_only), so its inline functions never
+// stand in for the dispatching ones of the program's g++ translation units (q8_dispatch) at link time.
 #if (defined(__x86_64__) || defined(_M_X64)) && !defined(__CUDACC__) && (defined(__GNUC__) || defined(__clang__))
 #define TIM_Q8_X86 1
+#define TIM_Q8_ABI q8_dispatch
 #include <immintrin.h>
+#else
+#define TIM_Q8_ABI q8_scalar_only
 #endif
 
-namespace tim::cpu_gemm {
+// tim::cpu_gemm is gemm_bf16.hpp's namespace too, inside the CPU configuration's inline namespace
+// (core/config.hpp).
+namespace tim {
+inline namespace TIM_CPU_ABI {
+namespace cpu_gemm {
+inline namespace TIM_Q8_ABI {
 
 //! The kernel variants of the q8_0 linear layer, slowest first.
 enum class Q8Variant { scalar, avx2, avx512_vnni };
@@ -313,25 +324,24 @@ inline void linear_forward_q8(float* y, const float* x, const Q8Weight& w, const
                            detail::thread_scratch<float>(M * nb + M * padded / 4), M, K, nb, padded};
   float* dx = const_cast<float*>(a.dx);
   auto* q = const_cast<std::int8_t*>(a.q);
-#pragma omp parallel for schedule(static) if (M * K > (1 << 15))
-  for (std::int64_t m = 0; m < M; ++m) q8_detail::quantize_activations(q + m * padded, dx + m * nb, x + m * K, K, padded);
-
 #if defined(TIM_Q8_X86)
-  q8_detail::VnniActivations v{nullptr, nullptr};
-  if (variant == Q8Variant::avx512_vnni) {
-    auto* u = detail::thread_scratch<std::uint8_t>(M * padded);
-    float* dx8 = dx + M * nb;
-    for (std::int64_t m = 0; m < M; ++m) {
-      for (std::int64_t k = 0; k < padded; ++k)
-        u[m * padded + k] = static_cast<std::uint8_t>(static_cast<int>(q[m * padded + k]) + 128);
-      for (std::int64_t k = 0; k < padded / 4; ++k) {
-        const std::int64_t b = k / 8;
-        dx8[m * (padded / 4) + k] = b < nb ? dx[m * nb + b] : 0.0f;
-      }
-    }
-    v = {u, dx8};
-  }
+  // The VNNI variant reads q + 128 as uint8 and each block's dx repeated over its 8 int32 lanes.
+  const bool vnni = variant == Q8Variant::avx512_vnni;
+  q8_detail::VnniActivations v{vnni ? detail::thread_scratch<std::uint8_t>(M * padded) : nullptr, dx + M * nb};
 #endif
+#pragma omp parallel for schedule(static) if (M * K > (1 << 15))
+  for (std::int64_t m = 0; m < M; ++m) {
+    q8_detail::quantize_activations(q + m * padded, dx + m * nb, x + m * K, K, padded);
+#if defined(TIM_Q8_X86)
+    if (vnni) {
+      auto* u = const_cast<std::uint8_t*>(v.u) + m * padded;
+      float* dx8 = const_cast<float*>(v.dx8) + m * (padded / 4);
+      for (std::int64_t k = 0; k < padded; ++k) u[k] = static_cast<std::uint8_t>(static_cast<int>(q[m * padded + k]) + 128);
+      for (std::int64_t k = 0; k < padded / 4; ++k) dx8[k] = k / 8 < nb ? dx[m * nb + k / 8] : 0.0f;
+    }
+#endif
+  }
+
   // Blocks of output features over the threads, several per thread for balance.
   const std::int64_t threads = std::max(1, omp_get_max_threads());
   const std::int64_t work = M * N * std::max<std::int64_t>(K, 1);
@@ -364,4 +374,7 @@ inline void linear_forward_q8(float* y, const float* x, const std::int8_t* q, co
   linear_forward_q8(y, x, Q8Weight{q, scales, out, in}, bias, rows, accumulate);
 }
 
-}  // namespace tim::cpu_gemm
+}  // inline namespace TIM_Q8_ABI
+}  // namespace cpu_gemm
+}  // inline namespace TIM_CPU_ABI
+}  // namespace tim
