@@ -168,9 +168,10 @@ inline void store(float* out, float sum, const float* bias, std::int64_t n, bool
 // Per-variant kernel over output features [n0, n1): every row m of the quantised activations
 // (qx (M, Kp) int8 zero-padded, dx (M, nb)) against weight rows n.
 struct Activations {
-  const std::int8_t* q;  // (M, padded)
-  const float* dx;       // (M, nb)
+  const std::int8_t* q;  // (M, padded), zero beyond K
+  const float* dx;       // (M, padded / 32), zero beyond nb
   std::int64_t M, K, nb, padded;
+  std::int64_t dx_stride() const { return padded / q8_0_block; }
 };
 
 inline void rows_scalar(float* y, const Activations& a, const Q8Weight& w, const float* bias, std::int64_t n0,
@@ -181,7 +182,7 @@ inline void rows_scalar(float* y, const Activations& a, const Q8Weight& w, const
     const float16* dw = w.scales + n * a.nb;
     for (std::int64_t m = 0; m < a.M; ++m) {
       const std::int8_t* qx = a.q + m * a.padded;
-      const float* dx = a.dx + m * a.nb;
+      const float* dx = a.dx + m * a.dx_stride();
       float sum = 0;
       for (std::int64_t b = 0; b < a.nb; ++b) {
         const std::int64_t k0 = b * q8_0_block, k1 = std::min(a.K, k0 + q8_0_block);
@@ -201,98 +202,137 @@ inline void rows_scalar(float* y, const Activations& a, const Q8Weight& w, const
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
-//! Activations for the VNNI variant: q + 128 as uint8, (M, padded) with padded a multiple of 64
-//! (the zero-padded tail becomes 128), and dx expanded to 8 copies per block, (M, padded / 4).
-struct VnniActivations {
-  const std::uint8_t* u;  // (M, padded)
-  const float* dx8;       // (M, padded / 4)
-};
-
 __attribute__((target("avx2,fma,f16c"))) inline float horizontal_sum(__m256 v) {
   const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
 }
 
-//! Up to 4 rows of activations at a time against one weight row: the weight block is loaded once
-//! per tile, and a partial last block is read through a zero-padded copy (never past the row).
+//! Weight rows [n, n + TN) of a tile (the last tile repeats its last row, whose results are not
+//! stored), each with its row's last values (the part of a `chunk`-value chunk past the row's whole
+//! chunks) in a zero-padded copy, so no load reads past a row.
+template <int TN, int Chunk>
+struct WeightTile {
+  const std::int8_t* q[TN];
+  const float16* d[TN];
+  alignas(64) std::int8_t tail[TN][Chunk];
+  int cols;
+  WeightTile(const Q8Weight& w, std::int64_t n, std::int64_t n1, std::int64_t nb, std::int64_t full) {
+    cols = static_cast<int>(std::min<std::int64_t>(TN, n1 - n));
+    for (int j = 0; j < TN; ++j) {
+      const std::int64_t row = n + std::min(j, cols - 1);
+      q[j] = w.q + row * w.in;
+      d[j] = w.scales + row * nb;
+      std::memset(tail[j], 0, Chunk);
+      if (full * Chunk < w.in) std::memcpy(tail[j], q[j] + full * Chunk, static_cast<std::size_t>(w.in - full * Chunk));
+    }
+  }
+  const std::int8_t* chunk(int j, std::int64_t c, std::int64_t full) const { return c < full ? q[j] + c * Chunk : tail[j]; }
+  //! Block b's scale bits (0 past the row's blocks).
+  std::uint16_t scale(int j, std::int64_t b, std::int64_t nb) const { return b < nb ? d[j][b].bits : 0; }
+};
+
+//! TM rows of activations by 2 weight rows per step, one block (32 values) at a time:
+//! |q_x| x (q_w with the sign of q_x) by VPMADDUBSW, pairs summed into int32 by VPMADDWD.
+template <int TM>
+__attribute__((target("avx2,fma,f16c"))) inline void tile_avx2(float* y, const Activations& a, const Q8Weight& w,
+                                                                const float* bias, std::int64_t m0,
+                                                                const WeightTile<2, 32>& t, std::int64_t n,
+                                                                std::int64_t full, bool accumulate) {
+  constexpr int TN = 2;
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[TM][TN];
+  for (int i = 0; i < TM; ++i)
+    for (int j = 0; j < TN; ++j) acc[i][j] = _mm256_setzero_ps();
+  for (std::int64_t b = 0; b < a.nb; ++b) {
+    __m256i wv[TN];
+    __m256 dwv[TN];
+    for (int j = 0; j < TN; ++j) {
+      wv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.chunk(j, b, full)));
+      dwv[j] = _mm256_set1_ps(_cvtsh_ss(t.scale(j, b, a.nb)));
+    }
+    for (int i = 0; i < TM; ++i) {
+      const std::int64_t m = m0 + i;
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + m * a.padded + b * q8_0_block));
+      const __m256i ax = _mm256_sign_epi8(xv, xv);
+      const __m256 dxv = _mm256_broadcast_ss(a.dx + m * a.dx_stride() + b);
+      for (int j = 0; j < TN; ++j) {
+        const __m256i products = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv[j], xv));
+        const __m256 sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(products, ones));
+        acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(dxv, dwv[j]), sums, acc[i][j]);
+      }
+    }
+  }
+  for (int i = 0; i < TM; ++i)
+    for (int j = 0; j < t.cols; ++j) store(y + (m0 + i) * w.out + n + j, horizontal_sum(acc[i][j]), bias, n + j, accumulate);
+}
+
 __attribute__((target("avx2,fma,f16c"))) inline void rows_avx2(float* y, const Activations& a, const Q8Weight& w,
                                                                 const float* bias, std::int64_t n0, std::int64_t n1,
                                                                 bool accumulate) {
-  constexpr int tile = 4;
-  const std::int64_t N = w.out;
-  const __m256i ones = _mm256_set1_epi16(1);
   const std::int64_t full = a.K / q8_0_block;  // blocks wholly inside a weight row
-  alignas(32) std::int8_t tail[q8_0_block];
-  for (std::int64_t n = n0; n < n1; ++n) {
-    const std::int8_t* qw = w.q + n * a.K;
-    const float16* dw = w.scales + n * a.nb;
-    if (full < a.nb) {
-      std::memset(tail, 0, sizeof tail);
-      std::memcpy(tail, qw + full * q8_0_block, static_cast<std::size_t>(a.K - full * q8_0_block));
-    }
-    for (std::int64_t m0 = 0; m0 < a.M; m0 += tile) {
-      const int rows = static_cast<int>(std::min<std::int64_t>(tile, a.M - m0));
-      __m256 acc[tile] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-      for (std::int64_t b = 0; b < a.nb; ++b) {
-        const std::int8_t* wb = b < full ? qw + b * q8_0_block : tail;
-        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb));
-        const __m256 dwv = _mm256_set1_ps(_cvtsh_ss(dw[b].bits));
-        for (int r = 0; r < rows; ++r) {
-          const std::int64_t m = m0 + r;
-          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + m * a.padded + b * q8_0_block));
-          const __m256i products = _mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(wv, xv));
-          const __m256 sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(products, ones));
-          const __m256 scale = _mm256_mul_ps(_mm256_broadcast_ss(a.dx + m * a.nb + b), dwv);
-          acc[r] = _mm256_fmadd_ps(scale, sums, acc[r]);
-        }
-      }
-      for (int r = 0; r < rows; ++r) store(y + (m0 + r) * N + n, horizontal_sum(acc[r]), bias, n, accumulate);
+  for (std::int64_t n = n0; n < n1; n += 2) {
+    const WeightTile<2, 32> t(w, n, n1, a.nb, full);
+    std::int64_t m0 = 0;
+    for (; m0 + 4 <= a.M; m0 += 4) tile_avx2<4>(y, a, w, bias, m0, t, n, full, accumulate);
+    switch (a.M - m0) {
+      case 3: tile_avx2<3>(y, a, w, bias, m0, t, n, full, accumulate); break;
+      case 2: tile_avx2<2>(y, a, w, bias, m0, t, n, full, accumulate); break;
+      case 1: tile_avx2<1>(y, a, w, bias, m0, t, n, full, accumulate); break;
+      default: break;
     }
   }
 }
 
-//! Two blocks (64 values) per VPDPBUSD; rows of activations 4 at a time; the weight row's last one
-//! or two blocks (when K is not a multiple of 64) read through a zero-padded 64-byte copy.
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma"))) inline void rows_vnni(
-    float* y, const Activations& a, const VnniActivations& v, const Q8Weight& w, const float* bias, std::int64_t n0,
-    std::int64_t n1, bool accumulate) {
-  constexpr int tile = 4;
-  const std::int64_t N = w.out;
+//! TM rows of activations (as q + 128, uint8) by 4 weight rows, two blocks (64 values) per VPDPBUSD;
+//! the offset's 128 * (sum of four weights) per int32 lane is taken off in int32.
+template <int TM>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma"))) inline void tile_vnni(
+    float* y, const Activations& a, const std::uint8_t* u, const Q8Weight& w, const float* bias, std::int64_t m0,
+    const WeightTile<4, 64>& t, std::int64_t n, std::int64_t full, bool accumulate) {
+  constexpr int TN = 4;
   const std::int64_t chunks = a.padded / 64;
-  const std::int64_t full = a.K / 64;  // 64-value chunks wholly inside a weight row
   const __m512i ones = _mm512_set1_epi8(1);
-  alignas(64) std::int8_t tail[64];
-  alignas(64) std::uint16_t tail_scales[2];
-  for (std::int64_t n = n0; n < n1; ++n) {
-    const std::int8_t* qw = w.q + n * a.K;
-    const float16* dw = w.scales + n * a.nb;
-    if (full < chunks) {
-      std::memset(tail, 0, sizeof tail);
-      std::memcpy(tail, qw + full * 64, static_cast<std::size_t>(a.K - full * 64));
-      tail_scales[0] = dw[2 * full].bits;
-      tail_scales[1] = 2 * full + 1 < a.nb ? dw[2 * full + 1].bits : 0;
+  __m512 acc[TM][TN];
+  for (int i = 0; i < TM; ++i)
+    for (int j = 0; j < TN; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    __m512i wv[TN], offset[TN];
+    __m512 dwv[TN];
+    for (int j = 0; j < TN; ++j) {
+      wv[j] = _mm512_loadu_si512(t.chunk(j, c, full));
+      offset[j] = _mm512_slli_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, wv[j]), 7);
+      dwv[j] = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(_cvtsh_ss(t.scale(j, 2 * c, a.nb))),
+                                    _mm512_set1_ps(_cvtsh_ss(t.scale(j, 2 * c + 1, a.nb))));
     }
-    for (std::int64_t m0 = 0; m0 < a.M; m0 += tile) {
-      const int rows = static_cast<int>(std::min<std::int64_t>(tile, a.M - m0));
-      __m512 acc[tile] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-      for (std::int64_t c = 0; c < chunks; ++c) {
-        const std::int8_t* wc = c < full ? qw + c * 64 : tail;
-        const __m512i wv = _mm512_loadu_si512(wc);
-        // 128 * (sum of the four weights) per int32 lane: what the +128 offset of x added.
-        const __m512i offset = _mm512_slli_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, wv), 7);
-        const std::uint16_t s0 = c < full ? dw[2 * c].bits : tail_scales[0];
-        const std::uint16_t s1 = c < full ? dw[2 * c + 1].bits : tail_scales[1];
-        const __m512 dwv = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(_cvtsh_ss(s0)), _mm512_set1_ps(_cvtsh_ss(s1)));
-        for (int r = 0; r < rows; ++r) {
-          const std::int64_t m = m0 + r;
-          const __m512i xv = _mm512_loadu_si512(v.u + m * a.padded + c * 64);
-          const __m512i dots = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), xv, wv), offset);
-          const __m512 scale = _mm512_mul_ps(_mm512_loadu_ps(v.dx8 + m * (a.padded / 4) + c * 16), dwv);
-          acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dots), acc[r]);
-        }
+    for (int i = 0; i < TM; ++i) {
+      const std::int64_t m = m0 + i;
+      const __m512i xv = _mm512_loadu_si512(u + m * a.padded + c * 64);
+      const float* dx = a.dx + m * a.dx_stride() + 2 * c;
+      const __m512 dxv = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(dx[0]), _mm512_set1_ps(dx[1]));
+      for (int j = 0; j < TN; ++j) {
+        const __m512i dots = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), xv, wv[j]), offset[j]);
+        acc[i][j] = _mm512_fmadd_ps(_mm512_mul_ps(dxv, dwv[j]), _mm512_cvtepi32_ps(dots), acc[i][j]);
       }
-      for (int r = 0; r < rows; ++r) store(y + (m0 + r) * N + n, _mm512_reduce_add_ps(acc[r]), bias, n, accumulate);
+    }
+  }
+  for (int i = 0; i < TM; ++i)
+    for (int j = 0; j < t.cols; ++j) store(y + (m0 + i) * w.out + n + j, _mm512_reduce_add_ps(acc[i][j]), bias, n + j, accumulate);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma"))) inline void rows_vnni(
+    float* y, const Activations& a, const std::uint8_t* u, const Q8Weight& w, const float* bias, std::int64_t n0,
+    std::int64_t n1, bool accumulate) {
+  const std::int64_t full = a.K / 64;  // 64-value chunks wholly inside a weight row
+  for (std::int64_t n = n0; n < n1; n += 4) {
+    const WeightTile<4, 64> t(w, n, n1, a.nb, full);
+    std::int64_t m0 = 0;
+    for (; m0 + 4 <= a.M; m0 += 4) tile_vnni<4>(y, a, u, w, bias, m0, t, n, full, accumulate);
+    switch (a.M - m0) {
+      case 3: tile_vnni<3>(y, a, u, w, bias, m0, t, n, full, accumulate); break;
+      case 2: tile_vnni<2>(y, a, u, w, bias, m0, t, n, full, accumulate); break;
+      case 1: tile_vnni<1>(y, a, u, w, bias, m0, t, n, full, accumulate); break;
+      default: break;
     }
   }
 }
@@ -321,31 +361,31 @@ inline void linear_forward_q8(float* y, const float* x, const Q8Weight& w, const
   const std::int64_t nb = q8_0_blocks(K);
   const std::int64_t padded = (K + 63) / 64 * 64;  // whole 64-value chunks for the VNNI variant
   q8_detail::Activations a{detail::thread_scratch<std::int8_t>(M * padded),
-                           detail::thread_scratch<float>(M * nb + M * padded / 4), M, K, nb, padded};
+                           detail::thread_scratch<float>(M * (padded / q8_0_block)), M, K, nb, padded};
   float* dx = const_cast<float*>(a.dx);
   auto* q = const_cast<std::int8_t*>(a.q);
+  const std::int64_t dx_stride = a.dx_stride();
 #if defined(TIM_Q8_X86)
-  // The VNNI variant reads q + 128 as uint8 and each block's dx repeated over its 8 int32 lanes.
+  // The VNNI variant reads q + 128 as uint8.
   const bool vnni = variant == Q8Variant::avx512_vnni;
-  q8_detail::VnniActivations v{vnni ? detail::thread_scratch<std::uint8_t>(M * padded) : nullptr, dx + M * nb};
+  std::uint8_t* u = vnni ? detail::thread_scratch<std::uint8_t>(M * padded) : nullptr;
 #endif
 #pragma omp parallel for schedule(static) if (M * K > (1 << 15))
   for (std::int64_t m = 0; m < M; ++m) {
-    q8_detail::quantize_activations(q + m * padded, dx + m * nb, x + m * K, K, padded);
+    q8_detail::quantize_activations(q + m * padded, dx + m * dx_stride, x + m * K, K, padded);
+    for (std::int64_t b = nb; b < dx_stride; ++b) dx[m * dx_stride + b] = 0.0f;
 #if defined(TIM_Q8_X86)
-    if (vnni) {
-      auto* u = const_cast<std::uint8_t*>(v.u) + m * padded;
-      float* dx8 = const_cast<float*>(v.dx8) + m * (padded / 4);
-      for (std::int64_t k = 0; k < padded; ++k) u[k] = static_cast<std::uint8_t>(static_cast<int>(q[m * padded + k]) + 128);
-      for (std::int64_t k = 0; k < padded / 4; ++k) dx8[k] = k / 8 < nb ? dx[m * nb + k / 8] : 0.0f;
-    }
+    if (vnni)
+      for (std::int64_t k = 0; k < padded; ++k)
+        u[m * padded + k] = static_cast<std::uint8_t>(static_cast<int>(q[m * padded + k]) + 128);
 #endif
   }
 
   // Blocks of output features over the threads, several per thread for balance.
   const std::int64_t threads = std::max(1, omp_get_max_threads());
   const std::int64_t work = M * N * std::max<std::int64_t>(K, 1);
-  const std::int64_t block = std::max<std::int64_t>(4, (N + 4 * threads - 1) / (4 * threads));
+  // A multiple of 4 output features: the kernels' register tiles are 2 or 4 weight rows wide.
+  const std::int64_t block = std::max<std::int64_t>(4, ((N + 4 * threads - 1) / (4 * threads) + 3) / 4 * 4);
   const std::int64_t blocks = (N + block - 1) / block;
 #pragma omp parallel for schedule(dynamic) if (blocks > 1 && work > (1 << 16))
   for (std::int64_t i = 0; i < blocks; ++i) {
@@ -354,7 +394,7 @@ inline void linear_forward_q8(float* y, const float* x, const Q8Weight& w, const
       case Q8Variant::scalar: q8_detail::rows_scalar(y, a, w, bias, n0, n1, accumulate); break;
 #if defined(TIM_Q8_X86)
       case Q8Variant::avx2: q8_detail::rows_avx2(y, a, w, bias, n0, n1, accumulate); break;
-      case Q8Variant::avx512_vnni: q8_detail::rows_vnni(y, a, v, w, bias, n0, n1, accumulate); break;
+      case Q8Variant::avx512_vnni: q8_detail::rows_vnni(y, a, u, w, bias, n0, n1, accumulate); break;
 #else
       default: break;
 #endif
