@@ -21,6 +21,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -242,6 +243,10 @@ void report(const Outcome& o, const std::string& name) {
 TEST_CASE("q8_0 linear: every variant this CPU runs, against float64 (quantised and exact products)") {
   const auto& chosen = tim::cpu_gemm::q8_kernel();
   MESSAGE("q8_kernel(): ", chosen.name, " (CPU: ", tim::cpu_features().describe(), ")");
+  if (const char* expect = std::getenv("TIM_TEST_EXPECT_Q8_KERNEL")) {
+    // ctest's gemm_q8_avx2_machine and gemm_q8_scalar_machine run this with TIM_Q8_MAX_VARIANT set.
+    CHECK(std::string(tim::cpu_gemm::q8_variant_name(chosen.variant)) == expect);
+  }
   for (const Q8Variant variant : tim::cpu_gemm::q8_variants) {
     const std::string name(tim::cpu_gemm::q8_variant_name(variant));
     std::string why;

@@ -24,6 +24,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -68,6 +69,27 @@ constexpr std::string_view q8_variant_name(Q8Variant v) {
   return "?";
 }
 
+//! Parses "scalar", "avx2" or "avx512_vnni"; throws tim::Error naming `what` otherwise.
+inline Q8Variant parse_q8_variant(std::string_view name, std::string_view what = "q8_0 kernel") {
+  for (const Q8Variant v : q8_variants)
+    if (q8_variant_name(v) == name) return v;
+  fail(what, ": unknown q8_0 kernel variant \"", name, "\" (expected scalar, avx2 or avx512_vnni)");
+}
+
+namespace q8_detail {
+//! The environment variable TIM_Q8_MAX_VARIANT (read once): variants above the one it names count
+//! as missing, as on a CPU without them (tests/CMakeLists.txt runs the tests so, like
+//! ONEDNN_MAX_CPU_ISA for oneDNN). Unset or empty: no limit.
+inline const Q8Variant* max_variant() {
+  static const std::optional<Q8Variant> limit = []() -> std::optional<Q8Variant> {
+    const char* value = std::getenv("TIM_Q8_MAX_VARIANT");
+    if (!value || !*value) return std::nullopt;
+    return parse_q8_variant(value, "TIM_Q8_MAX_VARIANT");
+  }();
+  return limit ? &*limit : nullptr;
+}
+}  // namespace q8_detail
+
 //! Whether this build and this CPU (cpu_features()) can run variant `v`; when not, `why` (if
 //! given) says what is missing.
 inline bool q8_variant_supported(Q8Variant v, std::string* why = nullptr) {
@@ -76,6 +98,8 @@ inline bool q8_variant_supported(Q8Variant v, std::string* why = nullptr) {
     if (why) *why = reason;
     return false;
   };
+  if (const Q8Variant* limit = q8_detail::max_variant(); limit && v > *limit)
+    return no("above TIM_Q8_MAX_VARIANT");
   switch (v) {
     case Q8Variant::scalar: return true;
     case Q8Variant::avx2:
@@ -95,13 +119,6 @@ inline bool q8_variant_supported(Q8Variant v, std::string* why = nullptr) {
 #endif
   }
   return no("unknown variant");
-}
-
-//! Parses "scalar", "avx2" or "avx512_vnni"; throws tim::Error naming `what` otherwise.
-inline Q8Variant parse_q8_variant(std::string_view name, std::string_view what = "q8_0 kernel") {
-  for (const Q8Variant v : q8_variants)
-    if (q8_variant_name(v) == name) return v;
-  fail(what, ": unknown q8_0 kernel variant \"", name, "\" (expected scalar, avx2 or avx512_vnni)");
 }
 
 //! The variant q8_0 linear layers run here, decided once: the fastest this CPU supports, or the
