@@ -6,6 +6,7 @@
 #include <system_error>
 
 #include "tim/io/pytorch.hpp"
+#include "tim/io/q8_0.hpp"
 
 namespace tim_cli {
 
@@ -91,8 +92,21 @@ std::optional<tim::io::YamlNetworkConfig> read_config(const ModelOptions& option
 
 }  // namespace
 
+bool holds_q8_0_weights(const std::string& path) {
+  std::optional<tim::io::SafetensorsFile> file;
+  try {
+    file.emplace(tim::io::SafetensorsFile::open(path));
+  } catch (const tim::Error&) {
+    return false;  // not readable as safetensors: the loader reports it, as for any checkpoint
+  }
+  return !tim::io::read_q8_0_layout(*file).empty();
+}
+
 LoadedModel load_model(const ModelOptions& options) {
   tim::io::check_not_pytorch_checkpoint(options.model_path);
+  if (holds_q8_0_weights(options.model_path))
+    tim::fail("'", options.model_path, "' holds q8_0 weights (tim convert --to q8_0), which tim's networks do not load yet; "
+              "`tim convert IN OUT --to float32` (or bfloat16, float16) makes a checkpoint they load");
   tim::nn::ConfigOverrides overrides;
   std::optional<tim::io::YamlNetworkConfig> yaml = read_config(options, overrides);
   std::optional<std::variant<C2IModel, T2IModel>> model;

@@ -41,6 +41,7 @@ Subcommand add_encode(CLI::App& app);
 Subcommand add_serve(CLI::App& app);  // serve.cpp
 Subcommand add_decode(CLI::App& app);  // decode.cpp
 Subcommand add_train_step(CLI::App& app);  // train_step.cpp
+Subcommand add_convert(CLI::App& app);  // convert.cpp
 
 //! Whether the option was given on the command line.
 inline bool given(const CLI::Option* option) { return option != nullptr && option->count() > 0; }
@@ -108,6 +109,10 @@ struct LoadedModel {
 //! from shapes, then --config, then __metadata__; the YAML's other keys are checked against the
 //! result. A PyTorch checkpoint, or a file that is not a TiM, fails with a message saying so.
 LoadedModel load_model(const ModelOptions& options);
+
+//! Whether `path` opens as safetensors with q8_0 tensors (tim/io/q8_0.hpp; a malformed q8_0 layout
+//! throws); false when it does not open (the loader then reports why).
+bool holds_q8_0_weights(const std::string& path);
 
 //! With --device cuda: the class-conditional model on the GPU in `precision`, configured as
 //! load_model configures it (shapes, then --config, then __metadata__).

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "common.hpp"
+#include "tim/io/q8_0.hpp"
 
 namespace tim_cli {
 
@@ -65,13 +66,10 @@ void print_configuration(const Config& c) {
             << '\n';
 }
 
-void run_inspect(const InspectOptions& options) {
-  // Load first: a file that is not a TiM checkpoint fails before anything is printed.
-  const LoadedModel loaded = load_model(options.model);
-  const auto file = tim::io::SafetensorsFile::open(options.model.model_path);
-
-  std::cout << "file: " << options.model.model_path << '\n';
-  std::cout << "size on disk: " << human_bytes(std::filesystem::file_size(options.model.model_path)) << '\n';
+//! The file's size, tensors by dtype and metadata.
+void print_file(const tim::io::SafetensorsFile& file, const std::string& path) {
+  std::cout << "file: " << path << '\n';
+  std::cout << "size on disk: " << human_bytes(std::filesystem::file_size(path)) << '\n';
   std::cout << "tensors: " << file.tensors().size() << '\n';
   std::map<std::string, std::pair<std::size_t, std::uint64_t>> by_dtype;  // count, elements
   for (const auto& info : file.tensors()) {
@@ -87,6 +85,22 @@ void run_inspect(const InspectOptions& options) {
   if (file.metadata().empty()) std::cout << " none";
   std::cout << '\n';
   for (const auto& [key, value] : file.metadata()) std::cout << "  " << truncated(key, 60) << ": " << truncated(value) << '\n';
+}
+
+void run_inspect(const InspectOptions& options) {
+  // q8_0 weights (tim convert --to q8_0): the file and its layout; the networks do not load them yet.
+  if (holds_q8_0_weights(options.model.model_path)) {
+    const auto file = tim::io::SafetensorsFile::open(options.model.model_path);
+    const auto layout = tim::io::read_q8_0_layout(file);
+    print_file(file, options.model.model_path);
+    std::cout << "q8_0: " << layout.tensors.size() << " matrices (int8 values, float16 scales per 32 inputs)\n"
+              << "configuration: not detected: tim's networks do not load q8_0 weights yet (docs/cli.md, tim convert)\n";
+    return;
+  }
+  // Load first: a file that is not a TiM checkpoint fails before anything is printed.
+  const LoadedModel loaded = load_model(options.model);
+  const auto file = tim::io::SafetensorsFile::open(options.model.model_path);
+  print_file(file, options.model.model_path);
 
   if (loaded.yaml) {
     std::cout << "config: " << loaded.yaml->path;

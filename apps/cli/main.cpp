@@ -2,7 +2,7 @@
 // from a safetensors file, sample latents and images, and time the network, for
 // class-conditional (labels) and text-to-image (caption features) models, and evaluate the training
 // objective once (train-step). Each subcommand lives in its own file (inspect.cpp, forward.cpp,
-// sample*.cpp, bench.cpp, encode.cpp, train_step.cpp) over common.hpp; this file
+// sample*.cpp, bench.cpp, encode.cpp, train_step.cpp, convert.cpp) over common.hpp; this file
 // builds the parser, runs the chosen subcommand and turns errors into exit codes. Usage and exit
 // codes: docs/cli.md.
 #include <CLI/CLI.hpp>
@@ -14,14 +14,27 @@
 #include <vector>
 
 #include "common.hpp"
+#include "tim/cpu/gemm_q8.hpp"
+
+namespace {
+//! The q8_0 kernel variant (TIM_Q8_KERNEL may name an unsupported one: then the error).
+std::string q8_kernel_text() {
+  try {
+    return tim::cpu_gemm::q8_kernel().name;
+  } catch (const tim::Error& e) {
+    return std::string("error: ") + e.what();
+  }
+}
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"tim: run class-conditional and text-to-image Transition Models (TiM) on the CPU", "tim"};
-  // The version, and the CPU kernels chosen at run time (tim/cpu/gemm_bf16.hpp, by CPUID).
+  // The version, and the CPU kernels chosen at run time (tim/cpu/gemm_bf16.hpp, gemm_q8.hpp, by CPUID).
   app.set_version_flag("--version", [] {
     const auto& kernel = tim::cpu_gemm::bf16_kernel();
     return std::string("tim ") + tim::version_string + "\nCPU: " + tim::cpu_features().describe() +
-           "\nbfloat16 products: " + (kernel.available ? kernel.name : "float path (" + kernel.reason + ")");
+           "\nbfloat16 products: " + (kernel.available ? kernel.name : "float path (" + kernel.reason + ")") +
+           "\nq8_0 products: " + q8_kernel_text();
   });
   app.require_subcommand(1);
   app.footer("Exit codes: 0 success, 1 error (message on stderr), other: command-line usage error. See docs/cli.md.");
@@ -31,7 +44,8 @@ int main(int argc, char** argv) {
                                                      tim_cli::add_encode(app),
                                                      tim_cli::add_serve(app),
                                                      tim_cli::add_decode(app),
-                                                     tim_cli::add_train_step(app)};
+                                                       tim_cli::add_train_step(app),
+                                                       tim_cli::add_convert(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
