@@ -16,11 +16,13 @@
 
 int main(int argc, char** argv) {
   CLI::App app{"tim: run class-conditional and text-to-image Transition Models (TiM) on the CPU", "tim"};
-  // The version, and the CPU kernels chosen at run time (tim/cpu/gemm_bf16.hpp, by CPUID).
+  // The version, the baseline the program was compiled for and the CPU kernels chosen at run time
+  // by CPUID (tim/cpu/dispatch.hpp).
   app.set_version_flag("--version", [] {
-    const auto& kernel = tim::cpu_gemm::bf16_kernel();
-    return std::string("tim ") + tim::version_string + "\nCPU: " + tim::cpu_features().describe() +
-           "\nbfloat16 products: " + (kernel.available ? kernel.name : "float path (" + kernel.reason + ")");
+    std::string text = std::string("tim ") + tim::version_string + "\nbaseline: " + tim_cli::cpu_baseline_name +
+                       " (TIM_CPU_BASELINE)\n" + tim::cpu_dispatch::kernel_report_text();
+    text.pop_back();  // CLI11 adds the last newline
+    return text;
   });
   app.require_subcommand(1);
   app.footer("Exit codes: 0 success, 1 error (message on stderr), other: command-line usage error. See docs/cli.md.");
