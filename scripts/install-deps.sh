@@ -11,6 +11,7 @@ packages=(
   libdnnl-dev ocl-icd-opencl-dev  # tim::dnnl: bfloat16 matmuls (gemm_bf16.hpp); its CMake package needs OpenCL
   python3-dev python3-venv
   openmpi-bin  # tests/test_cli_scale.cpp: tim sample under mpirun -np 2 (docs/scale.md)
+  qemu-user  # the x86-64-v3 `tim` on emulated CPUs without AVX2 and with AVX2 only (tests/CMakeLists.txt)
   dataset-fashion-mnist
 )
 sudo_cmd=()

@@ -250,6 +250,28 @@ TEST_CASE("cli: help, version and usage errors") {
   const auto version = run_tim(dir, "--version");
   check_success(version);
   CHECK(version.out.find(tim::version_string) != std::string::npos);
+  // The baseline the program was compiled for, and the kernels it chose: the report this test
+  // process (compiled with the same flags, on the same CPU) makes.
+  const std::string baseline = TIM_TEST_CPU_BASELINE;
+  if (!baseline.empty() && baseline != "none")
+    CHECK(version.out.find("baseline: " + baseline + " (TIM_CPU_BASELINE)") != std::string::npos);
+  CHECK(version.out.find(tim::cpu_dispatch::kernel_report_text()) != std::string::npos);
+
+  // On a CPU without one of the baseline's instruction sets the program stops before any other code
+  // runs (nothing on stdout, not even --version) with exit code 1 and names what is missing; the
+  // check is told to treat each one as absent in turn.
+  std::istringstream features(TIM_TEST_BASELINE_FEATURES);
+  int checked = 0;
+  for (std::string feature; features >> feature; ++checked) {
+    CAPTURE(feature);
+    const auto refused = run_tim(dir, "--version", "TIM_PRETEND_MISSING_CPU_FEATURE=" + feature + " ");
+    check_user_error(refused, {"this CPU lacks " + feature + ", which this build of tim requires",
+                               "compiled for " + baseline, "-DTIM_CPU_BASELINE=none"});
+    CHECK(refused.out.empty());
+  }
+  if (!baseline.empty() && baseline != "none") CHECK(checked > 0);
+  MESSAGE("baseline ", baseline, ": ", checked, " instruction sets checked at start-up");
+  check_success(run_tim(dir, "--version", "TIM_PRETEND_MISSING_CPU_FEATURE=not-a-feature "));
 
   // Usage errors keep CLI11's own exit codes (not 0, not 1) and messages.
   const auto missing_option = run_tim(dir, "forward --model m.safetensors --out o.safetensors");
@@ -1731,6 +1753,10 @@ TEST_CASE("cli bench: the median of the timed runs, the FLOP count of the networ
   CHECK(j.at("threads") == 1);
   CHECK(j.at("kind") == "c2i");
   CHECK(j.at("parameters") == model.parameter_count());
+  // The kernels the run chose, as this process (same flags, same CPU) reports them.
+  for (const auto& [part, choice] : tim::cpu_dispatch::kernel_report()) CHECK(j.at("kernels").at(part) == choice);
+  if (std::string(TIM_TEST_CPU_BASELINE) != "none" && std::string(TIM_TEST_CPU_BASELINE) != "")
+    CHECK(j.at("cpu_baseline") == TIM_TEST_CPU_BASELINE);
 
   // Text output, the latent size from the metadata (image_size 16x16x1).
   const auto text = run_tim(dir, "bench --model " + quote(c2i) + " --runs 1 --warmup 0 --threads 1");

@@ -118,7 +118,10 @@ void run_bench(const BenchOptions& options) {
                      {"max_ms", sorted.back()},
                      {"gflop", gflop},
                      {"gflops", gflops},
-                     {"tim_version", tim::version_string}};
+                     {"tim_version", tim::version_string},
+                     {"cpu_baseline", cpu_baseline_name},
+                     {"kernels", nlohmann::json::object()}};
+    for (const auto& [part, choice] : tim::cpu_dispatch::kernel_report()) j["kernels"][part] = choice;
     if (text) j["caption_tokens"] = options.caption_tokens;
     std::cout << j.dump() << '\n';
     return;
@@ -130,7 +133,9 @@ void run_bench(const BenchOptions& options) {
             << "), float32, " << tim::num_threads() << " threads\n"
             << "forward: median " << median << " ms (min " << sorted.front() << ", max " << sorted.back() << ") over "
             << options.runs << " runs after " << options.warmup << " warm-up; " << gflop << " GFLOP -> " << gflops
-            << " GFLOP/s\n";
+            << " GFLOP/s\n"
+            << "kernels (baseline " << cpu_baseline_name << "):\n";
+  for (const auto& [part, choice] : tim::cpu_dispatch::kernel_report()) std::cout << "  " << part << ": " << choice << '\n';
 }
 
 }  // namespace

@@ -21,6 +21,13 @@ namespace tim_cli {
 
 using Clock = std::chrono::steady_clock;
 
+//! The -march the program was compiled for (TIM_CPU_BASELINE, apps/CMakeLists.txt).
+#if defined(TIM_CLI_CPU_BASELINE)
+inline constexpr const char* cpu_baseline_name = TIM_CLI_CPU_BASELINE;
+#else
+inline constexpr const char* cpu_baseline_name = "the compiler's default";
+#endif
+
 inline double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }

@@ -14,27 +14,17 @@
 #include <vector>
 
 #include "common.hpp"
-#include "tim/cpu/gemm_q8.hpp"
-
-namespace {
-//! The q8_0 kernel variant (TIM_Q8_KERNEL may name an unsupported one: then the error).
-std::string q8_kernel_text() {
-  try {
-    return tim::cpu_gemm::q8_kernel().name;
-  } catch (const tim::Error& e) {
-    return std::string("error: ") + e.what();
-  }
-}
-}  // namespace
+#include "tim/cpu/dispatch.hpp"
 
 int main(int argc, char** argv) {
   CLI::App app{"tim: run class-conditional and text-to-image Transition Models (TiM) on the CPU", "tim"};
-  // The version, and the CPU kernels chosen at run time (tim/cpu/gemm_bf16.hpp, gemm_q8.hpp, by CPUID).
+  // The version, the baseline the program was compiled for and the CPU kernels chosen at run time
+  // by CPUID (tim/cpu/dispatch.hpp).
   app.set_version_flag("--version", [] {
-    const auto& kernel = tim::cpu_gemm::bf16_kernel();
-    return std::string("tim ") + tim::version_string + "\nCPU: " + tim::cpu_features().describe() +
-           "\nbfloat16 products: " + (kernel.available ? kernel.name : "float path (" + kernel.reason + ")") +
-           "\nq8_0 products: " + q8_kernel_text();
+    std::string text = std::string("tim ") + tim::version_string + "\nbaseline: " + tim_cli::cpu_baseline_name +
+                       " (TIM_CPU_BASELINE)\n" + tim::cpu_dispatch::kernel_report_text();
+    text.pop_back();  // CLI11 adds the last newline
+    return text;
   });
   app.require_subcommand(1);
   app.footer("Exit codes: 0 success, 1 error (message on stderr), other: command-line usage error. See docs/cli.md.");

@@ -23,6 +23,7 @@
 #include "tim/core/memory.hpp"
 #include "tim/core/tensor.hpp"
 #include "tim/cpu/decoder_ops.hpp"
+#include "tim/cpu/dispatch.hpp"
 #include "tim/cpu/gemm_bf16.hpp"
 #include "tim/cpu/scratch.hpp"
 #include "tim/cpu/text_ops.hpp"
@@ -163,12 +164,23 @@ struct cpu : HostMemory, cpu_detail::DecoderOps<cpu>, cpu_detail::TrainOps<cpu> 
 
   //! LayerNorm over the last axis of in (R, cols): (u - mean) / sqrt(var + eps) [* w + b].
   //! `weight` and `bias` may be null (no affine). Variance is the biased one, as PyTorch's.
+  //! For float, the rows run in the variant tim/cpu/dispatch.hpp chose by CPUID (AVX2 where the CPU
+  //! has it and the baseline does not): the same arithmetic, so the same bits, as math::layernorm_row.
   template <class T>
   static void layernorm_forward(T* out, const T* in, const T* weight, const T* bias,
                                 std::int64_t rows, std::int64_t cols, double eps) {
-    parallel_for(rows, [&](std::int64_t r) {
-      math::layernorm_row(out + r * cols, in + r * cols, cols, weight, bias, eps);
-    });
+    if constexpr (std::is_same_v<T, float>) {
+      const auto kernel = cpu_dispatch::layernorm_rows_kernel(cpu_dispatch::layernorm_variant());
+      constexpr std::int64_t chunk = 8;  // rows per call of the kernel
+      parallel_for((rows + chunk - 1) / chunk, [&](std::int64_t c) {
+        const std::int64_t first = c * chunk;
+        kernel(out + first * cols, in + first * cols, std::min(chunk, rows - first), cols, weight, bias, eps);
+      });
+    } else {
+      parallel_for(rows, [&](std::int64_t r) {
+        math::layernorm_row(out + r * cols, in + r * cols, cols, weight, bias, eps);
+      });
+    }
   }
 
   //! out[i] = silu(gate[i]) * value[i] for rows of `cols` values where gate and value are

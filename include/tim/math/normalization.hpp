@@ -16,17 +16,34 @@ TIM_HD inline T layernorm_rstd(T var, double eps) {
   return T(1) / sqrt(var + T(eps));
 }
 
+//! The number of partial sums layernorm_statistics keeps: value j of a row goes to sum j mod 16,
+//! the 16 sums are then added as a fixed tree. Sixteen independent accumulators are what a
+//! compiler turns into vector additions without reassociating anything (one 512-bit, two 256-bit
+//! or four 128-bit registers), so the row's statistics are the same bits whatever the vector width
+//! (and whatever variant tim/cpu/dispatch.hpp runs), and more accurate than one running sum.
+inline constexpr int layernorm_lanes = 16;
+
+//! sum over j of f(u[j]) in layernorm_lanes partial sums (see above), for one row of `cols` values.
+template <class T, class F>
+TIM_HD inline T lane_sum(const T* u, std::int64_t cols, F f) {
+  T acc[layernorm_lanes] = {};
+  std::int64_t j = 0;
+  for (; j + layernorm_lanes <= cols; j += layernorm_lanes)
+    for (int l = 0; l < layernorm_lanes; ++l) acc[l] += f(u[j + l]);
+  for (int l = 0; j < cols; ++j, ++l) acc[l] += f(u[j]);
+  for (int width = layernorm_lanes / 2; width > 0; width /= 2)
+    for (int l = 0; l < width; ++l) acc[l] += acc[l + width];
+  return acc[0];
+}
+
 //! The statistics of one LayerNorm row of `cols` values: the mean and rstd = 1 / sqrt(var + eps)
-//! with the biased variance (two passes, as PyTorch). layernorm_row uses exactly these; the
-//! training forward saves them for the backward.
+//! with the biased variance (two passes, as PyTorch; each a lane_sum). layernorm_row uses exactly
+//! these; the training forward saves them for the backward.
 template <class T>
 TIM_HD inline void layernorm_statistics(const T* u, std::int64_t cols, double eps, T& mean, T& rstd) {
-  mean = 0;
-  for (std::int64_t j = 0; j < cols; ++j) mean += u[j];
-  mean /= T(cols);
-  T var = 0;
-  for (std::int64_t j = 0; j < cols; ++j) var += (u[j] - mean) * (u[j] - mean);
-  var /= T(cols);
+  mean = lane_sum(u, cols, [](T x) { return x; }) / T(cols);
+  const T m = mean;
+  const T var = lane_sum(u, cols, [m](T x) { return (x - m) * (x - m); }) / T(cols);
   rstd = layernorm_rstd(var, eps);
 }
 
