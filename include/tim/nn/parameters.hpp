@@ -24,6 +24,9 @@ namespace detail {
 
 template <class F, class... Linears>
 void visit_linear(F& f, const std::string& prefix, Linears&... linears) {
+  for (const WeightStorage storage : {linears.storage...})
+    check(storage == WeightStorage::value, prefix, ".weight: training needs every weight in the network's type, this "
+          "one is held as stored (", weight_storage_name(storage), "): load with {.weights = tim::nn::WeightLoading::widened}");
   f(prefix + ".weight", linears.weight...);
   if (!(linears.bias.empty_tensor() || ...)) f(prefix + ".bias", linears.bias...);
 }
