@@ -135,7 +135,8 @@ struct Linear {
   void load_weight(Reader& reader, const std::string& name, const Shape& shape) {
     precision = reader.options.precision;
     const bool keep = reader.options.weights == WeightLoading::stored;
-    const DType stored = reader.dtype(name);
+    // A missing tensor falls through to take(), whose message names the expected shape.
+    const DType stored = reader.has(name) ? reader.dtype(name) : dtype_of<T>();
     if constexpr (backend_reads_weights<T, Backend, bfloat16>) {
       if (keep && stored == DType::BF16) {
         weight_bf16 = reader.template take<bfloat16, Backend>(name, shape);
