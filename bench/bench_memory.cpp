@@ -7,8 +7,13 @@
 // in its own process so the benchmark harness's own memory is not counted and OpenMP is never
 // used across a fork.
 //
-// Run: bench/bench_memory [--benchmark_out=...]    (TIM_BENCH_TMPDIR: where the 2.7 GB file goes,
-// default /tmp; it is removed at exit)
+// The same with the linear weights stored as bfloat16 (a converted checkpoint, 1.35 GB): loaded as
+// stored (/weights:bfloat16, memory-mapped views, float32 products) and widened to float on load
+// (/weights:bfloat16/widened, the behaviour before the views). TiM-B/4 variants run the same at
+// a small size (about 0.5 GB in float32).
+//
+// Run: bench/bench_memory [--benchmark_out=...]    (TIM_BENCH_TMPDIR: where the files go,
+// default /tmp; they are removed at exit)
 // Counters: peak_rss_MB, checkpoint_MB, ratio = peak / checkpoint, seconds of the child.
 #include <benchmark/benchmark.h>
 #include <sys/resource.h>
@@ -19,6 +24,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <map>
+#include <utility>
 #include <string>
 
 #include "random_checkpoint.hpp"
@@ -56,39 +63,50 @@ ChildResult in_child(Work work) {
   return result;
 }
 
-//! The random TiM-XL/2 checkpoint file, written by a child process on first use.
-const std::string& checkpoint() {
-  static const std::string path = [] {
-    const char* folder = std::getenv("TIM_BENCH_TMPDIR");
-    std::string file = std::string(folder ? folder : "/tmp") + "/tim_bench_xl2_" + std::to_string(getpid()) +
-                       ".safetensors";
-    const auto written = in_child([&] {
-      const tim_bench::RandomCheckpoint source(tim_bench::tim_xl2_config());
-      tim::io::SafetensorsWriter writer;
-      for (const auto& info : source.tensors()) writer.add(info.name, source.load<float>(info.name, info.shape));
-      writer.write(file);
-    });
-    if (!written.ok) file.clear();
-    return file;
-  }();
-  return path;
+enum class Model { b4, xl2 };
+
+//! The random checkpoint file of `model` with linear weights in `linear_dtype` (F32 or BF16),
+//! written by a child process on first use.
+std::map<std::pair<Model, tim::DType>, std::string> paths;  // the files written (empty: failed)
+
+const std::string& checkpoint(Model model, tim::DType linear_dtype) {
+  const auto found = paths.find({model, linear_dtype});
+  if (found != paths.end()) return found->second;
+  const char* folder = std::getenv("TIM_BENCH_TMPDIR");
+  std::string file = std::string(folder ? folder : "/tmp") + "/tim_bench_" + (model == Model::b4 ? "b4_" : "xl2_") +
+                     std::string(tim::dtype_name(linear_dtype)) + "_" + std::to_string(getpid()) + ".safetensors";
+  const auto written = in_child([&] {
+    const tim_bench::RandomCheckpoint source(model == Model::b4 ? tim_bench::tim_b4_config() : tim_bench::tim_xl2_config(),
+                                             0, 0.02f, linear_dtype);
+    tim::io::SafetensorsWriter writer;
+    for (const auto& info : source.tensors()) {
+      if (info.dtype == tim::DType::BF16)
+        writer.add(info.name, source.load<tim::bfloat16>(info.name, info.shape));
+      else
+        writer.add(info.name, source.load<float>(info.name, info.shape));
+    }
+    writer.write(file);
+  });
+  if (!written.ok) file.clear();
+  return paths.emplace(std::pair{model, linear_dtype}, file).first->second;
 }
 
-void remove_checkpoint() {
-  if (!checkpoint().empty()) std::filesystem::remove(checkpoint());
+void remove_checkpoints() {
+  for (const auto& [key, path] : paths)
+    if (!path.empty()) std::filesystem::remove(path);
 }
 
-void BM_SampleXL2PeakMemory(benchmark::State& state) {
-  const std::string& path = checkpoint();
+void BM_SamplePeakMemory(benchmark::State& state, Model which, tim::DType linear_dtype, tim::nn::WeightLoading weights) {
+  const std::string& path = checkpoint(which, linear_dtype);
   if (path.empty()) {
-    state.SkipWithError("could not write the random TiM-XL/2 checkpoint");
+    state.SkipWithError("could not write the random checkpoint");
     return;
   }
   const double file_bytes = static_cast<double>(std::filesystem::file_size(path));
   ChildResult result;
   for (auto _ : state) {
     result = in_child([&] {
-      const auto model = tim::load_c2i<float>(path);
+      const auto model = tim::load_c2i<float>(path, {}, {.weights = weights});
       auto labels = tim::Tensor<std::int64_t>::empty({1});
       labels.data()[0] = 207;
       const auto noise = tim::initial_noise(tim::Shape{1, model.config.in_channels, 32, 32}, /*seed=*/0);
@@ -109,13 +127,37 @@ void BM_SampleXL2PeakMemory(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK(BM_SampleXL2PeakMemory)->Iterations(1)->Unit(benchmark::kSecond)->UseRealTime();
+void register_benchmarks() {
+  using tim::DType;
+  using tim::nn::WeightLoading;
+  struct Case {
+    const char* name;
+    Model model;
+    DType dtype;
+    WeightLoading weights;
+  };
+  for (const Case& k : {Case{"BM_SampleXL2PeakMemory", Model::xl2, DType::F32, WeightLoading::stored},
+                        Case{"BM_SampleXL2PeakMemory/weights:bfloat16", Model::xl2, DType::BF16, WeightLoading::stored},
+                        Case{"BM_SampleXL2PeakMemory/weights:bfloat16/widened", Model::xl2, DType::BF16,
+                             WeightLoading::widened},
+                        Case{"BM_SampleB4PeakMemory", Model::b4, DType::F32, WeightLoading::stored},
+                        Case{"BM_SampleB4PeakMemory/weights:bfloat16", Model::b4, DType::BF16, WeightLoading::stored},
+                        Case{"BM_SampleB4PeakMemory/weights:bfloat16/widened", Model::b4, DType::BF16,
+                             WeightLoading::widened}}) {
+    const Case c = k;
+    benchmark::RegisterBenchmark(c.name, [c](benchmark::State& s) { BM_SamplePeakMemory(s, c.model, c.dtype, c.weights); })
+        ->Iterations(1)
+        ->Unit(benchmark::kSecond)
+        ->UseRealTime();
+  }
+}
 
 int main(int argc, char** argv) {
+  register_benchmarks();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
-  remove_checkpoint();
+  remove_checkpoints();
   return 0;
 }

@@ -2,7 +2,11 @@
 // a 32x32x4 latent with random weights (bench/random_checkpoint.hpp), batch 1 and 8; a guided
 // 4-step sampling run of TiM-B/4 (BM_Sample, the sampler's cost around its forwards); plus the
 // float32 GEMM rate of the same backend (tim::cpu::linear_forward, Eigen) so the network's
-// GFLOP/s can be read against the machine's matmul rate.
+// GFLOP/s can be read against the machine's matmul rate. BM_Forward runs with the linear weights
+// stored as float32 (weights:float32) and as bfloat16 (weights:bfloat16, read directly by the
+// 16-bit GEMMs of tim/cpu/gemm_bf16.hpp) in float32 precision, and in bfloat16 precision
+// (precision:bfloat16: activations rounded to bfloat16, oneDNN where the CPU has AVX512-BF16/AMX;
+// the context line bf16_kernel names what ran). Filter with e.g. --benchmark_filter='TiM-B4'.
 //
 // Run (Release build): env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE ./bench_network
 // Threads: the library default (physical cores); TIM_BENCH_THREADS=n overrides it.
@@ -15,6 +19,8 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <map>
+#include <utility>
 #include <random>
 #include <string>
 #include <vector>
@@ -30,15 +36,30 @@ constexpr std::int64_t latent_size = 32;  // H = W = 32, C = 4 (SD-VAE latents o
 double gemm(double m, double n, double k) { return 2.0 * m * n * k; }
 
 enum class Model { b4, xl2 };
-
-//! One model per configuration, generated on first use and shared by every run of it.
-const tim::nn::C2IModel<float>& shared_model(Model which) {
-  if (which == Model::b4) {
-    static const auto model = tim::nn::load_c2i<float>(tim_bench::RandomCheckpoint(tim_bench::tim_b4_config()));
-    return model;
+//! The linear weights' storage and the products' precision.
+enum class Weights { float32, bfloat16, bfloat16_products };
+const char* weights_suffix(Weights w) {
+  switch (w) {
+    case Weights::float32: return "/weights:float32";
+    case Weights::bfloat16: return "/weights:bfloat16";
+    case Weights::bfloat16_products: return "/weights:bfloat16/precision:bfloat16";
   }
-  static const auto model = tim::nn::load_c2i<float>(tim_bench::RandomCheckpoint(tim_bench::tim_xl2_config()));
-  return model;
+  return "";
+}
+
+tim::nn::C2IModel<float> make_model(Model which, Weights weights) {
+  const auto config = which == Model::b4 ? tim_bench::tim_b4_config() : tim_bench::tim_xl2_config();
+  const auto dtype = weights == Weights::float32 ? tim::DType::F32 : tim::DType::BF16;
+  const auto precision = weights == Weights::bfloat16_products ? tim::Precision::bfloat16 : tim::Precision::float32;
+  return tim::nn::load_c2i<float>(tim_bench::RandomCheckpoint(config, 0, 0.02f, dtype), {}, {.precision = precision});
+}
+
+//! One model per configuration and weight storage, generated on first use and shared by every run of it.
+const tim::nn::C2IModel<float>& shared_model(Model which, Weights weights = Weights::float32) {
+  static std::map<std::pair<Model, Weights>, tim::nn::C2IModel<float>> models;
+  auto found = models.find({which, weights});
+  if (found == models.end()) found = models.emplace(std::pair{which, weights}, make_model(which, weights)).first;
+  return found->second;
 }
 
 tim::Tensor<float> random_tensor(const tim::Shape& shape, std::mt19937& engine, float lo, float hi, bool normal) {
@@ -49,8 +70,8 @@ tim::Tensor<float> random_tensor(const tim::Shape& shape, std::mt19937& engine, 
   return t;
 }
 
-void BM_Forward(benchmark::State& state, Model which, std::int64_t batch) {
-  const auto& model = shared_model(which);
+void BM_Forward(benchmark::State& state, Model which, std::int64_t batch, Weights weights) {
+  const auto& model = shared_model(which, weights);
   const auto& c = model.config;
   std::mt19937 engine(1234);
   const auto x = random_tensor({batch, c.in_channels, latent_size, latent_size}, engine, 0, 0, true);
@@ -137,10 +158,12 @@ void register_benchmarks() {
                         Case{"BM_Forward/TiM-XL2/batch:8", Model::xl2, 8, 3}}) {
     const Model model = k.model;
     const std::int64_t batch = k.batch;
-    benchmark::RegisterBenchmark(k.name, [model, batch](benchmark::State& s) { BM_Forward(s, model, batch); })
-        ->Unit(benchmark::kMillisecond)
-        ->UseRealTime()
-        ->Iterations(k.iterations);
+    for (const Weights weights : {Weights::float32, Weights::bfloat16, Weights::bfloat16_products})
+      benchmark::RegisterBenchmark((std::string(k.name) + weights_suffix(weights)).c_str(),
+                                   [model, batch, weights](benchmark::State& s) { BM_Forward(s, model, batch, weights); })
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime()
+          ->Iterations(k.iterations);
   }
   for (const bool per_sample : {false, true})
     for (const Case& k : {Case{"BM_Sample/TiM-B4/batch:1/steps:4", Model::b4, 1, 5},
@@ -178,6 +201,9 @@ int main(int argc, char** argv) {
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("tim_threads", std::to_string(tim::num_threads()));
   benchmark::AddCustomContext("eigen_simd", Eigen::SimdInstructionSetsInUse());
+  benchmark::AddCustomContext("cpu_features", tim::cpu_features().describe());
+  const auto& bf16 = tim::cpu_gemm::bf16_kernel();
+  benchmark::AddCustomContext("bf16_kernel", bf16.available ? bf16.name : "none (float32 instead): " + bf16.reason);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

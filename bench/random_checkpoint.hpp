@@ -5,7 +5,9 @@
 // loaded model itself is held in memory (TiM-XL/2 in float32 is about 2.6 GB).
 //
 // Values: weights and biases ~ N(0, 0.02^2); LayerNorm weights (attn.q_norm/k_norm) 1 + N(0, 0.02^2),
-// deterministic per (seed, tensor name) as bench/random_source.hpp generates them.
+// deterministic per (seed, tensor name) as bench/random_source.hpp generates them. With
+// `linear_dtype` BF16 or F16 the linear layers' weight matrices are declared (and generated) in
+// that dtype, as a converted checkpoint stores them; loaded as float they are the rounded values.
 //
 // Example:
 //   tim_bench::RandomCheckpoint source(tim_bench::tim_xl2_config());
@@ -16,9 +18,11 @@
 #include <random>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "random_source.hpp"
+#include "tim/core/cast.hpp"
 #include "tim/core/error.hpp"
 #include "tim/math/embedding.hpp"
 #include "tim/nn/config.hpp"
@@ -55,7 +59,8 @@ inline tim::nn::C2IConfig tim_xl2_config() { return released_style_config(1152, 
 
 class RandomCheckpoint : public RandomSource {
  public:
-  explicit RandomCheckpoint(const tim::nn::C2IConfig& config, std::uint64_t seed = 0, float stddev = 0.02f)
+  explicit RandomCheckpoint(const tim::nn::C2IConfig& config, std::uint64_t seed = 0, float stddev = 0.02f,
+                            tim::DType linear_dtype = tim::DType::F32)
       : RandomSource("random checkpoint", seed), stddev_(stddev) {
     const auto& c = config;
     tim::check(c.hidden > 0 && c.depth > 0 && c.num_heads > 0 && c.hidden % c.num_heads == 0 && c.patch > 0 &&
@@ -64,7 +69,7 @@ class RandomCheckpoint : public RandomSource {
                "RandomCheckpoint: incomplete configuration: ", c.describe());
     const auto D = c.hidden, p = c.patch;
     const auto linear = [&](const std::string& prefix, std::int64_t in, std::int64_t out, bool bias = true) {
-      add(prefix + ".weight", {out, in});
+      add(prefix + ".weight", {out, in}, linear_dtype);
       if (bias) add(prefix + ".bias", {out});
     };
     const auto swiglu = [&](const std::string& prefix, std::int64_t in, std::int64_t hidden, std::int64_t out) {
@@ -106,7 +111,14 @@ class RandomCheckpoint : public RandomSource {
   template <class T>
   tim::Tensor<T, tim::cpu> load(std::string_view name, const tim::Shape& expected) const {
     const bool norm_weight = ends_with(name, "_norm.weight");
-    return generate<T>(name, expected, std::normal_distribution<float>(0.0f, stddev_), norm_weight ? 1.0f : 0.0f);
+    const std::normal_distribution<float> values(0.0f, stddev_);
+    const float offset = norm_weight ? 1.0f : 0.0f;
+    const tim::DType stored = info(name).dtype;
+    if (stored == tim::DType::BF16 && !std::is_same_v<T, tim::bfloat16>)
+      return tim::cast<T>(generate<tim::bfloat16>(name, expected, values, offset));
+    if (stored == tim::DType::F16 && !std::is_same_v<T, tim::float16>)
+      return tim::cast<T>(generate<tim::float16>(name, expected, values, offset));
+    return generate<T>(name, expected, values, offset);
   }
 
  private:

@@ -48,14 +48,14 @@ class RandomSource {
   //! `what` names the source in messages ("random checkpoint").
   RandomSource(std::string what, std::uint64_t seed) : what_(std::move(what)), seed_(seed) {}
 
-  //! Declares tensor `name` of `shape` (stored as F32).
-  void add(std::string name, tim::Shape shape) {
+  //! Declares tensor `name` of `shape`, stored as `dtype` (F32 unless given).
+  void add(std::string name, tim::Shape shape, tim::DType dtype = tim::DType::F32) {
     tim::io::TensorInfo t;
     t.name = name;
-    t.dtype = tim::DType::F32;
+    t.dtype = dtype;
     t.shape = std::move(shape);
     t.begin = offset_;
-    offset_ += static_cast<std::size_t>(t.shape.numel()) * sizeof(float);
+    offset_ += static_cast<std::size_t>(t.shape.numel()) * tim::dtype_size(dtype);
     t.end = offset_;
     index_.emplace(std::move(name), tensors_.size());
     tensors_.push_back(std::move(t));

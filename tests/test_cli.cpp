@@ -174,6 +174,71 @@ TEST_CASE("cli forward: golden cases reproduce the reference output in float") {
   }
 }
 
+TEST_CASE("cli forward: a bfloat16 checkpoint with --weights stored (default) and float, and --precision") {
+  TempDir dir;
+  const auto split = split_golden(dir, "square");
+  // The model rewritten with every tensor rounded to bfloat16, as a converter would store it.
+  const std::string model = dir.file("square_bf16.safetensors");
+  {
+    const auto file = tim::io::SafetensorsFile::open(split.model);
+    tim::io::SafetensorsWriter writer;
+    for (const auto& [key, value] : file.metadata()) writer.set_metadata(key, value);
+    for (const auto& info : file.tensors()) {
+      const auto values = file.load<float>(info.name);
+      std::vector<tim::bfloat16> rounded(static_cast<std::size_t>(values.numel()));
+      for (std::size_t i = 0; i < rounded.size(); ++i) rounded[i] = tim::bfloat16(values.data()[i]);
+      writer.add(info.name, tim::DType::BF16, info.shape, rounded.data());
+    }
+    writer.write(model);
+  }
+  const auto output_of = [&](const std::string& out) {
+    const auto file = tim::io::SafetensorsFile::open(out);
+    const auto t = file.load<float>("out");
+    return std::make_pair(std::vector<float>(t.data(), t.data() + t.numel()), file.metadata().at("device"));
+  };
+  // max |a - b| / max |b|
+  const auto relative = [](const std::vector<float>& a, const auto& b) {
+    double diff = 0, scale = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      diff = std::max(diff, std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i])));
+      scale = std::max(scale, std::abs(static_cast<double>(b[i])));
+    }
+    return diff / scale;
+  };
+  const std::string stored = dir.file("stored.safetensors"), widened = dir.file("widened.safetensors");
+  check_success(run_tim(dir, forward_args(model, split.inputs, stored)));
+  check_success(run_tim(dir, forward_args(model, split.inputs, widened) + " --weights float"));
+  const auto [a, device_a] = output_of(stored);
+  const auto [b, device_b] = output_of(widened);
+  CHECK(device_a == "cpu, float32, bfloat16 weights");
+  CHECK(device_b == "cpu, float32");
+  // Both are float forwards of the same rounded weights (tests/test_stored_weights.cpp): each
+  // within the float criterion 1e-4 of float64, so within 2e-4 of each other.
+  REQUIRE(a.size() == b.size());
+  CHECK(relative(a, b) <= 2e-4);
+  // The rounding changed the network: the float golden output is further away than that.
+  CHECK(relative(a, split.expected) > 1e-6);
+  check_user_error(run_tim(dir, forward_args(model, split.inputs, stored) + " --weights half"),
+                   {"--weights", "\"stored\" or \"float\"", "\"half\""});
+
+  const std::string fast = dir.file("fast.safetensors");
+  const auto result = run_tim(dir, forward_args(model, split.inputs, fast) + " --precision bfloat16");
+  check_success(result);
+  const auto [c, device_c] = output_of(fast);
+  if (tim::cpu_gemm::bf16_kernel().available) {
+    CHECK(device_c == "cpu, bfloat16, bfloat16 weights");
+    // Activations rounded to bfloat16 before each of the G = 4 depth + 6 chained products, G 2^-8
+    // of float64 (test_stored_weights.cpp), b within 1e-4 of it.
+    const double error = relative(c, b);
+    CHECK(error <= static_cast<double>(4 * split.depth + 6) * std::ldexp(1.0, -8) + 1e-4);
+    CHECK(error > 1e-4);
+  } else {
+    MESSAGE("skipped: --precision bfloat16 on this CPU: ", tim::cpu_gemm::bf16_kernel().reason);
+    CHECK(device_c == "cpu, float32, bfloat16 weights");
+    CHECK(result.err.find("computing in float32 instead") != std::string::npos);
+  }
+}
+
 TEST_CASE("cli forward: output metadata, --threads and --verbose") {
   TempDir dir;
   const auto split = split_golden(dir, "square");
@@ -808,7 +873,11 @@ TEST_CASE("cli: --device and --precision") {
   check_user_error(run_tim(dir, sample + " --device gpu"), {"--device must be cpu or cuda", "'gpu'"});
   check_user_error(run_tim(dir, sample + " --device cuda --precision half"),
                    {"--precision must be float32 or bfloat16", "'half'"});
-  check_user_error(run_tim(dir, sample + " --precision bfloat16"), {"--precision bfloat16 needs --device cuda"});
+  // On the CPU --precision applies to bfloat16 weights; this model's are float, which a note says.
+  const auto float_weights = run_tim(dir, sample + " --precision bfloat16");
+  check_success(float_weights);
+  CHECK(float_weights.err.find("applies to bfloat16 weights; this model's are float32") != std::string::npos);
+  CHECK(tim::io::SafetensorsFile::open(out).metadata().at("device") == "cpu, float32");
   // This machine may have no GPU, or the build no CUDA: either way a clear error, never a crash.
   // (With a GPU, tests/cuda/check_cli.py compares --device cuda with the CPU.)
   const auto cuda = run_tim(dir, sample + " --device cuda");

@@ -40,7 +40,7 @@ tim::Tensor<float> bench_uniform(const tim::Shape& shape, std::mt19937& engine, 
 
 void run_bench(const BenchOptions& options) {
   apply_threads(options.compute);
-  check_compute_options(options.compute);
+  check_compute_options(options.compute, /*cpu_network=*/true);
   tim::check(!options.compute.cuda(), "tim bench measures the CPU; for the GPU run bench/bench_cuda_network "
              "(docs/cuda.md)");
   tim::check(options.batch >= 1, "--batch must be at least 1, got ", options.batch);
@@ -50,7 +50,7 @@ void run_bench(const BenchOptions& options) {
   tim::check(!given(options.height_option) || options.height >= 1, "--height must be at least 1, got ", options.height);
   tim::check(!given(options.width_option) || options.width >= 1, "--width must be at least 1, got ", options.width);
 
-  const LoadedModel loaded = load_model(options.model);
+  const LoadedModel loaded = load_model(options.model, cpu_precision(options.compute));
   const auto& c = loaded.backbone();
   const bool text = loaded.text_to_image();
   // The latent size as `tim sample` resolves it: the options, else the model's metadata.
@@ -109,7 +109,8 @@ void run_bench(const BenchOptions& options) {
                      {"width", W},
                      {"tokens", tokens},
                      {"threads", tim::num_threads()},
-                     {"precision", "float32"},
+                     {"precision", loaded.precision == tim::Precision::bfloat16 ? "bfloat16" : "float32"},
+                     {"weights", loaded.weights()},
                      {"warmup", options.warmup},
                      {"runs", options.runs},
                      {"times_ms", ms},
@@ -130,7 +131,7 @@ void run_bench(const BenchOptions& options) {
             << loaded.describe() << ", " << loaded.parameter_count() << " parameters)\n"
             << "input: batch " << B << ", latent " << c.in_channels << " x " << H << " x " << W << " (" << tokens
             << " tokens" << (text ? ", " + std::to_string(options.caption_tokens) + " caption tokens" : std::string())
-            << "), float32, " << tim::num_threads() << " threads\n"
+            << "), " << loaded.device() << ", " << tim::num_threads() << " threads\n"
             << "forward: median " << median << " ms (min " << sorted.front() << ", max " << sorted.back() << ") over "
             << options.runs << " runs after " << options.warmup << " warm-up; " << gflop << " GFLOP -> " << gflops
             << " GFLOP/s\n"

@@ -2,6 +2,7 @@
 #include "common.hpp"
 
 #include <filesystem>
+#include <iostream>
 #include <sstream>
 #include <system_error>
 
@@ -23,6 +24,10 @@ void add_model_options(CLI::App& command, ModelOptions& options, ModelArgument a
   command.add_option("-c,--config", options.config_path,
                      "Released TiM YAML config: gives num_heads and new_condition when the checkpoint cannot; "
                      "its other network keys are checked against the checkpoint");
+  command.add_option("--weights", options.weights,
+                     "stored (default): on the CPU, bfloat16/float16 linear weights stay as stored, memory-mapped "
+                     "(half the memory of float); float: every weight widened to float on load. The GPU widens "
+                     "to --precision either way");
 }
 
 void add_compute_options(CLI::App& command, ComputeOptions& options) {
@@ -32,18 +37,23 @@ void add_compute_options(CLI::App& command, ComputeOptions& options) {
                      "cpu (default) or cuda: the GPU (needs a build with -DTIM_CUDA=ON)");
   options.precision_option = command.add_option(
       "--precision", options.precision,
-      "With --device cuda: the network's storage and arithmetic, float32 (default) or bfloat16 (float32 "
-      "accumulation)");
+      "float32 (default) or bfloat16. With --device cuda: the network's storage and arithmetic (float32 "
+      "accumulation). On the CPU (TiM networks): the products with bfloat16 weights, activations rounded to "
+      "bfloat16 and float sums, where the CPU has AVX512-BF16 or AMX (float32 elsewhere, with a note)");
   command.add_flag("-v,--verbose", options.verbose, "Report timings on stderr");
 }
 
-void check_compute_options(const ComputeOptions& options) {
+void check_compute_options(const ComputeOptions& options, bool cpu_network) {
   tim::check(options.device == "cpu" || options.device == "cuda", "--device must be cpu or cuda, got '",
              options.device, "'");
   tim::check(options.precision == "float32" || options.precision == "bfloat16",
              "--precision must be float32 or bfloat16, got '", options.precision, "'");
-  tim::check(options.cuda() || !given(options.precision_option) || options.precision == "float32", "--precision ",
-             options.precision, " needs --device cuda (the CPU runs float32)");
+  tim::check(cpu_network || options.cuda() || !given(options.precision_option) || options.precision == "float32",
+             "--precision ", options.precision, " needs --device cuda (the CPU runs float32)");
+}
+
+tim::Precision cpu_precision(const ComputeOptions& options) {
+  return tim::parse_precision(options.precision, "--precision");
 }
 
 namespace {
@@ -102,7 +112,9 @@ bool holds_q8_0_weights(const std::string& path) {
   return !tim::io::read_q8_0_layout(*file).empty();
 }
 
-LoadedModel load_model(const ModelOptions& options) {
+LoadedModel load_model(const ModelOptions& options, tim::Precision precision) {
+  const tim::nn::LoadOptions load{.weights = tim::nn::parse_weight_loading(options.weights, "--weights"),
+                                  .precision = precision};
   tim::io::check_not_pytorch_checkpoint(options.model_path);
   if (holds_q8_0_weights(options.model_path))
     tim::fail("'", options.model_path, "' holds q8_0 weights (tim convert --to q8_0), which tim's networks do not load yet; "
@@ -112,14 +124,26 @@ LoadedModel load_model(const ModelOptions& options) {
   std::optional<std::variant<C2IModel, T2IModel>> model;
   try {
     if (tim::detect_model_kind(options.model_path) == tim::nn::ModelKind::t2i)
-      model.emplace(std::in_place_type<T2IModel>, tim::load_t2i<float>(options.model_path, overrides));
+      model.emplace(std::in_place_type<T2IModel>, tim::load_t2i<float>(options.model_path, overrides, load));
     else
-      model.emplace(std::in_place_type<C2IModel>, tim::load_c2i<float>(options.model_path, overrides));
+      model.emplace(std::in_place_type<C2IModel>, tim::load_c2i<float>(options.model_path, overrides, load));
   } catch (const tim::Error& e) {
     explain_load_failure(options.model_path, e);
   }
   if (yaml) std::visit([&](const auto& m) { yaml->check_against(m.config); }, *model);
-  return {std::move(*model), std::move(yaml)};
+  LoadedModel loaded{std::move(*model), std::move(yaml)};
+  if (precision == tim::Precision::bfloat16) {
+    if (loaded.weights() != "bfloat16")
+      std::cerr << "tim: note: --precision bfloat16 on the CPU applies to bfloat16 weights; this model's are "
+                << loaded.weights() << (options.weights == "stored" ? "" : " (--weights float)")
+                << ", computed in float32\n";
+    else if (tim::cpu_gemm::effective_precision(precision) != precision)
+      std::cerr << "tim: note: --precision bfloat16: computing in float32 instead: " << tim::cpu_gemm::bf16_kernel().reason
+                << '\n';
+    else
+      loaded.precision = precision;
+  }
+  return loaded;
 }
 
 tim_cli::CudaModel load_cuda_model(const ModelOptions& options, const std::string& precision) {

@@ -59,12 +59,14 @@ inline bool given(const CLI::Option* option) { return option != nullptr && optio
 struct ModelOptions {
   std::string model_path;
   std::string config_path;  // empty: no --config
+  std::string weights = "stored";  // --weights stored|float: 16-bit linear weights kept as stored (CPU)
 };
 
 //! How a subcommand takes its checkpoint.
 enum class ModelArgument { positional, option, optional_option };
 
-//! --model (or a positional MODEL; `optional_option`: --model, the shipped model when absent) and --config.
+//! --model (or a positional MODEL; `optional_option`: --model, the shipped model when absent), --config
+//! and --weights.
 void add_model_options(CLI::App& command, ModelOptions& options, ModelArgument argument);
 
 struct ComputeOptions {
@@ -82,7 +84,12 @@ struct ComputeOptions {
 void add_compute_options(CLI::App& command, ComputeOptions& options);
 
 //! Checks --device and --precision before anything is loaded (exit code 1, the option named).
-void check_compute_options(const ComputeOptions& options);
+//! `cpu_network`: the subcommand runs a TiM network, where --precision bfloat16 also applies on
+//! the CPU (to its bfloat16 weights); elsewhere it needs --device cuda.
+void check_compute_options(const ComputeOptions& options, bool cpu_network = false);
+
+//! --precision as the CPU network's tim::Precision (the products with bfloat16 weights).
+tim::Precision cpu_precision(const ComputeOptions& options);
 
 //! Applies --threads; validated here so the message names the option (exit code 1).
 void apply_threads(const ComputeOptions& options);
@@ -110,12 +117,31 @@ struct LoadedModel {
     return std::visit([](const auto& m) { return m.parameter_count(); }, model);
   }
   const std::vector<std::string>& ignored() const { return backbone().ignored; }
+  //! How the blocks' linear weights are held: "float32", or "bfloat16"/"float16" as stored.
+  std::string weights() const {
+    return std::visit(
+        [](const auto& m) -> std::string {
+          if (m.blocks.empty() || m.blocks[0].attn.qkv.storage == tim::nn::WeightStorage::value) return "float32";
+          return tim::nn::weight_storage_name(m.blocks[0].attn.qkv.storage);
+        },
+        model);
+  }
+  //! The precision of the products with bfloat16 weights (--precision, where this CPU runs it).
+  tim::Precision precision = tim::Precision::float32;
+  //! "cpu, float32" or "cpu, bfloat16", then ", bfloat16 weights" (or float16) when stored so.
+  std::string device() const {
+    std::string d = precision == tim::Precision::bfloat16 ? "cpu, bfloat16" : "cpu, float32";
+    if (weights() != "float32") d += ", " + weights() + " weights";
+    return d;
+  }
 };
 
 //! The model as float, C2I or T2I as its tensor names say (tim::detect_model_kind), configured
 //! from shapes, then --config, then __metadata__; the YAML's other keys are checked against the
 //! result. A PyTorch checkpoint, or a file that is not a TiM, fails with a message saying so.
-LoadedModel load_model(const ModelOptions& options);
+//! Linear weights stored as bfloat16/float16 stay so (memory-mapped) unless --weights float;
+//! `precision` is the products' with bfloat16 weights (a note on stderr where this CPU lacks it).
+LoadedModel load_model(const ModelOptions& options, tim::Precision precision = tim::Precision::float32);
 
 //! Whether `path` opens as safetensors with q8_0 tensors (tim/io/q8_0.hpp; a malformed q8_0 layout
 //! throws); false when it does not open (the loader then reports why).

@@ -61,7 +61,7 @@ void require_finite(const tim::Tensor<float>& tensor, const std::string& name, c
 
 void run_forward(const ForwardOptions& options) {
   apply_threads(options.compute);
-  check_compute_options(options.compute);
+  check_compute_options(options.compute, /*cpu_network=*/true);
   tim::check(!same_file(options.out_path, options.model.model_path) && !same_file(options.out_path, options.inputs_path),
              "--out '", options.out_path, "' would overwrite the model or the inputs file");
 
@@ -73,7 +73,7 @@ void run_forward(const ForwardOptions& options) {
   if (cuda)
     gpu.emplace(load_cuda_model(options.model, options.compute.precision));
   else
-    loaded.emplace(load_model(options.model));
+    loaded.emplace(load_model(options.model, cpu_precision(options.compute)));
   const tim::nn::BackboneConfig& c = cuda ? gpu->config() : loaded->backbone();
   const bool text = cuda ? gpu->text_to_image() : loaded->text_to_image();
   const double load_seconds = seconds_since(start);
@@ -177,7 +177,7 @@ void run_forward(const ForwardOptions& options) {
   writer.set_metadata("inputs", options.inputs_path);
   writer.set_metadata("tim_version", tim::version_string);
   writer.set_metadata("config", cuda ? gpu->describe() : loaded->describe());
-  writer.set_metadata("device", cuda ? gpu->device() + ", " + options.compute.precision : std::string("cpu, float32"));
+  writer.set_metadata("device", cuda ? gpu->device() + ", " + options.compute.precision : loaded->device());
   writer.write(options.out_path);
 
   if (options.compute.verbose)

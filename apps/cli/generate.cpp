@@ -35,7 +35,7 @@ Generator Generator::load(const ModelOptions& options, const ComputeOptions& com
   if (compute.cuda())
     s.gpu.emplace(load_cuda_model(options, compute.precision));
   else
-    s.cpu.emplace(load_model(options));
+    s.cpu.emplace(load_model(options, cpu_precision(compute)));
   s.metadata = tim::io::SafetensorsFile::open(options.model_path).metadata();
   s.precision = compute.precision;
   return generator;
@@ -55,7 +55,7 @@ std::int64_t Generator::caption_dim() const {
   return cuda() ? state_->gpu->t2i_config().caption_dim : std::get<T2IModel>(state_->cpu->model).config.caption_dim;
 }
 std::string Generator::device() const {
-  return cuda() ? state_->gpu->device() + ", " + state_->precision : std::string("cpu, float32");
+  return cuda() ? state_->gpu->device() + ", " + state_->precision : state_->cpu->device();
 }
 std::string Generator::device_words() const {
   return cuda() ? state_->gpu->device() + " in " + state_->precision : std::to_string(tim::num_threads()) + " threads";

@@ -212,7 +212,7 @@ void copy_row(const tim::Tensor<T>& from, std::int64_t b, tim::Tensor<T>& to, st
 
 void run_sample(const SampleOptions& options) {
   apply_threads(options.compute);
-  check_compute_options(options.compute);
+  check_compute_options(options.compute, /*cpu_network=*/true);
   check_sample_options(options);
   const LauncherRank rank = shard_of(options);
   const Shard& shard = rank.shard;

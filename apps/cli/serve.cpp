@@ -70,7 +70,7 @@ struct ServeOptions {
 //! The run record of one request (sample_png_text writes the PNG chunks from it, as tim sample
 //! does): every setting, typed, and the names the AUTOMATIC1111 text shows.
 RunRecord served_record(const tim::SampleSettings& s, std::uint64_t seed, const std::string& model,
-                        const std::string& vae, const std::string& text_encoder) {
+                        const std::string& vae, const std::string& text_encoder, const std::string& device) {
   RunRecord run;
   nlohmann::json& j = run.settings;
   j["model"] = model;
@@ -90,7 +90,7 @@ RunRecord served_record(const tim::SampleSettings& s, std::uint64_t seed, const 
   j["schedule"] = s.schedule.value.describe();
   j["mode"] = std::string(tim::sample_mode_name(s.mode.value));
   if (!vae.empty()) j["vae"] = vae;
-  j["device"] = "cpu, float32";
+  j["device"] = device;
   j["tim_version"] = tim::version_string;
   j["served_by"] = "tim serve";
   run.model_name = std::filesystem::path(model).stem().string();
@@ -225,7 +225,7 @@ void run_serve(const ServeOptions& o) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
   apply_threads(o.compute);
-  check_compute_options(o.compute);
+  check_compute_options(o.compute, /*cpu_network=*/true);
   tim::check(!o.compute.cuda(), "tim serve runs on the CPU for now; --device cuda is not supported yet");
   tim::check(o.batch_size >= 1 && o.batch_size <= 1024, "--batch-size must be in [1, 1024], got ", o.batch_size);
   tim::check(o.port >= 0 && o.port <= 65535, "--port must be in [0, 65535], got ", o.port);
@@ -425,7 +425,7 @@ void run_serve(const ServeOptions& o) {
     json data = json::array();
     const std::int64_t width = r.width * facts.scale, height = r.height * facts.scale;
     const RunRecord run = served_record(r.settings, job->seed, served->model_path, o.vae_path,
-                                        served->text_encoder_path);
+                                        served->text_encoder_path, served->model.device());
     for (std::int64_t i = 0; i < r.n; ++i) {
       const auto& image = job->images[static_cast<std::size_t>(i)];
       for (std::int64_t k = 0; k < image.numel(); ++k)

@@ -165,15 +165,19 @@ C2IConfig infer_c2i_config(const Source& source, const ConfigOverrides& override
 }
 
 //! Loads a class-conditional TiM from a checkpoint, unchanged released names. Tensors are
-//! memory-mapped views when their dtype is T (and aligned), converted copies otherwise.
+//! memory-mapped views when their dtype is T (and aligned), converted copies otherwise; with
+//! `options.weights` = stored (the default), bfloat16/float16 linear weights stay in their dtype
+//! where the backend multiplies them directly (tim::cpu, T = float: views of the mapping), and
+//! are widened to T elsewhere (tim::cuda) or with WeightLoading::widened.
 //! `projector.*` (training-only) is ignored and listed in config.ignored; any other unknown
 //! tensor is an error, since it means the file is not the network we think it is.
 template <class T, class Backend = cpu, class Source>
-C2IModel<T, Backend> load_c2i(const Source& source, const ConfigOverrides& overrides = {}) {
+C2IModel<T, Backend> load_c2i(const Source& source, const ConfigOverrides& overrides = {},
+                              const LoadOptions& options = {}) {
   C2IModel<T, Backend> model;
   model.config = infer_c2i_config(source, overrides);
   const auto& c = model.config;
-  ParameterReader<Source> reader{source, {}};
+  ParameterReader<Source> reader{source, {}, options};
   load_shared_parameters(model, reader);
   model.label_table = reader.template take<T, Backend>(keys::label_table, {c.num_classes + 1, c.hidden});
   collect_ignored(model.config.ignored, source, reader, "class-conditional TiM with " + c.describe());

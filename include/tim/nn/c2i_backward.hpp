@@ -24,6 +24,8 @@ namespace backward_detail {
 template <class T, class Backend>
 void linear_backward(const Linear<T, Backend>& layer, Linear<T, Backend>& grad, T* dx, const T* dy, const T* x,
                      std::int64_t rows, bool accumulate_dx = false) {
+  check(layer.storage == WeightStorage::value, "backward: a weight is held as stored (",
+        weight_storage_name(layer.storage), "); training needs {.weights = tim::nn::WeightLoading::widened}");
   Backend::linear_backward(dx, grad.weight.data(), grad.bias.empty_tensor() ? nullptr : grad.bias.data(), dy, x,
                            layer.weight.data(), rows, layer.in_features, layer.out_features, accumulate_dx);
 }

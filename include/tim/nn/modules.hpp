@@ -1,17 +1,75 @@
 // The building blocks of the TiM network, each a small struct of weights with a forward that
 // calls the backend's static operations. Weights are views (memory-mapped where possible).
 //
+// A Linear's weight matrix keeps the dtype it has in the checkpoint (WeightStorage, decided per
+// tensor at load): float32 as T, bfloat16 or float16 as 16-bit views multiplied directly by the
+// backend (tim::cpu's linear_forward overloads, tim/cpu/gemm_bf16.hpp) where it can, widened to
+// T where it cannot (tim::cuda) or when LoadOptions asks for it.
+//
+// Extension point for another storage kind (e.g. q8_0 blocks): add an enumerator to
+// WeightStorage (and its name to weight_storage_name), a member holding that kind in Linear, a
+// branch in Linear::load_weight saying which checkpoint tensors become it, and a case in
+// Linear::forward calling its Backend::linear_forward overload. The switches have no default,
+// so -Wswitch points at every place a new kind is still missing.
+//
 // Shape legend: B batch, N tokens, D hidden, R rows (B or B*N), L adaLN hidden width.
 #pragma once
 
 #include <cstdint>
 #include <set>
 #include <string>
+#include <string_view>
+#include <type_traits>
 
+#include "tim/core/dtype.hpp"
+#include "tim/core/precision.hpp"
 #include "tim/core/tensor.hpp"
 #include "tim/math/embedding.hpp"
 
 namespace tim::nn {
+
+//! How a Linear's weight matrix W (out, in) is held: `value` in the network's type T; `bfloat16`
+//! or `float16` as stored in the checkpoint (a view of the mapping when aligned).
+enum class WeightStorage : std::uint8_t { value, bfloat16, float16 };
+
+//! "value" (the network's type), "bfloat16" or "float16".
+inline const char* weight_storage_name(WeightStorage storage) {
+  switch (storage) {
+    case WeightStorage::value: return "value";
+    case WeightStorage::bfloat16: return "bfloat16";
+    case WeightStorage::float16: return "float16";
+  }
+  return "?";
+}
+
+//! What a loader does with the linear weights of a TiM checkpoint.
+//! Example: `tim::load_c2i<float>(path, {}, {.weights = tim::nn::WeightLoading::widened});`
+enum class WeightLoading : std::uint8_t {
+  //! bfloat16/float16 linear weights stay as stored where the backend multiplies them directly
+  //! (tim::cpu with T = float): half the memory of float, read from the mapping.
+  stored,
+  //! Every weight converted to T on load (twice the memory for 16-bit files; what training and
+  //! backends without 16-bit products need).
+  widened,
+};
+
+//! "stored" or "float" (the command line's --weights), as parse_weight_loading reads them.
+inline const char* weight_loading_name(WeightLoading w) { return w == WeightLoading::stored ? "stored" : "float"; }
+//! "stored" or "float" (also "widened"); throws tim::Error naming `what` otherwise.
+inline WeightLoading parse_weight_loading(std::string_view name, std::string_view what = "weights") {
+  if (name == "stored") return WeightLoading::stored;
+  if (name == "float" || name == "widened") return WeightLoading::widened;
+  fail(what, ": expected \"stored\" or \"float\", got \"", name, "\"");
+}
+
+//! Options of load_c2i / load_t2i beyond the configuration.
+struct LoadOptions {
+  WeightLoading weights = WeightLoading::stored;
+  //! The precision of the products with bfloat16 weights (tim::Precision): float32 (weights
+  //! widened exactly, float sums) or bfloat16 (activations rounded to bfloat16 too, where the
+  //! CPU has bfloat16 dot products; float32 elsewhere). Float and float16 weights: always float32.
+  Precision precision = Precision::float32;
+};
 
 //! Records which checkpoint tensors a loader consumed, so the rest can be reported as ignored.
 //! `Source` provides `contains(name)`, `info(name).shape` and `load<T>(name, shape)`
@@ -20,6 +78,8 @@ template <class Source>
 struct ParameterReader {
   const Source& source;
   std::set<std::string> used;
+  //! Read by Linear::load. The decoders (vae/) keep this default: every weight in T.
+  LoadOptions options{.weights = WeightLoading::widened};
 
   bool has(const std::string& name) const { return source.contains(name); }
   //! Tensor `name` of shape `shape` in `Backend`'s memory (read on the host, then copied to
@@ -30,32 +90,94 @@ struct ParameterReader {
     used.insert(name);
     return to_backend<Backend>(source.template load<T>(name, shape));
   }
+  //! The stored dtype of tensor `name`.
+  DType dtype(const std::string& name) const {
+    check(source.contains(name), "checkpoint: missing tensor '", name, "'");
+    return source.info(name).dtype;
+  }
   Shape shape(const std::string& name) const {
     check(source.contains(name), "checkpoint: missing tensor '", name, "'");
     return source.info(name).shape;
   }
 };
 
-//! y (R, out) = x (R, in) W^T + b, with W (out, in) and b (out) as PyTorch's nn.Linear.
+//! Whether Backend multiplies T activations by weights stored as W directly (tim::cpu's 16-bit
+//! linear_forward overloads for T = float).
+template <class T, class Backend, class W>
+inline constexpr bool backend_reads_weights =
+    !std::is_same_v<W, T> && requires(T* out, const T* in, const W* w, std::int64_t n, Precision p) {
+      Backend::linear_forward(out, in, w, static_cast<const T*>(nullptr), n, n, n, false, p);
+    };
+
+//! y (R, out) = x (R, in) W^T + b, with W (out, in) and b (out) as PyTorch's nn.Linear. W is
+//! held in one of the WeightStorage kinds (`storage` says which member holds it); b is in T.
 template <class T, class Backend>
 struct Linear {
-  Tensor<T, Backend> weight;  // (out, in)
-  Tensor<T, Backend> bias;    // (out), or empty when the layer has no bias
+  WeightStorage storage = WeightStorage::value;
+  Tensor<T, Backend> weight;                // (out, in) when storage == value
+  Tensor<bfloat16, Backend> weight_bf16;    // (out, in) when storage == bfloat16
+  Tensor<float16, Backend> weight_f16;      // (out, in) when storage == float16
+  Tensor<T, Backend> bias;                  // (out), or empty when the layer has no bias
   std::int64_t in_features = 0, out_features = 0;
+  //! The precision of the products with bfloat16 weights (LoadOptions::precision).
+  Precision precision = Precision::float32;
 
   template <class Reader>
   void load(Reader& reader, const std::string& prefix, std::int64_t in, std::int64_t out, bool with_bias = true) {
     in_features = in;
     out_features = out;
-    weight = reader.template take<T, Backend>(prefix + ".weight", {out, in});
+    load_weight(reader, prefix + ".weight", {out, in});
     if (with_bias) bias = reader.template take<T, Backend>(prefix + ".bias", {out});
+  }
+  //! W from tensor `name`: kept in its stored 16-bit dtype when the reader's options and the
+  //! backend allow (backend_reads_weights), converted to T otherwise.
+  template <class Reader>
+  void load_weight(Reader& reader, const std::string& name, const Shape& shape) {
+    precision = reader.options.precision;
+    const bool keep = reader.options.weights == WeightLoading::stored;
+    // A missing tensor falls through to take(), whose message names the expected shape.
+    const DType stored = reader.has(name) ? reader.dtype(name) : dtype_of<T>();
+    if constexpr (backend_reads_weights<T, Backend, bfloat16>) {
+      if (keep && stored == DType::BF16) {
+        weight_bf16 = reader.template take<bfloat16, Backend>(name, shape);
+        storage = WeightStorage::bfloat16;
+        return;
+      }
+    }
+    if constexpr (backend_reads_weights<T, Backend, float16>) {
+      if (keep && stored == DType::F16) {
+        weight_f16 = reader.template take<float16, Backend>(name, shape);
+        storage = WeightStorage::float16;
+        return;
+      }
+    }
+    weight = reader.template take<T, Backend>(name, shape);
+    storage = WeightStorage::value;
   }
   //! y (rows, out) = x (rows, in) W^T + b; with `accumulate` the result is added to y.
   void forward(T* y, const T* x, std::int64_t rows, bool accumulate = false) const {
-    Backend::linear_forward(y, x, weight.data(), bias.empty_tensor() ? nullptr : bias.data(), rows,
-                            in_features, out_features, accumulate);
+    const T* b = bias.empty_tensor() ? nullptr : bias.data();
+    switch (storage) {
+      case WeightStorage::value:
+        Backend::linear_forward(y, x, weight.data(), b, rows, in_features, out_features, accumulate);
+        return;
+      case WeightStorage::bfloat16: return forward_stored(weight_bf16, y, x, b, rows, accumulate);
+      case WeightStorage::float16: return forward_stored(weight_f16, y, x, b, rows, accumulate);
+    }
   }
-  std::int64_t parameter_count() const { return weight.numel() + bias.numel(); }
+  //! The weight matrix's elements (whichever member holds it).
+  std::int64_t weight_count() const { return weight.numel() + weight_bf16.numel() + weight_f16.numel(); }
+  std::int64_t parameter_count() const { return weight_count() + bias.numel(); }
+
+ private:
+  template <class W>
+  void forward_stored(const Tensor<W, Backend>& w, T* y, const T* x, const T* b, std::int64_t rows,
+                      bool accumulate) const {
+    if constexpr (backend_reads_weights<T, Backend, W>)
+      Backend::linear_forward(y, x, w.data(), b, rows, in_features, out_features, accumulate, precision);
+    else
+      fail("linear: weights stored as ", dtype_name(dtype_of<W>()), " on a backend that cannot multiply them");
+  }
 };
 
 //! SwiGLU MLP: fc2(silu(fc1_g(u)) * fc1_x(u)), used by adaLN modulation and the block MLP.

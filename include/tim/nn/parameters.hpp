@@ -22,8 +22,15 @@ using C2IGradients = C2IModel<T, Backend>;
 
 namespace detail {
 
+//! Throws unless a linear weight is held in the network's type (training cannot use stored 16-bit ones).
+inline void check_trainable(const std::string& prefix, WeightStorage storage) {
+  check(storage == WeightStorage::value, prefix, ".weight: training needs every weight in the network's type, this "
+        "one is held as stored (", weight_storage_name(storage), "): load with {.weights = tim::nn::WeightLoading::widened}");
+}
+
 template <class F, class... Linears>
 void visit_linear(F& f, const std::string& prefix, Linears&... linears) {
+  (check_trainable(prefix, linears.storage), ...);
   f(prefix + ".weight", linears.weight...);
   if (!(linears.bias.empty_tensor() || ...)) f(prefix + ".bias", linears.bias...);
 }

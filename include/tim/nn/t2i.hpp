@@ -227,14 +227,16 @@ T2IConfig infer_t2i_config(const Source& source, const ConfigOverrides& override
 //! Loads a text-to-image TiM from a checkpoint, unchanged released names (a `.safetensors`
 //! file; convert the released `t2i_model.bin` with tools/convert_t2i_checkpoint.py).
 //! Weights are memory-mapped views when their dtype is T (and aligned), converted copies
-//! otherwise. `projector.*` (training-only) is ignored and listed in config.ignored; any
+//! otherwise; bfloat16/float16 linear weights stay in their dtype as load_c2i describes
+//! (`options`). `projector.*` (training-only) is ignored and listed in config.ignored; any
 //! other unknown tensor is an error.
 template <class T, class Backend = cpu, class Source>
-T2IModel<T, Backend> load_t2i(const Source& source, const ConfigOverrides& overrides = {}) {
+T2IModel<T, Backend> load_t2i(const Source& source, const ConfigOverrides& overrides = {},
+                              const LoadOptions& options = {}) {
   T2IModel<T, Backend> model;
   model.config = infer_t2i_config(source, overrides);
   const auto& c = model.config;
-  ParameterReader<Source> reader{source, {}};
+  ParameterReader<Source> reader{source, {}, options};
   load_shared_parameters(model, reader);
   model.y_embedder.load(reader, keys::y_embedder, c);
   collect_ignored(model.config.ignored, source, reader, "text-to-image TiM with " + c.describe());

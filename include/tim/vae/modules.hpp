@@ -176,6 +176,8 @@ void copy_module(To& to, const From& from) {
     else
       static_assert(std::is_same_v<Target, cpu>, "copy_to_backend: copies go through the host");
   } else if constexpr (is_linear<From>::value) {
+    check(from.storage == nn::WeightStorage::value, "copy_to_backend: a linear weight is held as stored (",
+          nn::weight_storage_name(from.storage), "), not in the decoder's type");
     copy_module(to.weight, from.weight);
     copy_module(to.bias, from.bias);
     to.in_features = from.in_features;
