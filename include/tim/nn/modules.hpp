@@ -118,11 +118,12 @@ struct ParameterReader {
     return t;
   }
   //! Tensor `name` of shape `shape` in `Backend`'s memory (read on the host, then copied to
-  //! the backend unless it is the CPU one). A q8_0 matrix is dequantised to T (floating T).
+  //! the backend unless it is the CPU one). A q8_0 matrix is dequantised to T (a floating type or
+  //! bfloat16/float16, e.g. a CUDA network's storage).
   template <class T, class Backend = cpu>
   Tensor<T, Backend> take(const std::string& name, const Shape& shape) {
     check(source.contains(name), "checkpoint: missing tensor '", name, "' (expected shape ", shape, ")");
-    if constexpr (std::is_floating_point_v<T>) {
+    if constexpr (!std::is_integral_v<T>) {
       if (is_q8_0(name)) return to_backend<Backend>(dequantised<T>(take_q8_0(name, shape)));
     }
     used.insert(name);
