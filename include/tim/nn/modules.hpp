@@ -94,13 +94,15 @@ struct ParameterReader {
   LoadOptions options{.weights = WeightLoading::widened};
   //! The source's q8_0 tensors, read (and checked) on first use; empty for a source without them.
   std::optional<io::Q8_0Layout> q8_0{};
+  //! Whether Source can hold q8_0 tensors (io::read_q8_0_layout and io::load_q8_0 read it).
+  static constexpr bool has_q8_0 = requires(const Source& s) { io::read_q8_0_layout(s); };
 
   bool has(const std::string& name) const { return source.contains(name); }
   //! The q8_0 layout of the source (io::read_q8_0_layout, once); an empty one for a source type
   //! that has none.
   const io::Q8_0Layout& q8_0_layout() {
     if (!q8_0) {
-      if constexpr (requires { io::read_q8_0_layout(source); })
+      if constexpr (has_q8_0)
         q8_0 = io::read_q8_0_layout(source);
       else
         q8_0.emplace();
@@ -112,6 +114,7 @@ struct ParameterReader {
   //! q8_0 matrix `name` of shape `shape` (out, in) as stored (views of the mapping, checked by
   //! io::load_q8_0); `name` and its scales are marked used.
   io::Q8_0Tensor take_q8_0(const std::string& name, const Shape& shape) {
+    static_assert(has_q8_0, "take_q8_0: this source type holds no q8_0 tensors");
     io::Q8_0Tensor t = io::load_q8_0(source, q8_0_layout(), name, shape);
     used.insert(name);
     used.insert(io::q8_0_scale_name(name));
@@ -123,7 +126,7 @@ struct ParameterReader {
   template <class T, class Backend = cpu>
   Tensor<T, Backend> take(const std::string& name, const Shape& shape) {
     check(source.contains(name), "checkpoint: missing tensor '", name, "' (expected shape ", shape, ")");
-    if constexpr (!std::is_integral_v<T>) {
+    if constexpr (has_q8_0 && !std::is_integral_v<T>) {
       if (is_q8_0(name)) return to_backend<Backend>(dequantised<T>(take_q8_0(name, shape)));
     }
     used.insert(name);
@@ -199,7 +202,7 @@ struct Linear {
     const bool keep = reader.options.weights == WeightLoading::stored;
     // A missing tensor falls through to take(), whose message names the expected shape.
     const DType stored = reader.has(name) ? reader.dtype(name) : dtype_of<T>();
-    if constexpr (backend_reads_q8_0<T, Backend>) {
+    if constexpr (backend_reads_q8_0<T, Backend> && Reader::has_q8_0) {
       if (keep && stored == DType::I8 && reader.is_q8_0(name)) {
         weight_q8 = reader.take_q8_0(name, shape);
         storage = WeightStorage::q8_0;
