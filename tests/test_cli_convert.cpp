@@ -1,11 +1,13 @@
 // `tim convert IN OUT --to TYPE` run as a subprocess on the shipped model (float16 weights): the
 // output's dtypes, values (rounded to nearest even, computed again here; q8_0 within half a scale
-// step), metadata and layout, that `tim inspect` and `tim sample` accept it, and the errors for bad
+// step), metadata and layout, that `tim inspect` and `tim sample` accept it (q8_0 too: sampled with
+// its int8 kernels, and with --weights float bit for bit as its float32 conversion), and the errors for bad
 // input (never a half-written OUT, never the input overwritten).
 #include <doctest/doctest.h>
 
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -181,11 +183,24 @@ TEST_CASE("cli convert: the shipped model to q8_0: layout, values within d/2, th
   CHECK(other_changed == 0);
   CHECK(std::filesystem::file_size(q8) < std::filesystem::file_size(shipped) * 6 / 10);
 
+  // tim inspect: the configuration and parameter count of the float file, and the q8_0 layers.
+  const auto inspect_in = run_tim(dir, "inspect " + quote(shipped));
+  check_success(inspect_in);
   const auto inspected = run_tim(dir, "inspect " + quote(q8));
   check_success(inspected);
   CHECK(inspected.out.find("q8_0: " + std::to_string(expected.size()) + " matrices") != std::string::npos);
+  CHECK(inspected.out.find("held as q8_0: ") != std::string::npos);
+  CHECK(inspected.out.find(" blocks.*.attn.qkv (") != std::string::npos);
   CHECK(inspected.out.find("I8: " + std::to_string(expected.size()) + " tensors") != std::string::npos);
-  check_user_error(run_tim(dir, sample_args(q8, dir.file("s.safetensors"))), {"holds q8_0 weights", "tim convert"});
+  CHECK(inspected.out.find("configuration (C2I TiM)") != std::string::npos);
+  const auto config_of = [](const std::string& text) {
+    const auto begin = text.find("configuration (C2I TiM)");
+    return text.substr(begin, text.find("\nignored: ") - begin);
+  };
+  CHECK(config_of(inspected.out) == config_of(inspect_in.out));  // configuration and parameter count
+  const auto inspected_float = run_tim(dir, "inspect " + quote(q8) + " --weights float");
+  check_success(inspected_float);
+  CHECK(inspected_float.out.find("held as float32 (dequantised): ") != std::string::npos);
 
   // Back to float32: the quantised matrices as q d exactly, the rest widened exactly, no q8_0 keys.
   const std::string back_path = dir.file("back.safetensors");
@@ -211,7 +226,32 @@ TEST_CASE("cli convert: the shipped model to q8_0: layout, values within d/2, th
     }
   }
   CHECK(wrong == 0);
-  check_success(run_tim(dir, sample_args(back_path, dir.file("s_back.safetensors"))));
+
+  // tim sample: --weights float dequantises on load, the same float weights as the float32
+  // conversion: the same samples bit for bit. The q8_0 weights as stored (int8 products, activations
+  // quantised too): a different computation of a nearby network, finite, of the same shape (how near
+  // after 2 steps is measured, not bounded here; one forward is bounded in test_q8_0_network.cpp).
+  const std::string s_back = dir.file("s_back.safetensors"), s_float = dir.file("s_float.safetensors");
+  const std::string s_q8 = dir.file("s_q8.safetensors"), s_shipped = dir.file("s_shipped.safetensors");
+  check_success(run_tim(dir, sample_args(back_path, s_back)));
+  check_success(run_tim(dir, sample_args(q8, s_float) + " --weights float"));
+  check_success(run_tim(dir, sample_args(q8, s_q8)));
+  check_success(run_tim(dir, sample_args(shipped, s_shipped)));
+  const auto latents = [](const std::string& path) { return values(tim::io::SafetensorsFile::open(path), "latents"); };
+  const auto back_latents = latents(s_back), float_latents = latents(s_float), q8_latents = latents(s_q8);
+  const auto shipped_latents = latents(s_shipped);
+  CHECK(float_latents == back_latents);
+  REQUIRE(q8_latents.size() == back_latents.size());
+  double diff = 0, scale = 0, diff_shipped = 0;
+  for (std::size_t i = 0; i < q8_latents.size(); ++i) {
+    CHECK(std::isfinite(q8_latents[i]));
+    diff = std::max(diff, std::abs(static_cast<double>(q8_latents[i]) - back_latents[i]));
+    diff_shipped = std::max(diff_shipped, std::abs(static_cast<double>(q8_latents[i]) - shipped_latents[i]));
+    scale = std::max(scale, std::abs(static_cast<double>(back_latents[i])));
+  }
+  MESSAGE("tim sample, q8_0 weights: max |difference| / max |sample| ", diff / scale, " from the dequantised float network, ",
+          diff_shipped / scale, " from the shipped float16 one");
+  CHECK(diff > 0);  // the q8_0 kernels ran, not the float GEMM
 }
 
 TEST_CASE("cli convert: bad input is a clear error, OUT is never half-written and IN never overwritten") {

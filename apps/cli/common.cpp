@@ -7,7 +7,6 @@
 #include <system_error>
 
 #include "tim/io/pytorch.hpp"
-#include "tim/io/q8_0.hpp"
 
 namespace tim_cli {
 
@@ -25,9 +24,9 @@ void add_model_options(CLI::App& command, ModelOptions& options, ModelArgument a
                      "Released TiM YAML config: gives num_heads and new_condition when the checkpoint cannot; "
                      "its other network keys are checked against the checkpoint");
   command.add_option("--weights", options.weights,
-                     "stored (default): on the CPU, bfloat16/float16 linear weights stay as stored, memory-mapped "
-                     "(half the memory of float); float: every weight widened to float on load. The GPU widens "
-                     "to --precision either way");
+                     "stored (default): on the CPU, bfloat16/float16 and q8_0 linear weights stay as stored, "
+                     "memory-mapped (half, for q8_0 about a quarter, of the memory of float); float: every weight "
+                     "widened (q8_0: dequantised) to float on load. The GPU widens to --precision either way");
 }
 
 void add_compute_options(CLI::App& command, ComputeOptions& options) {
@@ -102,23 +101,10 @@ std::optional<tim::io::YamlNetworkConfig> read_config(const ModelOptions& option
 
 }  // namespace
 
-bool holds_q8_0_weights(const std::string& path) {
-  std::optional<tim::io::SafetensorsFile> file;
-  try {
-    file.emplace(tim::io::SafetensorsFile::open(path));
-  } catch (const tim::Error&) {
-    return false;  // not readable as safetensors: the loader reports it, as for any checkpoint
-  }
-  return !tim::io::read_q8_0_layout(*file).empty();
-}
-
 LoadedModel load_model(const ModelOptions& options, tim::Precision precision) {
   const tim::nn::LoadOptions load{.weights = tim::nn::parse_weight_loading(options.weights, "--weights"),
                                   .precision = precision};
   tim::io::check_not_pytorch_checkpoint(options.model_path);
-  if (holds_q8_0_weights(options.model_path))
-    tim::fail("'", options.model_path, "' holds q8_0 weights (tim convert --to q8_0), which tim's networks do not load yet; "
-              "`tim convert IN OUT --to float32` (or bfloat16, float16) makes a checkpoint they load");
   tim::nn::ConfigOverrides overrides;
   std::optional<tim::io::YamlNetworkConfig> yaml = read_config(options, overrides);
   std::optional<std::variant<C2IModel, T2IModel>> model;

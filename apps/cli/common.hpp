@@ -117,7 +117,7 @@ struct LoadedModel {
     return std::visit([](const auto& m) { return m.parameter_count(); }, model);
   }
   const std::vector<std::string>& ignored() const { return backbone().ignored; }
-  //! How the blocks' linear weights are held: "float32", or "bfloat16"/"float16" as stored.
+  //! How the blocks' linear weights are held: "float32", or "bfloat16"/"float16"/"q8_0" as stored.
   std::string weights() const {
     return std::visit(
         [](const auto& m) -> std::string {
@@ -128,7 +128,7 @@ struct LoadedModel {
   }
   //! The precision of the products with bfloat16 weights (--precision, where this CPU runs it).
   tim::Precision precision = tim::Precision::float32;
-  //! "cpu, float32" or "cpu, bfloat16", then ", bfloat16 weights" (or float16) when stored so.
+  //! "cpu, float32" or "cpu, bfloat16", then ", bfloat16 weights" (or float16, q8_0) when stored so.
   std::string device() const {
     std::string d = precision == tim::Precision::bfloat16 ? "cpu, bfloat16" : "cpu, float32";
     if (weights() != "float32") d += ", " + weights() + " weights";
@@ -139,13 +139,10 @@ struct LoadedModel {
 //! The model as float, C2I or T2I as its tensor names say (tim::detect_model_kind), configured
 //! from shapes, then --config, then __metadata__; the YAML's other keys are checked against the
 //! result. A PyTorch checkpoint, or a file that is not a TiM, fails with a message saying so.
-//! Linear weights stored as bfloat16/float16 stay so (memory-mapped) unless --weights float;
+//! Linear weights stored as bfloat16/float16 or q8_0 stay so (memory-mapped) unless --weights float
+//! (q8_0: dequantised to float);
 //! `precision` is the products' with bfloat16 weights (a note on stderr where this CPU lacks it).
 LoadedModel load_model(const ModelOptions& options, tim::Precision precision = tim::Precision::float32);
-
-//! Whether `path` opens as safetensors with q8_0 tensors (tim/io/q8_0.hpp; a malformed q8_0 layout
-//! throws); false when it does not open (the loader then reports why).
-bool holds_q8_0_weights(const std::string& path);
 
 //! With --device cuda: the class-conditional model on the GPU in `precision`, configured as
 //! load_model configures it (shapes, then --config, then __metadata__).

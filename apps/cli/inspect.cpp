@@ -87,16 +87,27 @@ void print_file(const tim::io::SafetensorsFile& file, const std::string& path) {
   for (const auto& [key, value] : file.metadata()) std::cout << "  " << truncated(key, 60) << ": " << truncated(value) << '\n';
 }
 
-void run_inspect(const InspectOptions& options) {
-  // q8_0 weights (tim convert --to q8_0): the file and its layout; the networks do not load them yet.
-  if (holds_q8_0_weights(options.model.model_path)) {
-    const auto file = tim::io::SafetensorsFile::open(options.model.model_path);
-    const auto layout = tim::io::read_q8_0_layout(file);
-    print_file(file, options.model.model_path);
-    std::cout << "q8_0: " << layout.tensors.size() << " matrices (int8 values, float16 scales per 32 inputs)\n"
-              << "configuration: not detected: tim's networks do not load q8_0 weights yet (docs/cli.md, tim convert)\n";
-    return;
+//! For a file with q8_0 matrices (tim convert --to q8_0): how many, how the network holds them
+//! (`weights`: "q8_0" on the CPU, "float32" with --weights float), and which layers they are,
+//! the block index written as * (e.g. "blocks.*.attn.qkv (28)").
+void print_q8_0_layers(const tim::io::Q8_0Layout& layout, const std::string& weights) {
+  if (layout.empty()) return;
+  std::map<std::string, std::size_t> layers;
+  for (const auto& name : layout.tensors) {
+    std::string layer = name.size() > 7 && name.ends_with(".weight") ? name.substr(0, name.size() - 7) : name;
+    if (layer.rfind("blocks.", 0) == 0) {
+      const auto dot = layer.find('.', 7);
+      if (dot != std::string::npos) layer = "blocks.*" + layer.substr(dot);
+    }
+    ++layers[layer];
   }
+  std::cout << "q8_0: " << layout.tensors.size() << " matrices (int8 values, float16 scales per 32 inputs), held as "
+            << (weights == "q8_0" ? "q8_0" : weights + " (dequantised)") << ":";
+  for (const auto& [layer, count] : layers) std::cout << ' ' << layer << " (" << count << ')';
+  std::cout << '\n';
+}
+
+void run_inspect(const InspectOptions& options) {
   // Load first: a file that is not a TiM checkpoint fails before anything is printed.
   const LoadedModel loaded = load_model(options.model);
   const auto file = tim::io::SafetensorsFile::open(options.model.model_path);
@@ -123,6 +134,7 @@ void run_inspect(const InspectOptions& options) {
     std::cout << ")\n";
   }
   if (ignored.empty()) std::cout << "ignored: nothing\n";
+  print_q8_0_layers(tim::io::read_q8_0_layout(file), loaded.weights());
 }
 
 }  // namespace

@@ -162,6 +162,16 @@ struct cpu : HostMemory, cpu_detail::DecoderOps<cpu>, cpu_detail::TrainOps<cpu> 
           Eigen::Map<const Vector<float>>(bias, out_features);
   }
 
+  //! The same product with q8_0 weights (io/q8_0.hpp, views of the mapping): float activations
+  //! quantised per block of 32 and int8 dot products, cpu_gemm::linear_forward_q8 with the variant
+  //! q8_kernel() chose for this CPU.
+  static void linear_forward(float* out, const float* in, const Q8Weight& weight, const float* bias, std::int64_t rows,
+                             std::int64_t in_features, std::int64_t out_features, bool accumulate = false) {
+    check(weight.in == in_features && weight.out == out_features, "linear_forward: q8_0 weight is (", weight.out, ", ",
+          weight.in, "), the layer (", out_features, ", ", in_features, ")");
+    cpu_gemm::linear_forward_q8(out, in, weight, bias, rows, accumulate);
+  }
+
   //! LayerNorm over the last axis of in (R, cols): (u - mean) / sqrt(var + eps) [* w + b].
   //! `weight` and `bias` may be null (no affine). Variance is the biased one, as PyTorch's.
   //! For float, the rows run in the variant tim/cpu/dispatch.hpp chose by CPUID (AVX2 where the CPU
