@@ -272,6 +272,8 @@ def cpp_times(paths: list[str] | None) -> dict[str, float]:
         parts = b["run_name" if "run_name" in b else "name"].split("/")
         ms = b["real_time"] * scale[b["time_unit"]]
         if parts[0] == "BM_Forward":
+            if any(q.startswith(("weights:", "precision:")) and q != "weights:float32" for q in parts):
+                continue  # this table is float32's; bench/compare_network.py has the other weight types
             out[f"{parts[1]}/{parts[2]}"] = ms
         elif parts[0] == "BM_Gemm" and parts[1:4] == ["M:2048", "N:2048", "K:2048"]:
             out["gemm2048"] = ms

@@ -72,6 +72,17 @@ def balanced_labels(n: int) -> list[int]:
     return [b % 10 for b in range(n)]
 
 
+def weight_dtypes(path: str) -> str:
+    """The file's tensor dtypes with their counts, e.g. "BF16 x52, F32 x20" (what the weights were)."""
+    with open(path, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    counts: dict[str, int] = {}
+    for name, info in header.items():
+        if name != "__metadata__":
+            counts[info["dtype"]] = counts.get(info["dtype"], 0) + 1
+    return ", ".join(f"{d} x{n}" for d, n in sorted(counts.items()))
+
+
 def model_metadata(path: str) -> dict:
     from safetensors import safe_open
     with safe_open(path, "pt") as f:
@@ -79,15 +90,17 @@ def model_metadata(path: str) -> dict:
 
 
 def draw(tim: str, model: str, steps: int, cfg: float, guidance_high: float, samples: int, seed: int,
-         threads: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Samples (N, 1, 32, 32) and their labels from `tim sample`, and the seconds it took."""
+         threads: int, weights: str = "stored", precision: str = "float32") -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Samples (N, 1, 32, 32) and their labels from `tim sample`, and the seconds it took.
+    `weights` and `precision` are tim sample's --weights (stored|float) and --precision."""
     from safetensors.torch import load_file
     labels = balanced_labels(samples)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "samples.safetensors")
         command = [tim, "sample", "--model", model, "--steps", str(steps), "--cfg-scale", repr(cfg),
                    "--guidance-low", "0", "--guidance-high", repr(guidance_high), "--seed", str(seed),
-                   "--threads", str(threads), "--labels", ",".join(map(str, labels)), "--out", out]
+                   "--threads", str(threads), "--weights", weights, "--precision", precision,
+                   "--labels", ",".join(map(str, labels)), "--out", out]
         start = time.time()
         subprocess.run(command, check=True)
         seconds = time.time() - start
@@ -116,16 +129,25 @@ def read_results(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def setting_key(r: dict) -> tuple:
+    """What identifies a record's setting. Records written before --weights/--precision existed
+    had the weights widened to float and float32 products; real data has neither."""
+    if r["name"] == "real data":
+        weights = precision = "-"
+    else:
+        weights, precision = r.get("weights", "float"), r.get("precision", "float32")
+    return (r["name"], r["steps"], r["cfg"], r["guidance_high"], r["samples"], r["seed"], weights, precision)
+
+
 def run(args) -> None:
     torch.set_num_threads(args.threads)
     classifier = C.load(args.classifier)
     reference = reference_statistics(classifier, args.data_dir)
-    done = {(r["name"], r["steps"], r["cfg"], r["guidance_high"], r["samples"], r["seed"])
-            for r in read_results(args.out)}
+    done = {setting_key(r) for r in read_results(args.out)}
     steps_list = [int(s) for s in args.steps.split(",")]
     cfg_list = [float(c) for c in args.cfg.split(",")]
     if args.real_data:
-        key = ("real data", 0, 1.0, 0.0, args.samples, args.seed)
+        key = ("real data", 0, 1.0, 0.0, args.samples, args.seed, "-", "-")
         if key not in done:  # N training images, balanced like the samples: the floor of both metrics
             images, labels, _ = T.load_fashion_mnist(args.data_dir, "train")
             g = torch.Generator().manual_seed(args.seed)
@@ -140,16 +162,18 @@ def run(args) -> None:
         mode = model_metadata(path).get("sample_type", "transition")
         for cfg in cfg_list:
             for steps in steps_list:
-                key = (name, steps, cfg, args.guidance_high, args.samples, args.seed)
+                key = (name, steps, cfg, args.guidance_high, args.samples, args.seed, args.weights, args.precision)
                 if key in done:
                     continue
                 images, labels, seconds = draw(args.tim, path, steps, cfg, args.guidance_high, args.samples,
-                                               args.seed, args.threads)
+                                               args.seed, args.threads, args.weights, args.precision)
                 accuracy, fd = score(classifier, images, labels, reference)
                 append(args.out, {"name": name, "model": os.path.relpath(path, ROOT), "mode": mode,
                                   "steps": steps, "cfg": cfg, "guidance_high": args.guidance_high,
                                   "samples": args.samples, "seed": args.seed, "accuracy": accuracy,
-                                  "fd": fd, "seconds": round(seconds, 2)})
+                                  "fd": fd, "seconds": round(seconds, 2), "weights": args.weights,
+                                  "precision": args.precision,
+                                  "dtypes": weight_dtypes(path)})
 
 
 def append(path: str, record: dict) -> None:
@@ -159,8 +183,26 @@ def append(path: str, record: dict) -> None:
         f.write(json.dumps(record, sort_keys=True) + "\n")
 
 
+def report_by_name(results: list[dict], samples: int | None) -> None:
+    """One row per name (e.g. per weight type, in the file's order), one column per (guidance, steps)."""
+    rows: dict[str, dict[tuple[float, int], dict]] = {}
+    for r in results:
+        if r["name"] != "real data" and (samples is None or r["samples"] == samples):
+            rows.setdefault(r["name"], {})[(r["cfg"], r["steps"])] = r
+    columns = sorted({k for cells in rows.values() for k in cells})
+    print("| weights | " + " | ".join(f"{s} step{'s' if s > 1 else ''}, guidance {c:g}" for c, s in columns) + " |")
+    print("|" + "---|" * (len(columns) + 1))
+    for name, cells in rows.items():
+        text = ["-" if k not in cells else f"{100 * cells[k]['accuracy']:.1f}% / {cells[k]['fd']:.2f}"
+                for k in columns]
+        print(f"| {name} | " + " | ".join(text) + " |")
+
+
 def report(args) -> None:
     results = read_results(args.results)
+    if args.by_name:
+        report_by_name(results, args.samples)
+        return
     real = [r for r in results if r["name"] == "real data"]
     series: dict[tuple[str, float], dict[int, dict]] = {}
     for r in results:
@@ -220,6 +262,10 @@ def main() -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--real-data", action="store_true", help="also score N real training images (the floor)")
+    r.add_argument("--weights", choices=["stored", "float"], default="stored",
+                   help="tim sample --weights: 16-bit linear weights kept as stored (default) or widened to float")
+    r.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                   help="tim sample --precision: the products with bfloat16 weights")
     r.add_argument("--tim", default=os.path.join(ROOT, "build", "apps", "tim"))
     r.add_argument("--classifier", default=os.path.join(ROOT, "models", "fmnist-classifier.safetensors"))
     r.add_argument("--data-dir", default=None)
@@ -227,6 +273,8 @@ def main() -> None:
     q.add_argument("--results", required=True)
     q.add_argument("--samples", type=int, default=None, help="only settings with this sample count")
     q.add_argument("--plot", default=None, help="PNG of FD against steps")
+    q.add_argument("--by-name", action="store_true",
+                   help="one row per name, one column per (guidance, steps) (the weight-types table)")
     args = p.parse_args()
     if args.command == "run" and args.samples % 10 != 0:
         raise SystemExit("--samples must be a multiple of 10 (every class equally often)")
