@@ -17,8 +17,10 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tim/tim.hpp"
@@ -192,4 +194,37 @@ TEST_CASE("precision names parse, and bad ones are named") {
   CHECK_THROWS_WITH_AS(tim::parse_precision("half", "--text-precision"),
                        doctest::Contains("--text-precision: expected \"float\" or \"bfloat16\", got \"half\""),
                        tim::Error);
+}
+
+TEST_CASE("bfloat16 weights: variant bfloat16 from several threads at once gives the serial bits") {
+  // oneDNN's default scratchpad is shared by its primitives, so a primitive may only run on the
+  // thread that created it (gemm_bf16.hpp keeps one per thread). tim::PerSampleNetwork runs one
+  // sample per thread; sharing one primitive between them computed NaNs at random.
+  if (!tim::cpu_gemm::bf16_kernel().available) {
+    MESSAGE("skipped: variant bfloat16 (oneDNN matmul): ", tim::cpu_gemm::bf16_kernel().reason);
+    return;
+  }
+  struct Shape {
+    std::int64_t M, K, N;
+  };
+  for (const Shape s : {Shape{37, 1027, 300}, Shape{1, 512, 256}, Shape{64, 256, 768}}) {
+    std::vector<tim::bfloat16> w;
+    const auto p = make_problem<tim::bfloat16>(s.M, s.K, s.N, 11, w);
+    std::vector<float> serial(static_cast<std::size_t>(p.M * p.N));
+    tim::cpu_gemm::linear_bf16(serial.data(), p.x.data(), w.data(), p.M, p.K, p.N, false);
+    constexpr int threads = 4, repeats = 30;
+    std::vector<int> mismatches(threads, 0);
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t)
+      pool.emplace_back([&, t] {
+        std::vector<float> out(serial.size());
+        for (int r = 0; r < repeats; ++r) {
+          tim::cpu_gemm::linear_bf16(out.data(), p.x.data(), w.data(), p.M, p.K, p.N, false);
+          if (std::memcmp(out.data(), serial.data(), out.size() * sizeof(float)) != 0) ++mismatches[t];
+        }
+      });
+    for (auto& th : pool) th.join();
+    INFO("M=", s.M, " K=", s.K, " N=", s.N);
+    for (int t = 0; t < threads; ++t) CHECK(mismatches[t] == 0);
+  }
 }

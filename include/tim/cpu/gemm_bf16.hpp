@@ -28,7 +28,6 @@
 #include <oneapi/dnnl/dnnl_version.h>
 
 #include <memory>
-#include <mutex>
 #include <vector>
 #endif
 #include <algorithm>
@@ -180,8 +179,11 @@ inline dnnl_memory_desc_t desc(std::int64_t rows, std::int64_t cols, dnnl_data_t
   return d;
 }
 //! The matmul y (M, N) f32 (+)= x (M, K) bf16 w (K, N) bf16 with w stored as W (N, K) row-major
-//! (strides {1, K}), created once per shape and kept for the process's lifetime (oneDNN
-//! primitives are reusable and may be executed from several threads).
+//! (strides {1, K}), created once per shape and thread and kept for the thread's lifetime. Per
+//! thread because oneDNN's default (library) scratchpad is shared by all primitives unless oneDNN
+//! was built with DNNL_ENABLE_CONCURRENT_EXEC (Debian's is not): a primitive may then only run on
+//! the thread that created it. One primitive shared by the threads of tim::PerSampleNetwork (one
+//! sample per thread) computed NaNs at random.
 inline const_dnnl_primitive_t matmul(std::int64_t M, std::int64_t K, std::int64_t N, bool accumulate,
                                      std::string* implementation = nullptr) {
   struct Entry {
@@ -189,9 +191,14 @@ inline const_dnnl_primitive_t matmul(std::int64_t M, std::int64_t K, std::int64_
     bool accumulate;
     dnnl_primitive_t primitive;
   };
-  static std::mutex mutex;
-  static std::vector<Entry> cache;
-  const std::lock_guard<std::mutex> lock(mutex);
+  struct Cache {
+    std::vector<Entry> entries;
+    ~Cache() {
+      for (const Entry& e : entries) dnnl_primitive_destroy(e.primitive);
+    }
+  };
+  thread_local Cache thread_cache;
+  std::vector<Entry>& cache = thread_cache.entries;
   for (const Entry& e : cache)
     if (e.M == M && e.K == K && e.N == N && e.accumulate == accumulate) return e.primitive;
   const dnnl_memory_desc_t src = desc(M, K, dnnl_bf16, K, 1), wei = desc(K, N, dnnl_bf16, 1, K),
