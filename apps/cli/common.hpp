@@ -49,6 +49,7 @@ Subcommand add_serve(CLI::App& app);  // serve.cpp
 Subcommand add_decode(CLI::App& app);  // decode.cpp
 Subcommand add_train_step(CLI::App& app);  // train_step.cpp
 Subcommand add_convert(CLI::App& app);  // convert.cpp
+Subcommand add_train(CLI::App& app);  // train.cpp, train_config.cpp
 
 //! Whether the option was given on the command line.
 inline bool given(const CLI::Option* option) { return option != nullptr && option->count() > 0; }

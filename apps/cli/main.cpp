@@ -1,8 +1,9 @@
 // The `tim` command-line program: inspect a checkpoint, run one network evaluation on inputs
 // from a safetensors file, sample latents and images, and time the network, for
 // class-conditional (labels) and text-to-image (caption features) models, and evaluate the training
-// objective once (train-step). Each subcommand lives in its own file (inspect.cpp, forward.cpp,
-// sample*.cpp, bench.cpp, encode.cpp, train_step.cpp, convert.cpp) over common.hpp; this file
+// objective once (train-step) and train a class-conditional model (train). Each subcommand lives
+// in its own file (inspect.cpp, forward.cpp, sample*.cpp, bench.cpp, encode.cpp, train_step.cpp,
+// train.cpp, convert.cpp) over common.hpp; this file
 // builds the parser, runs the chosen subcommand and turns errors into exit codes. Usage and exit
 // codes: docs/cli.md.
 #include <CLI/CLI.hpp>
@@ -35,7 +36,8 @@ int main(int argc, char** argv) {
                                                      tim_cli::add_serve(app),
                                                      tim_cli::add_decode(app),
                                                        tim_cli::add_train_step(app),
-                                                       tim_cli::add_convert(app)};
+                                                       tim_cli::add_convert(app),
+                                                       tim_cli::add_train(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
