@@ -178,6 +178,11 @@ void run_train(const Flags& flags) {
              s.in_channels.value_or(0), ", the data set's samples have ", C, " channels");
   tim::check(!s.input_size || (*s.input_size == H && *s.input_size == W), "tim train: model.network.params.input_size is ",
              s.input_size.value_or(0), ", the data set's samples are ", H, " x ", W);
+  // Checked before any division by them (a zero would end the process with SIGFPE).
+  tim::check(s.patch >= 1, "tim train: model.network.params.patch_size (--patch) must be >= 1, got ", s.patch);
+  tim::check(s.hidden >= 1 && s.depth >= 1 && s.heads >= 1 && s.hidden % s.heads == 0,
+             "tim train: model.network.params needs hidden_size, depth, num_heads >= 1 with num_heads dividing "
+             "hidden_size, got ", s.hidden, ", ", s.depth, ", ", s.heads);
   tim::check(H % s.patch == 0 && W % s.patch == 0, "tim train: patch_size ", s.patch, " does not divide the samples' ", H,
              " x ", W);
   tim::check(data->size() >= s.batch, "tim train: the data set has ", data->size(), " samples, fewer than a batch of ",

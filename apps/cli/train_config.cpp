@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <set>
 #include <string>
+#include <utility>
 #include <variant>
 
 #include "tim/core/decimal.hpp"
@@ -102,7 +103,13 @@ void read_train_yaml(const std::string& path, TrainSettings& s) {
                 "train", "tim train's train section");
     const auto integer = [&](const char* key, auto& out) {
       if (const YAML::Node n = train[key]; present(n))
-        out = static_cast<std::decay_t<decltype(out)>>(yaml_integer(reader, n, std::string("train.") + key));
+      {
+        using Out = std::decay_t<decltype(out)>;
+        const auto value = yaml_integer(reader, n, std::string("train.") + key);
+        // Never a silent wrap (threads is an int): a value the field cannot hold is an error.
+        tim::check(std::in_range<Out>(value), "tim train: train.", key, " is ", value, ", out of range");
+        out = static_cast<Out>(value);
+      }
     };
     const auto number = [&](const char* key, double& out) {
       if (const YAML::Node n = train[key]; present(n)) out = reader.number(n, std::string("train.") + key);
@@ -154,7 +161,7 @@ void TrainSettings::validate() const {
   }
   tim::check(data_source == "fashion-mnist" || !data_path.empty(), "tim train: data.path (--data-dir) is required for ",
              data_source);
-  tim::check(num_classes >= 0, "tim train: model.network.params.num_classes must be >= 1, got ", num_classes);
+  tim::check(num_classes >= 0, "tim train: model.network.params.num_classes must be >= 0 (0: the data set's), got ", num_classes);
   const auto unit = [](double v, const char* name, bool closed_top) {
     tim::check(std::isfinite(v) && v >= 0 && (closed_top ? v <= 1 : v < 1), "tim train: ", name, " must be in [0, 1",
                closed_top ? "]" : ")", ", got ", v);
@@ -177,7 +184,7 @@ void TrainSettings::validate() const {
   tim::check(checkpoint_every >= 0, "tim train: train.checkpoint_every (--checkpoint-every) must be >= 0, got ",
              checkpoint_every);
   positive(log_every, "train.log_every (--log-every)");
-  tim::check(threads >= 0, "tim train: train.threads (--threads) must be >= 1, got ", threads);
+  tim::check(threads >= 0, "tim train: train.threads (--threads) must be >= 0 (0: tim's default), got ", threads);
   tim::check(!output_dir.empty(), "tim train: no output folder: set train.output_dir or --out (or --resume DIR)");
   (void)export_type();
   try {

@@ -10,7 +10,7 @@
 // activations per block of 32); elsewhere, or when LoadOptions asks for widened weights, they are
 // dequantised to T on load (exactly: int8 times a float16 scale is a float).
 //
-// Extension point for another storage kind (e.g. q8_0 blocks): add an enumerator to
+// Extension point for another storage kind (q8_0 was added this way): add an enumerator to
 // WeightStorage (and its name to weight_storage_name), a member holding that kind in Linear, a
 // branch in Linear::load_weight saying which checkpoint tensors become it, and a case in
 // Linear::forward calling its Backend::linear_forward overload. The switches have no default,
