@@ -13,9 +13,9 @@
 #include <sstream>
 #include <string>
 #include <system_error>
-#include <unistd.h>
 
 #include "common.hpp"
+#include "tim/io/atomic_file.hpp"
 #include "tim/io/yaml_objective.hpp"
 #include "tim/train/objective.hpp"
 
@@ -59,26 +59,6 @@ void batch_labels(const tim::Tensor<std::int64_t>& labels, const std::string& na
     tim::check(labels.data()[b] >= 0 && labels.data()[b] <= num_classes, "tensor '", name, "' in ", file, ": label ",
                labels.data()[b], " at index ", b, " is outside [0, ", num_classes, "] (", num_classes,
                " = the null class)");
-}
-
-//! Writes `writer` to `path` through a temporary file in the same folder and a rename, so that
-//! `path` is either the old file or the whole new one.
-void write_atomically(const tim::io::SafetensorsWriter& writer, const std::string& path) {
-  const std::filesystem::path target(path);
-  const auto temporary = target.parent_path() / ("." + target.filename().string() + ".tmp" + std::to_string(::getpid()));
-  try {
-    writer.write(temporary.string());
-  } catch (...) {
-    std::error_code ignored;
-    std::filesystem::remove(temporary, ignored);
-    throw;
-  }
-  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-    const int error = errno;
-    std::error_code ignored;
-    std::filesystem::remove(temporary, ignored);
-    tim::fail("cannot write '", path, "': ", std::generic_category().message(error));
-  }
 }
 
 void run_train_step(const TrainStepOptions& options) {
@@ -170,7 +150,7 @@ void run_train_step(const TrainStepOptions& options) {
   writer.set_metadata("transport", std::string(tim::transport_name(config.transport)));
   writer.set_metadata("tim_version", tim::version_string);
   writer.set_metadata("device", "cpu, float32");
-  write_atomically(writer, options.out_path);
+  tim::io::write_safetensors_atomically(writer, options.out_path);
 
   if (options.compute.verbose)
     std::cerr << std::fixed << std::setprecision(3) << "tim train-step: " << B << " x " << xs[1] << " x " << xs[2]

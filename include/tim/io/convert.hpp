@@ -5,10 +5,7 @@
 // to a temporary file beside OUT and renamed over it, so OUT is never half-written.
 #pragma once
 
-#include <unistd.h>
-
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -22,6 +19,7 @@
 #include "tim/core/dtype.hpp"
 #include "tim/core/error.hpp"
 #include "tim/core/q8_0.hpp"
+#include "tim/io/atomic_file.hpp"
 #include "tim/io/q8_0.hpp"
 #include "tim/io/safetensors.hpp"
 #include "tim/version.hpp"
@@ -232,25 +230,6 @@ inline SafetensorsWriter convert_safetensors(const SafetensorsFile& in, ConvertT
   }
   if (summary) *summary = done;
   return writer;
-}
-
-//! Writes `writer` to `path` through a temporary file in the same folder (PATH.tmp-PID-N), renamed
-//! over `path` only when complete: `path` is either left as it was or replaced whole. The temporary
-//! file is removed on failure. Throws tim::Error naming the path and the OS error.
-inline void write_safetensors_atomically(const SafetensorsWriter& writer, const std::string& path) {
-  static std::atomic<int> counter{0};
-  const std::string temporary = path + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
-  try {
-    writer.write(temporary);
-  } catch (...) {
-    std::remove(temporary.c_str());
-    throw;
-  }
-  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-    const int error = errno;
-    std::remove(temporary.c_str());
-    fail("cannot rename '", temporary, "' to '", path, "': ", detail::os_error_text(error));
-  }
 }
 
 }  // namespace tim::io

@@ -9,10 +9,6 @@
 // state.safetensors only (docs/training.md, "Checkpoints and resume").
 #pragma once
 
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -24,6 +20,7 @@
 #include "tim/core/decimal.hpp"
 #include "tim/core/dtype.hpp"
 #include "tim/core/error.hpp"
+#include "tim/io/atomic_file.hpp"
 #include "tim/io/safetensors.hpp"
 #include "tim/nn/parameters.hpp"
 #include "tim/train/data_order.hpp"
@@ -52,18 +49,6 @@ struct ExportOptions {
 };
 
 namespace detail {
-
-inline void fsync_path(const std::string& path, bool directory) {
-  const int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
-  if (fd < 0) {
-    const int error = errno;
-    fail("cannot open '", path, "' to flush it: ", std::strerror(error));
-  }
-  const int rc = ::fsync(fd);
-  const int error = errno;
-  ::close(fd);
-  check(rc == 0 || directory, "cannot flush '", path, "' to disk: ", std::strerror(error));
-}
 
 template <class T>
 void add_network(io::SafetensorsWriter& writer, const std::string& prefix, const nn::C2IModel<T>& network,
@@ -119,29 +104,6 @@ inline std::int64_t read_scalar_i64(const io::SafetensorsFile& file, const std::
 
 }  // namespace detail
 
-//! Writes `writer` to `path` atomically: to `path`.tmp, flushed (fsync), renamed over `path`,
-//! then the folder flushed. On failure the temporary is removed and `path` is unchanged.
-inline void write_atomically(const io::SafetensorsWriter& writer, const std::string& path) {
-  const std::string temporary = path + ".tmp";
-  try {
-    writer.write(temporary);
-    detail::fsync_path(temporary, false);
-  } catch (...) {
-    std::error_code ignored;
-    std::filesystem::remove(temporary, ignored);
-    throw;
-  }
-  std::error_code renamed;
-  std::filesystem::rename(temporary, path, renamed);
-  if (renamed) {
-    std::error_code ignored;
-    std::filesystem::remove(temporary, ignored);
-    fail("cannot replace '", path, "': ", renamed.message());
-  }
-  const auto parent = std::filesystem::path(path).parent_path();
-  detail::fsync_path(parent.empty() ? std::string(".") : parent.string(), true);
-}
-
 //! Writes DIR/model.safetensors: the EMA (or online) weights of `model`/`ema` under the released
 //! names, with `metadata` (the recipe, the trainer's settings for `tim sample`) plus what tim
 //! reads (`num_heads`, `new_condition`) and `steps`, `weights`, `storage_dtype`.
@@ -156,7 +118,7 @@ void write_model_file(const std::string& dir, const nn::C2IModel<T>& model, cons
   writer.set_metadata("steps", std::to_string(step));
   writer.set_metadata("weights", options.ema ? "ema (decay " + shortest_decimal(ema.decay()) + ")" : "online");
   writer.set_metadata("storage_dtype", std::string(dtype_name(options.dtype)));
-  write_atomically(writer, dir + "/model.safetensors");
+  io::write_safetensors_atomically(writer, dir + "/model.safetensors");
 }
 
 //! Writes a checkpoint of the run to folder `dir` (created if missing): state.safetensors first,
@@ -190,7 +152,7 @@ void save_checkpoint(const std::string& dir, const nn::C2IModel<T>& model, const
   const auto& o = adamw.options();
   writer.set_metadata("adamw", "beta1=" + shortest_decimal(o.beta1) + " beta2=" + shortest_decimal(o.beta2) +
                                    " eps=" + shortest_decimal(o.eps) + " weight_decay=" + shortest_decimal(o.weight_decay));
-  write_atomically(writer, dir + "/state.safetensors");
+  io::write_safetensors_atomically(writer, dir + "/state.safetensors");
   write_model_file(dir, model, ema, progress.step, metadata, options);
 }
 

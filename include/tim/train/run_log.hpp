@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "tim/core/error.hpp"
+#include "tim/io/atomic_file.hpp"
 
 namespace tim::train {
 
@@ -63,15 +64,7 @@ class JsonlLog {
       text << in.rdbuf();
       kept = log_lines_through(text.str(), last_step, path);
     }
-    const std::string temporary = path + ".tmp";
-    {
-      std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-      out << kept;
-      check(out.good(), "cannot write training log '", temporary, "'");
-    }
-    std::error_code renamed;
-    std::filesystem::rename(temporary, path, renamed);
-    check(!renamed, "cannot replace training log '", path, "': ", renamed.message());
+    io::write_text_atomically(path, kept);
     out_.open(path, std::ios::binary | std::ios::app);
     check(out_.good(), "cannot open training log '", path, "' for appending");
   }
