@@ -349,6 +349,22 @@ TEST_CASE("image folder: classes sorted by folder name, images resized by area a
   CHECK_THROWS_AS(tim::train::ImageFolder(tmp / "root", 2, 4, 4), tim::Error);
 }
 
+TEST_CASE("image folder: a symbolic link loop is an error naming the link; links to other folders are followed") {
+  TempDir tmp("image_links");
+  fs::create_directories(tmp / "root/a/deep");
+  fs::create_directories(tmp / "elsewhere");
+  tim::io::PngImage gray{2, 2, 1, {0, 1, 2, 3}, {}};
+  tim::io::write_png(tmp / "root/a/deep/x.png", gray);
+  tim::io::write_png(tmp / "elsewhere/y.png", gray);
+  fs::create_directory_symlink(tmp / "elsewhere", tmp / "root/a/linked");
+  const tim::train::ImageFolder data(tmp / "root", 1, 2, 2);
+  CHECK(data.size() == 2);  // deep/x.png and linked/y.png
+  fs::create_directory_symlink(tmp / "root/a", tmp / "root/a/deep/up");  // a/deep/up -> a: a loop
+  CHECK_THROWS_WITH_AS(tim::train::ImageFolder(tmp / "root", 1, 2, 2), doctest::Contains("a symbolic link loop"),
+                       tim::Error);
+  CHECK_THROWS_WITH_AS(tim::train::ImageFolder(tmp / "root", 1, 2, 2), doctest::Contains("deep/up"), tim::Error);
+}
+
 TEST_CASE("batch loader: prefetched batches are the synchronous ones, bit for bit, over epochs") {
   TempDir tmp("loader");
   write_shard(tmp / "a.safetensors", 7, 1, 2, 2, 0.25f, 0, 5);

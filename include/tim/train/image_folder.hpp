@@ -56,6 +56,38 @@ inline AxisWeights area_weights(std::int64_t in, std::int64_t out, double scale,
   return w;
 }
 
+//! The .png files (extension case-insensitive) under `folder`, following directory symlinks as
+//! torchvision's ImageFolder does, in no particular order. A symlink back to a folder above
+//! (a loop) and a folder that cannot be listed are errors naming the path, not an endless walk or
+//! a std::filesystem_error.
+inline std::vector<std::string> list_png_files(const std::string& root, const std::filesystem::path& folder) {
+  namespace fs = std::filesystem;
+  std::vector<std::string> images;
+  try {
+    std::vector<fs::path> ancestors{fs::canonical(folder)};  // canonical folders from `folder` down
+    for (auto it = fs::recursive_directory_iterator(folder, fs::directory_options::follow_directory_symlink);
+         it != fs::recursive_directory_iterator(); ++it) {
+      const fs::directory_entry& entry = *it;
+      if (entry.is_directory()) {
+        const fs::path real = fs::canonical(entry.path());
+        ancestors.resize(static_cast<std::size_t>(it.depth()) + 1);
+        check(std::find(ancestors.begin(), ancestors.end(), real) == ancestors.end(), "image folder '", root,
+              "': '", entry.path().string(), "' leads back to '", real.string(),
+              "', a folder above it (a symbolic link loop)");
+        ancestors.push_back(real);
+        continue;
+      }
+      if (!entry.is_regular_file()) continue;
+      std::string ext = entry.path().extension().string();
+      std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char ch) { return std::tolower(ch); });
+      if (ext == ".png") images.push_back(entry.path().string());
+    }
+  } catch (const fs::filesystem_error& e) {
+    fail("image folder '", root, "': cannot list '", e.path1().string(), "': ", e.code().message());
+  }
+  return images;
+}
+
 }  // namespace detail
 
 //! Writes `image` as a (channels, height, width) sample in [-1, 1] into `out`: scaled by
@@ -111,14 +143,7 @@ class ImageFolder final : public Dataset {
     std::sort(classes_.begin(), classes_.end());
     check(!classes_.empty(), "image folder '", root, "': no class sub-folders (expected ROOT/<class>/<image>.png)");
     for (std::size_t c = 0; c < classes_.size(); ++c) {
-      std::vector<std::string> images;
-      for (const auto& entry : std::filesystem::recursive_directory_iterator(
-               std::filesystem::path(root) / classes_[c], std::filesystem::directory_options::follow_directory_symlink)) {
-        if (!entry.is_regular_file()) continue;
-        std::string ext = entry.path().extension().string();
-        std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char ch) { return std::tolower(ch); });
-        if (ext == ".png") images.push_back(entry.path().string());
-      }
+      std::vector<std::string> images = detail::list_png_files(root, std::filesystem::path(root) / classes_[c]);
       check(!images.empty(), "image folder '", root, "': class folder '", classes_[c], "' holds no .png image");
       std::sort(images.begin(), images.end());
       for (auto& path : images) {
