@@ -117,6 +117,8 @@ void measure(const std::string& label, const SafetensorsFile& original, std::int
       const auto& kernel = tim::cpu_gemm::bf16_kernel();
       products += kernel.available ? " (" + kernel.name + ")" : " requested; float32 ran: " + kernel.reason;
     }
+    if (w.target == ConvertTarget::q8_0)  // int8 x int8 with int32 sums per block, scaled in float
+      products = "int8, activations quantised per 32 (" + tim::cpu_gemm::q8_kernel().name + ")";
     tim::Tensor<float> out;
     try {
       const auto model = tim::nn::load_c2i<float>(file, {}, {.precision = w.precision});
